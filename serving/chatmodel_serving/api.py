@@ -1,0 +1,403 @@
+"""The OpenAI-compatible HTTP API in front of one or more engines.
+
+Routes: POST /v1/chat/completions, POST /v1/completions (both stream as SSE ending in `data: [DONE]`),
+GET /v1/models, GET /health (alive), GET /ready (loaded and not draining), GET /metrics.
+Every error is OpenAI-shaped JSON; nothing a client sends can cause a 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Message, Receive, Scope, Send
+
+from .engine import Engine, EngineStoppedError, Event, QueueFullError, SamplingParams
+from .metrics import ServingMetrics
+from .models import LoadedModel
+from .protocol import ApiError, ChatCompletionRequest, CompletionRequest, SamplingFields, new_id, now
+
+log = logging.getLogger("chatmodel.api")
+ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models")
+
+
+@dataclass
+class ServedModel:
+    name: str
+    loaded: LoadedModel
+    engine: Engine
+    default_max_tokens: int = 512
+    default_temperature: float = 0.7
+    created: int = field(default_factory=now)
+
+
+@dataclass
+class ServerState:
+    models: dict[str, ServedModel]
+    api_keys: list[str]
+    log_prompts: bool = False
+    draining: bool = False
+    metrics: ServingMetrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = ServingMetrics(lambda: {n: m.engine.stats() for n, m in self.models.items()})
+
+    def inflight(self) -> bool:
+        return any(not m.engine.idle() for m in self.models.values())
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def check_api_key(state: ServerState, request: Request) -> None:
+    if not state.api_keys:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    given = token.strip().encode() if scheme.lower() == "bearer" else b""
+    # Compare against every key, always, so timing says nothing about which prefix matched.
+    ok = False
+    for key in state.api_keys:
+        ok |= hmac.compare_digest(given, key.encode())
+    if not ok:
+        raise ApiError(401, "missing or invalid API key; send Authorization: Bearer <key>",
+                       "authentication_error", code="invalid_api_key")
+
+
+def pick_model(state: ServerState, name: str) -> ServedModel:
+    model = state.models.get(name)
+    if model is None:
+        raise ApiError(404, f"model {name!r} does not exist; see GET /v1/models", param="model",
+                       code="model_not_found")
+    return model
+
+
+def chat_prompt(served: ServedModel, req: ChatCompletionRequest) -> list[int]:
+    tokenizer = served.loaded.tokenizer
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ApiError(400, f"model {served.name!r} has no chat template; use /v1/completions", param="model")
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                for m in req.messages]
+    try:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                            return_dict=False)
+    except Exception as exc:  # the template's own checks (role order, ...) are client errors
+        raise ApiError(400, f"messages do not fit the model's chat template: {exc}", param="messages") from None
+    return list(ids)
+
+
+def completion_prompts(served: ServedModel, req: CompletionRequest) -> list[list[int]]:
+    p = req.prompt
+    tokenizer = served.loaded.tokenizer
+    if isinstance(p, str):
+        return [tokenizer.encode(p, add_special_tokens=False) or [tokenizer.eos_token_id]]
+    if all(isinstance(x, str) for x in p):
+        return [tokenizer.encode(s, add_special_tokens=False) for s in p]  # type: ignore[arg-type]
+    prompts = [p] if all(isinstance(x, int) for x in p) else p
+    vocab = served.loaded.model.config.vocab_size
+    for ids in prompts:
+        if any(not 0 <= t < vocab for t in ids):  # type: ignore[union-attr]
+            raise ApiError(400, f"token ids must lie in [0, {vocab})", param="prompt")
+    return [list(ids) for ids in prompts]  # type: ignore[arg-type]
+
+
+def sampling_params(served: ServedModel, req: SamplingFields, requested: int | None,
+                    prompt_len: int, prompt_param: str) -> SamplingParams:
+    ctx = served.loaded.context_length
+    room = ctx - prompt_len
+    if room <= 0:
+        raise ApiError(413, f"the prompt is {prompt_len} tokens; this model's context is {ctx} tokens",
+                       param=prompt_param, code="context_length_exceeded")
+    max_tokens = requested if requested is not None else min(served.default_max_tokens, room)
+    if max_tokens > room:
+        raise ApiError(400, f"max_tokens is {max_tokens} but only {room} tokens of the {ctx}-token context "
+                            f"are left after the {prompt_len}-token prompt", param="max_tokens")
+    beams = req.beams()
+    if beams > 1 and req.n > 1:
+        raise ApiError(400, "use_beam_search returns one answer per prompt; set n to 1", param="n")
+    temperature = served.default_temperature if req.temperature is None else req.temperature
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0 if beams > 1 else temperature,
+                          top_p=req.top_p or 1.0, seed=req.seed, stop=req.stop_list(),
+                          ignore_eos=req.ignore_eos, beams=beams)
+
+
+async def generate(state: ServerState, served: ServedModel,
+                   jobs: list[tuple[list[int], SamplingParams]]) -> AsyncIterator[tuple[int, Event]]:
+    """Run several sequences on the engine; yield (index, event) as they arrive."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+    engine, m, name = served.engine, state.metrics, served.name
+    ids: dict[int, int] = {}
+    start = time.monotonic()
+    try:
+        for index, (prompt, params) in enumerate(jobs):
+            def sink(ev: Event, index: int = index) -> None:
+                loop.call_soon_threadsafe(queue.put_nowait, (index, ev))
+
+            ids[index] = engine.submit(prompt, params, sink)
+            m.prompt_tokens.labels(name).inc(len(prompt))
+    except QueueFullError as exc:
+        for rid in ids.values():
+            engine.cancel(rid)
+        raise ApiError(429, f"the server is busy ({exc}); retry shortly", "rate_limit_error",
+                       code="queue_full", headers={"Retry-After": "1"}) from None
+    except EngineStoppedError as exc:
+        raise ApiError(503, str(exc), "service_unavailable", code="draining") from None
+    first_seen: set[int] = set()
+    try:
+        while ids:
+            index, ev = await queue.get()
+            if index not in first_seen:
+                first_seen.add(index)
+                m.ttft.labels(name).observe(time.monotonic() - start)
+            if ev.finish_reason:
+                del ids[index]
+                m.e2e.labels(name).observe(time.monotonic() - start)
+                m.generation_tokens.labels(name).inc(ev.completion_tokens)
+                m.requests.labels(name, ev.finish_reason).inc()
+            yield index, ev
+    finally:
+        for rid in ids.values():  # the client went away: free the batch slots
+            engine.cancel(rid)
+
+
+def sse(obj: Any) -> bytes:
+    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n".encode()
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+async def collect(state: ServerState, served: ServedModel,
+                  jobs: list[tuple[list[int], SamplingParams]]) -> tuple[list[str], list[str], int]:
+    texts, reasons, completion = [""] * len(jobs), [""] * len(jobs), 0
+    async for index, ev in generate(state, served, jobs):
+        texts[index] += ev.text
+        if ev.finish_reason:
+            if ev.finish_reason == "error":
+                raise ApiError(500, f"generation failed: {ev.error}", "server_error", code="engine_error")
+            reasons[index] = ev.finish_reason
+            completion += ev.completion_tokens
+    return texts, reasons, completion
+
+
+# ---------------------------------------------------------------- the app
+
+
+def create_app(state: ServerState) -> FastAPI:
+    app = FastAPI(title="chatmodel serving runtime", version="0.1.0")
+    app.state.server = state
+    metrics = state.metrics
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        if err.get("type") == "json_invalid":
+            e = ApiError(400, f"the body is not valid JSON: {err.get('ctx', {}).get('error', '')}".strip())
+        else:
+            loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+            # Drop pydantic's union-branch names so the field path reads like the JSON.
+            loc = [p for p in loc if not p.startswith(("str", "list[", "int", "float", "bool", "function-"))]
+            param = ".".join(loc) or None
+            e = ApiError(400, f"{param or 'body'}: {err.get('msg', 'invalid value')}", param=param)
+        return JSONResponse(e.body(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        e = ApiError(exc.status_code, str(exc.detail), code=code)
+        return JSONResponse(e.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _bug(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        e = ApiError(500, "internal server error", "server_error")
+        return JSONResponse(e.body(), status_code=500)
+
+    def guard(request: Request) -> None:
+        check_api_key(state, request)
+        if state.draining:
+            raise ApiError(503, "the server is draining and takes no new requests", "service_unavailable",
+                           code="draining", headers={"Retry-After": "1"})
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        if state.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        return JSONResponse({"status": "ready", "models": list(state.models)})
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> dict[str, Any]:
+        check_api_key(state, request)
+        data = [{"id": m.name, "object": "model", "created": m.created, "owned_by": "chatmodel",
+                 "root": m.loaded.source, "max_model_len": m.loaded.context_length}
+                for m in state.models.values()]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat(req: ChatCompletionRequest, request: Request) -> Any:
+        guard(request)
+        served = pick_model(state, req.model)
+        prompt = chat_prompt(served, req)
+        params = sampling_params(served, req, req.requested_max_tokens(), len(prompt), "messages")
+        jobs = [(prompt, _with_seed(params, i)) for i in range(req.n)]
+        rid, created = new_id("chatcmpl"), now()
+        if state.log_prompts:
+            log.info("prompt", extra={"request_id": rid, "messages": [m.model_dump() for m in req.messages]})
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return await _stream(state, served, jobs, rid, created, "chat.completion.chunk", include_usage,
+                           lambda i, text: {"index": i, "delta": {"content": text}, "logprobs": None},
+                           lambda i: {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None})
+        texts, reasons, completion = await collect(state, served, jobs)
+        choices = [{"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None,
+                    "finish_reason": r} for i, (t, r) in enumerate(zip(texts, reasons, strict=True))]
+        return {"id": rid, "object": "chat.completion", "created": created, "model": served.name,
+                "choices": choices, "usage": usage(len(prompt), completion)}
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(req: CompletionRequest, request: Request) -> Any:
+        guard(request)
+        served = pick_model(state, req.model)
+        prompts = completion_prompts(served, req)
+        jobs = []
+        for prompt in prompts:
+            params = sampling_params(served, req, req.requested_max_tokens(), len(prompt), "prompt")
+            jobs += [(prompt, _with_seed(params, i)) for i in range(req.n)]
+        rid, created = new_id("cmpl"), now()
+        prompt_tokens = sum(len(p) for p in prompts)
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return await _stream(state, served, jobs, rid, created, "text_completion", include_usage,
+                           lambda i, text: {"index": i, "text": text, "logprobs": None}, None,
+                           prompt_tokens=prompt_tokens)
+        texts, reasons, completion = await collect(state, served, jobs)
+        choices = [{"index": i, "text": t, "logprobs": None, "finish_reason": r}
+                   for i, (t, r) in enumerate(zip(texts, reasons, strict=True))]
+        return {"id": rid, "object": "text_completion", "created": created, "model": served.name,
+                "choices": choices, "usage": usage(prompt_tokens, completion)}
+
+    return RequestLog(app)  # type: ignore[return-value]
+
+
+def _with_seed(params: SamplingParams, i: int) -> SamplingParams:
+    """The i-th of n choices: its own seed, so choices differ yet the whole answer is reproducible."""
+    if i == 0 or params.seed is None:
+        return params
+    return SamplingParams(**{**params.__dict__, "seed": params.seed + i})
+
+
+async def _stream(state: ServerState, served: ServedModel, jobs: list[tuple[list[int], SamplingParams]],
+            rid: str, created: int, obj: str, include_usage: bool,
+            delta: Callable[[int, str], dict[str, Any]],
+            opening: Callable[[int], dict[str, Any]] | None, prompt_tokens: int | None = None) -> Response:
+    events = generate(state, served, jobs)
+
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        return sse({"id": rid, "object": obj, "created": created, "model": served.name, "choices": choices,
+                    **extra})
+
+    async def body(first: tuple[int, Event] | None) -> AsyncIterator[bytes]:
+        completion = 0
+        try:
+            if opening:
+                for i in range(len(jobs)):
+                    yield chunk([opening(i)])
+            pending = [first] if first else []
+            async for index, ev in _chain(pending, events):
+                if ev.finish_reason == "error":
+                    yield sse(ApiError(500, f"generation failed: {ev.error}", "server_error").body())
+                    break
+                c = delta(index, ev.text)
+                if ev.finish_reason:
+                    completion += ev.completion_tokens
+                    c["finish_reason"] = ev.finish_reason
+                elif not ev.text:
+                    continue
+                else:
+                    c["finish_reason"] = None
+                yield chunk([c])
+            if include_usage:
+                p = prompt_tokens if prompt_tokens is not None else len(jobs[0][0])
+                yield chunk([], usage=usage(p, completion))
+            yield b"data: [DONE]\n\n"
+        finally:
+            await events.aclose()
+
+    # Wait for the first event before answering 200, so a full queue still gets a real 429.
+    try:
+        first: tuple[int, Event] | None = await events.__anext__()
+    except StopAsyncIteration:
+        first = None
+    return StreamingResponse(body(first), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _chain(pending: list[tuple[int, Event]],
+                 rest: AsyncIterator[tuple[int, Event]]) -> AsyncIterator[tuple[int, Event]]:
+    for item in pending:
+        yield item
+    async for item in rest:
+        yield item
+
+
+class RequestLog:
+    """ASGI middleware: a request id on every response and one structured log line per request
+    (never the prompt or the answer)."""
+
+    def __init__(self, app: FastAPI):
+        self.app = app
+        self.state: ServerState = app.state.server
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers", []))
+        rid = headers.get(b"x-request-id", b"").decode(errors="replace")[:64] or uuid.uuid4().hex
+        start, status = time.monotonic(), [0]
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            path = scope.get("path", "")
+            if path not in ("/health", "/ready", "/metrics"):
+                log.info("request", extra={"request_id": rid, "method": scope.get("method"), "path": path,
+                                           "status": status[0],
+                                           "duration_s": round(time.monotonic() - start, 4)})
+            route = path if path in ROUTES else "other"  # bounded label values
+            self.state.metrics.http.labels(route, str(status[0])).inc()
+

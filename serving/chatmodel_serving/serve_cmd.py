@@ -1,0 +1,154 @@
+"""`chatmodel serve`: load one or more models, start their engines and the OpenAI API, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from .logs import setup_logging
+
+log = logging.getLogger("chatmodel.serve")
+
+
+@dataclass
+class ServeOptions:
+    models: list[str] = field(default_factory=lambda: ["builtin://smollm2-135m"])
+    served_model_names: list[str] | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys_file: str | None = None
+    max_waiting_requests: int = 64
+    max_batch_size: int = 32
+    dtype: str = "auto"
+    device: str = "auto"
+    default_max_tokens: int = 512
+    default_temperature: float = 0.7
+    drain_timeout: float = 120.0
+    log_prompts: bool = False
+
+
+def read_api_keys(path: str | None) -> list[str]:
+    """One key per line; blank lines and # comments are skipped."""
+    if not path:
+        return []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise SystemExit(f"--api-keys-file: cannot read {path}: {exc.strerror}") from None
+    keys = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if not keys:
+        raise SystemExit(f"--api-keys-file: {path} holds no keys; refusing to start open by accident")
+    return keys
+
+
+def build_state(opts: ServeOptions, api_keys: list[str]):  # -> ServerState; imports torch, so called late
+    from .api import ServedModel, ServerState
+    from .engine import Engine
+    from .models import load_model
+
+    names = opts.served_model_names or []
+    if names and len(names) != len(opts.models):
+        raise SystemExit("--served-model-name: give one name per --model")
+    served: dict[str, ServedModel] = {}
+    for i, source in enumerate(opts.models):
+        loaded = load_model(source, dtype=opts.dtype, device=opts.device)
+        name = names[i] if names else loaded.name
+        if name in served:
+            raise SystemExit(f"--served-model-name: {name!r} is used twice")
+        engine = Engine(loaded, max_batch_size=opts.max_batch_size,
+                        max_waiting_requests=opts.max_waiting_requests).start()
+        served[name] = ServedModel(name, loaded, engine, opts.default_max_tokens, opts.default_temperature)
+    return ServerState(served, api_keys, log_prompts=opts.log_prompts)
+
+
+def serve(opts: ServeOptions) -> int:
+    """Serve until SIGTERM/SIGINT; then stop taking requests, finish those in flight and return 0."""
+    import uvicorn
+
+    from .api import create_app
+
+    keys = read_api_keys(opts.api_keys_file)  # fail fast, before minutes of model loading
+    state = build_state(opts, keys)
+    if not keys:
+        log.warning("no API keys configured: the API is open to anyone who can reach it")
+    app = create_app(state)
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if state.draining:  # a second signal: stop now
+                self.should_exit = self.force_exit = True
+                return
+            log.info("draining", extra={"signal": signal.Signals(sig).name})
+            state.draining = True  # /ready turns 503 and new requests are refused
+            for m in state.models.values():
+                m.engine.stop_accepting()
+            threading.Thread(target=self._drain, daemon=True).start()
+
+        def _drain(self) -> None:
+            deadline = time.monotonic() + opts.drain_timeout
+            while state.inflight() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.should_exit = True  # uvicorn then waits for open responses to finish writing
+
+    config = uvicorn.Config(app, host=opts.host, port=opts.port, log_config=None, access_log=False,
+                            timeout_graceful_shutdown=opts.drain_timeout, timeout_keep_alive=30)
+    server = DrainingServer(config)
+    log.info("serving", extra={"url": f"http://{opts.host}:{opts.port}/v1", "models": list(state.models)})
+    server.run()
+    for m in state.models.values():
+        m.engine.shutdown()
+    log.info("stopped")
+    return 0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    p.add_argument("--model", action="append", dest="models", metavar="SRC",
+                   help="builtin://smollm2-135m (default), a local folder, file://..., or hf://org/name "
+                        "from the local cache; repeat to serve several models")
+    p.add_argument("--served-model-name", action="append", dest="served_model_names", metavar="NAME",
+                   help="name in /v1/models and the `model` field (one per --model)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-keys-file", default=env("CHATMODEL_API_KEYS_FILE"),
+                   help="file with one API key per line (env CHATMODEL_API_KEYS_FILE); none = open API")
+    p.add_argument("--max-waiting-requests", type=int, default=64,
+                   help="queue bound; beyond it requests get 429 with Retry-After")
+    p.add_argument("--max-batch-size", type=int, default=32, help="sequences decoded together")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="auto = bfloat16 where the CPU/GPU computes it natively, else float32")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--default-max-tokens", type=int, default=512)
+    p.add_argument("--default-temperature", type=float, default=0.7)
+    p.add_argument("--drain-timeout", type=float, default=120.0,
+                   help="seconds to finish in-flight requests after SIGTERM")
+    p.add_argument("--log-prompts", action="store_true", help="log prompts (off by default for privacy)")
+    p.add_argument("--log-format", choices=["json", "text"], default="json")
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_format)
+    opts = ServeOptions(
+        models=args.models or ["builtin://smollm2-135m"], served_model_names=args.served_model_names,
+        host=args.host, port=args.port, api_keys_file=args.api_keys_file,
+        max_waiting_requests=args.max_waiting_requests, max_batch_size=args.max_batch_size,
+        dtype=args.dtype, device=args.device, default_max_tokens=args.default_max_tokens,
+        default_temperature=args.default_temperature, drain_timeout=args.drain_timeout,
+        log_prompts=args.log_prompts)
+    try:
+        return serve(opts)
+    except Exception as exc:
+        from .models import ModelSourceError
+
+        if isinstance(exc, ModelSourceError):
+            print(f"chatmodel serve: {exc}", file=sys.stderr)
+            return 2
+        raise
