@@ -1,0 +1,224 @@
+"""Serving objects for one model version: Deployment, HPA, PDB; and the ChatModel's stable Service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from chatmodel_operator.builders import meta
+from chatmodel_operator.builders.meta import Obj
+from chatmodel_operator.builders.sources import Mounts
+from chatmodel_operator.config import Config
+from chatmodel_operator.spec import ChatModel, Serving
+
+API_KEYS_DIR = "/etc/chatmodel/api-keys"
+API_KEYS_FILE = f"{API_KEYS_DIR}/keys"
+# The HPA reads these per-pod metrics through a Prometheus adapter; the names are the runtime's.
+POD_METRICS = {
+    "requestsWaiting": "chatmodel_num_requests_waiting",
+    "requestsRunning": "chatmodel_num_requests_running",
+}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What differs between serving runtimes: the image, the subcommand and the health paths."""
+
+    subcommand: str
+    liveness_path: str
+    readiness_path: str
+
+    def image(self, config: Config, serving: Serving) -> str:
+        if serving.image:
+            return serving.image
+        return config.triton_image if self.subcommand == "triton" else config.runtime_image
+
+
+RUNTIMES = {
+    "pytorch": Runtime("serve", "/health", "/ready"),
+    # The Triton image wraps tritonserver with the same flags and an OpenAI front end on the same port.
+    "triton": Runtime("triton", "/health", "/ready"),
+}
+
+
+def serve_args(cm: ChatModel, model: str, runtime: Runtime, config: Config, api_keys: bool) -> list[str]:
+    sv = cm.spec.serving
+    args = [
+        runtime.subcommand,
+        "--model", model,
+        "--host", "0.0.0.0",
+        "--port", str(config.service_port),
+        "--served-model-name", cm.metadata.name,
+        "--dtype", sv.dtype,
+        "--device", "cuda" if sv.resources.gpu else "cpu",
+        "--default-max-tokens", str(sv.generation.max_tokens),
+        "--default-temperature", str(sv.generation.temperature),
+    ]  # fmt: skip
+    if api_keys:
+        args += ["--api-keys-file", API_KEYS_FILE]
+    if sv.max_batch_size is not None:
+        args += ["--max-batch-size", str(sv.max_batch_size)]
+    if sv.max_waiting_requests is not None:
+        args += ["--max-waiting-requests", str(sv.max_waiting_requests)]
+    return args
+
+
+def _probe(path: str, period: int, failures: int) -> Obj:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": 3,
+        "failureThreshold": failures,
+    }
+
+
+def _model_source(cm: ChatModel, version: str, mounts: Mounts, volumes: list[Obj]) -> str:
+    """The fine-tuned artifact on the PVC (read-only), or the base model itself."""
+    if cm.spec.fine_tune is None:
+        return mounts.resolve(cm.spec.base_model.source)
+    claim = {"claimName": meta.pvc_name(cm), "readOnly": True}
+    volumes.append({"name": "artifacts", "persistentVolumeClaim": claim})
+    mounts.mounts.append({"name": "artifacts", "mountPath": meta.ARTIFACTS_MOUNT, "readOnly": True})
+    return meta.artifact_path(version)
+
+
+def _spread(cm: ChatModel, version: str) -> list[Obj]:
+    match = {"matchLabels": meta.selector(cm, "serving", version)}
+    return [
+        {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": match}
+        for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
+    ]
+
+
+def uses_hpa(serving: Serving) -> bool:
+    return serving.replicas.max > max(serving.replicas.min, 1)
+
+
+def deployment(cm: ChatModel, version: str, config: Config) -> Obj:
+    sv = cm.spec.serving
+    runtime = RUNTIMES[sv.runtime]
+    mounts = Mounts()
+    volumes: list[Obj] = []
+    model = _model_source(cm, version, mounts, volumes)
+    access = cm.spec.access
+    if access is not None:
+        ref = access.api_key_secret_ref
+        secret = {"secretName": ref.name, "items": [{"key": ref.key, "path": "keys"}], "defaultMode": 0o440}
+        volumes.append({"name": "api-keys", "secret": secret})
+        mounts.mounts.append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
+    scratch_vols, scratch_mounts = meta.scratch_volumes(sv.shm_size)
+    container: Obj = {
+        "name": "server",
+        "image": runtime.image(config, sv),
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["chatmodel"],
+        "args": serve_args(cm, model, runtime, config, access is not None),
+        "ports": [{"name": "http", "containerPort": config.service_port, "protocol": "TCP"}],
+        "env": meta.base_env() + [e.model_dump(by_alias=True) for e in sv.env],
+        "resources": meta.resources(sv.resources.gpu, sv.resources.cpu, sv.resources.memory),
+        "securityContext": meta.container_security_context(),
+        # Loading a model takes a while: the startup probe holds liveness off for up to 10 minutes.
+        "startupProbe": _probe(runtime.liveness_path, 5, 120),
+        "livenessProbe": _probe(runtime.liveness_path, 10, 3),
+        "readinessProbe": _probe(runtime.readiness_path, 5, 2),
+        # Let endpoints drop the pod before SIGTERM; the server then drains in-flight requests.
+        "lifecycle": {"preStop": {"sleep": {"seconds": config.prestop_seconds}}},
+        "volumeMounts": scratch_mounts + mounts.mounts,
+    }
+    pod_labels = meta.labels(cm, "serving", version)
+    pod = meta.pod_spec(
+        config,
+        [container],
+        scratch_vols + mounts.volumes + volumes,
+        terminationGracePeriodSeconds=config.prestop_seconds + config.drain_seconds,
+        nodeSelector=dict(sv.node_selector),
+        tolerations=meta.tolerations(sv.tolerations, sv.resources.gpu),
+        topologySpreadConstraints=_spread(cm, version),
+    )
+    spec: Obj = {
+        "selector": {"matchLabels": meta.selector(cm, "serving", version)},
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "revisionHistoryLimit": 3,
+        "template": {
+            "metadata": {
+                "labels": pod_labels,
+                "annotations": {
+                    "prometheus.io/scrape": "true",
+                    "prometheus.io/port": str(config.service_port),
+                    "prometheus.io/path": "/metrics",
+                },
+            },
+            "spec": pod,
+        },
+    }
+    if not uses_hpa(sv):
+        # With an HPA, replicas belong to it; writing them here would fight it on every apply.
+        spec["replicas"] = sv.replicas.min
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta.metadata(cm, meta.deployment_name(cm, version), "serving", version),
+        "spec": spec,
+    }
+
+
+def service(cm: ChatModel, version: str | None, config: Config) -> Obj:
+    """The stable endpoint; its selector names the version that receives traffic."""
+    port = config.service_port
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta.metadata(cm, meta.service_name(cm), "serving"),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": meta.selector(cm, "serving", version),
+            "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def _hpa_metric(sv: Serving) -> Obj:
+    target = sv.autoscaling.target
+    if sv.autoscaling.metric == "cpu":
+        return {
+            "type": "Resource",
+            "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": target}},
+        }
+    return {
+        "type": "Pods",
+        "pods": {
+            "metric": {"name": POD_METRICS[sv.autoscaling.metric]},
+            "target": {"type": "AverageValue", "averageValue": str(target)},
+        },
+    }
+
+
+def hpa(cm: ChatModel, version: str) -> Obj | None:
+    sv = cm.spec.serving
+    if not uses_hpa(sv):
+        return None
+    name = meta.deployment_name(cm, version)
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": meta.metadata(cm, name, "serving", version),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            # autoscaling/v2 cannot go below 1 without the HPAScaleToZero feature gate.
+            "minReplicas": max(sv.replicas.min, 1),
+            "maxReplicas": sv.replicas.max,
+            "metrics": [_hpa_metric(sv)],
+            # Model pods are slow to start: scale down only after load stays low for 5 minutes.
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}},
+        },
+    }
+
+
+def pdb(cm: ChatModel, version: str) -> Obj | None:
+    if cm.spec.serving.replicas.min < 2:
+        return None
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": meta.metadata(cm, meta.deployment_name(cm, version), "serving", version),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": meta.selector(cm, "serving", version)}},
+    }

@@ -1,0 +1,43 @@
+"""One Config for the operator, read from the environment once (CHATMODEL_* variables)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+_PREFIX = "CHATMODEL_"
+
+
+@dataclass(frozen=True)
+class Config:
+    # Namespaces to watch; empty means cluster-wide.
+    namespaces: tuple[str, ...] = ()
+    runtime_image: str = "ghcr.io/chatmodel/runtime:0.1.0"
+    triton_image: str = "ghcr.io/chatmodel/runtime-triton:0.1.0"
+    operator_image: str = "ghcr.io/chatmodel/operator:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+    # Port of the operator's /metrics and /healthz.
+    metrics_port: int = 8080
+    # preStop sleep lets endpoints drop the pod before SIGTERM; the runtime then drains in-flight requests.
+    prestop_seconds: int = 5
+    drain_seconds: int = 60
+    # Non-root identity for every pod (restricted Pod Security Standard); fsGroup makes PVCs writable.
+    run_as_user: int = 1000
+    service_port: int = 8000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(_PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            if f.name == "namespaces":
+                values[f.name] = tuple(n.strip() for n in raw.split(",") if n.strip())
+            elif f.type in ("int", int):
+                values[f.name] = int(raw)
+            else:
+                values[f.name] = raw
+        return cls(**values)  # type: ignore[arg-type]

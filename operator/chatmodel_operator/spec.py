@@ -1,0 +1,377 @@
+"""The ChatModel API (chatmodel.dev/v1alpha1): the one place where field names, types, defaults and docs live.
+
+The CRD in manifests/crds is generated from these models (`python -m chatmodel_operator.crd`), and the
+serving/training side imports this module to run a manifest locally, so it must stay free of kopf and
+kubernetes imports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "chatmodel.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ChatModel"
+PLURAL = "chatmodels"
+SHORT_NAME = "chm"
+
+DEFAULT_BASE_MODEL = "builtin://smollm2-135m"
+# Model sources: builtin demo models, Hugging Face ids, a path on a PVC, or a path inside the image.
+MODEL_SOURCE_PATTERN = r"^((builtin|hf|pvc|file)://.+|/.+)$"
+DATA_SOURCE_PATTERN = r"^((builtin|pvc|file)://.+|/.+)$"
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+Phase = Literal["Pending", "FineTuning", "Deploying", "Ready", "Failed", "Degraded"]
+PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A cross-field rule, written twice on purpose: as CEL for the API server (the CRD's
+    x-kubernetes-validations) and as Python for code that reads manifests without one.
+    Tests run both on the same manifests."""
+
+    cel: str
+    message: str
+    check: Callable[[Any], bool]
+
+
+class _Model(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are refused (the CRD prunes them)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    rules: ClassVar[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> Any:
+        for rule in self.rules:
+            if not rule.check(self):
+                raise ValueError(rule.message)
+        return self
+
+
+class ModelSource(_Model):
+    """Where the base model comes from."""
+
+    source: str = Field(
+        DEFAULT_BASE_MODEL,
+        pattern=MODEL_SOURCE_PATTERN,
+        description="Model source: builtin://smollm2-135m, hf://org/name, pvc://claim/path, file:///path "
+        "or an absolute path inside the runtime image.",
+    )
+
+
+class Dataset(_Model):
+    """Training data: a JSONL file of chat examples."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "!(has(self.validationSplit) && has(self.validationSource))",
+            "spec.fineTune.dataset: set validationSplit or validationSource, not both",
+            lambda d: d.validation_split is None or d.validation_source is None,
+        ),
+    )
+    source: str = Field(
+        pattern=DATA_SOURCE_PATTERN,
+        description="JSONL training data: pvc://claim/path/file.jsonl, file:///path or builtin://name.",
+    )
+    validation_split: float | None = Field(
+        None,
+        ge=0.0,
+        le=0.5,
+        description="Fraction of the data held out for evaluation (0.1 when neither this nor "
+        "validationSource is set).",
+    )
+    validation_source: str | None = Field(
+        None, pattern=DATA_SOURCE_PATTERN, description="A separate JSONL file used for evaluation."
+    )
+
+
+class Hyperparameters(_Model):
+    """Training hyperparameters."""
+
+    epochs: int = Field(3, ge=1, le=100, description="Passes over the training data.")
+    learning_rate: float = Field(2.0e-4, gt=0.0, le=1.0, description="Peak learning rate.")
+    batch_size: int = Field(8, ge=1, le=1024, description="Examples per optimizer step.")
+    max_seq_length: int = Field(1024, ge=16, le=32768, description="Longer examples are truncated.")
+
+
+class Resources(_Model):
+    """Compute for one pod."""
+
+    gpu: int = Field(0, ge=0, le=16, description="NVIDIA GPUs (nvidia.com/gpu limit); 0 runs on CPU.")
+    cpu: str = Field("1", pattern=QUANTITY_PATTERN, description="CPU request, e.g. 500m or 2.")
+    memory: str = Field("2Gi", pattern=QUANTITY_PATTERN, description="Memory request and limit, e.g. 4Gi.")
+
+
+class TrainingResources(Resources):
+    """Compute for the training pod."""
+
+    cpu: str = Field("2", pattern=QUANTITY_PATTERN, description="CPU request, e.g. 500m or 2.")
+    memory: str = Field("4Gi", pattern=QUANTITY_PATTERN, description="Memory request and limit, e.g. 8Gi.")
+
+
+class Toleration(_Model):
+    """A pod toleration (core/v1 Toleration)."""
+
+    key: str | None = Field(None, description="Taint key; empty with operator Exists matches all taints.")
+    operator: Literal["Exists", "Equal"] = Field("Equal", description="Exists or Equal.")
+    value: str | None = Field(None, description="Taint value for operator Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect to match; empty matches all effects."
+    )
+    toleration_seconds: int | None = Field(None, ge=0, description="How long a NoExecute taint is tolerated.")
+
+
+class EnvVar(_Model):
+    """An environment variable for the container."""
+
+    name: str = Field(min_length=1, max_length=253, description="Variable name.")
+    value: str = Field("", description="Variable value.")
+
+
+class Placement(_Model):
+    """Scheduling knobs shared by the training and serving pods."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pods require.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Taints the pods tolerate.")
+
+
+class FineTune(Placement):
+    """Fine-tune the base model in a Job before serving it; absent serves the base model as is."""
+
+    dataset: Dataset = Field(description="Training data.")
+    method: Literal["lora", "full"] = Field("lora", description="lora: an adapter; full: all weights.")
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters, description="Training knobs.")
+    resources: TrainingResources = Field(
+        default_factory=TrainingResources, description="Compute for the training pod."
+    )
+    backoff_limit: int = Field(2, ge=0, le=10, description="Pod retries before the Job fails.")
+    active_deadline_seconds: int = Field(
+        86400, ge=60, le=604800, description="Wall-clock limit of the training Job, in seconds."
+    )
+    image: str | None = Field(None, description="Trainer image; defaults to the operator's runtime image.")
+
+
+class Replicas(_Model):
+    """Replica bounds; the autoscaler moves between them."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule("self.min <= self.max", "spec.serving.replicas.min must be <= max", lambda r: r.min <= r.max),
+    )
+    min: int = Field(1, ge=0, le=100, description="Fewest replicas (0 parks the model; the HPA floor is 1).")
+    max: int = Field(1, ge=1, le=100, description="Most replicas; above min an HPA is created.")
+
+
+class Autoscaling(_Model):
+    """What the HorizontalPodAutoscaler tracks when max > min."""
+
+    metric: Literal["requestsWaiting", "requestsRunning", "cpu"] = Field(
+        "requestsWaiting",
+        description="requestsWaiting/requestsRunning use the runtime's Prometheus metrics (via an adapter); "
+        "cpu uses CPU utilisation.",
+    )
+    target: int = Field(4, ge=1, le=1000, description="Target per pod: requests, or CPU percent for cpu.")
+
+
+class Generation(_Model):
+    """Defaults for requests that leave them out."""
+
+    max_tokens: int = Field(512, ge=1, le=32768, description="Default max_tokens.")
+    temperature: float = Field(0.7, ge=0.0, le=2.0, description="Default sampling temperature.")
+
+
+class Serving(Placement):
+    """How the model is served."""
+
+    runtime: Literal["pytorch", "triton"] = Field("pytorch", description="Serving runtime.")
+    replicas: Replicas = Field(default_factory=Replicas, description="Replica bounds.")
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="Autoscaling target.")
+    resources: Resources = Field(default_factory=Resources, description="Compute per serving pod.")
+    generation: Generation = Field(default_factory=Generation, description="Generation defaults.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weight dtype; auto picks bfloat16 where the hardware supports it."
+    )
+    max_batch_size: int | None = Field(None, ge=1, le=1024, description="Most sequences decoded together.")
+    max_waiting_requests: int | None = Field(
+        None, ge=1, le=100000, description="Queue bound; beyond it requests get 429."
+    )
+    shm_size: str = Field("1Gi", pattern=QUANTITY_PATTERN, description="Size of the /dev/shm memory volume.")
+    image: str | None = Field(None, description="Serving image; defaults to the operator's runtime image.")
+    env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables.")
+
+
+class SecretKeyRef(_Model):
+    """A key of a Secret in the ChatModel's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=NAME_PATTERN, description="Secret name.")
+    key: str = Field("keys", min_length=1, description="Key holding the API keys, one per line.")
+
+
+class Access(_Model):
+    """Who may call the model."""
+
+    api_key_secret_ref: SecretKeyRef = Field(description="Secret with the accepted bearer API keys.")
+
+
+class Gate(_Model):
+    """A fine-tuned version is served only if it passes this gate."""
+
+    max_eval_loss: float | None = Field(None, gt=0.0, description="Refuse a higher eval loss.")
+    require_improvement: bool = Field(
+        False, description="Refuse versions whose eval loss is not below the base model's."
+    )
+
+
+class Rollout(_Model):
+    """How traffic moves to a new version."""
+
+    strategy: Literal["replace", "canary"] = Field(
+        "replace", description="replace switches traffic once the new version is ready."
+    )
+    canary_percent: int = Field(10, ge=1, le=99, description="New version share (canary).")
+    gate: Gate | None = Field(None, description="Quality gate for fine-tuned versions.")
+    history_limit: int = Field(3, ge=1, le=20, description="Versions kept in status and training Jobs kept.")
+
+
+class Storage(_Model):
+    """The PersistentVolumeClaim holding fine-tuned artifacts (one folder per version)."""
+
+    size: str = Field("10Gi", pattern=QUANTITY_PATTERN, description="Requested capacity.")
+    storage_class_name: str | None = Field(None, description="StorageClass; empty uses the cluster default.")
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"] = Field(
+        "ReadWriteOnce", description="Use ReadWriteMany to spread serving replicas across nodes."
+    )
+
+
+class ChatModelSpec(_Model):
+    """Desired state of a ChatModel."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "!has(self.rollout) || !has(self.rollout.gate) || has(self.fineTune)",
+            "spec.rollout.gate needs spec.fineTune: only fine-tuned versions are gated",
+            lambda s: s.rollout.gate is None or s.fine_tune is not None,
+        ),
+        Rule(
+            "!has(self.fineTune) || self.fineTune.method != 'lora' || !has(self.serving) "
+            "|| self.serving.runtime != 'triton'",
+            "spec.serving.runtime triton serves merged weights only: use fineTune.method full",
+            lambda s: s.fine_tune is None or s.fine_tune.method != "lora" or s.serving.runtime != "triton",
+        ),
+    )
+    base_model: ModelSource = Field(default_factory=ModelSource, description="The model to start from.")
+    fine_tune: FineTune | None = Field(None, description="Optional fine-tune; absent serves the base model.")
+    serving: Serving = Field(default_factory=Serving, description="Serving settings.")
+    access: Access | None = Field(None, description="API keys; absent leaves the endpoint open.")
+    rollout: Rollout = Field(default_factory=Rollout, description="Version rollout rules.")
+    storage: Storage = Field(default_factory=Storage, description="Artifact storage for fine-tuned versions.")
+
+
+# ---- status ----------------------------------------------------------------------------------------------
+
+
+class Condition(_Model):
+    """A Kubernetes-style condition."""
+
+    type: str = Field(description="Ready, FineTuned, Available or Progressing.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="CamelCase reason.")
+    message: str = Field("", description="Human-readable detail.")
+    last_transition_time: str = Field(description="When status last changed (RFC 3339).")
+    observed_generation: int | None = Field(None, description="Generation this condition reflects.")
+
+
+class VersionStatus(_Model):
+    """One model version (a content hash of baseModel + fineTune)."""
+
+    name: str = Field(description="Version name: the content digest.")
+    base_model: str = Field(description="Base model source of this version.")
+    state: Literal["Training", "Trained", "Failed", "Rejected", "Serving", "Retired"] = Field(
+        description="Lifecycle state of this version."
+    )
+    eval_loss: float | None = Field(None, description="Eval loss after fine-tuning.")
+    eval_loss_before: float | None = Field(None, description="Eval loss of the base model.")
+    message: str | None = Field(None, description="Why the version failed or was rejected.")
+    created_at: str | None = Field(None, description="When the operator first saw this version.")
+
+
+class ChatModelStatus(_Model):
+    """Observed state of a ChatModel."""
+
+    phase: Phase | None = Field(None, description="Lifecycle phase.")
+    message: str | None = Field(None, description="Why the ChatModel is in this phase.")
+    observed_generation: int | None = Field(None, description="The spec generation last reconciled.")
+    active_version: str | None = Field(None, description="Version receiving traffic.")
+    target_version: str | None = Field(None, description="Version the spec asks for.")
+    versions: list[VersionStatus] = Field(default_factory=list, description="Known versions, newest first.")
+    endpoint: str | None = Field(None, description="OpenAI-compatible base URL inside the cluster.")
+    replicas: int | None = Field(None, description="Serving pods of the active version.")
+    ready_replicas: int | None = Field(None, description="Ready serving pods of the active version.")
+    selector: str | None = Field(None, description="Label selector of the serving pods (scale subresource).")
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, FineTuned, Available...")
+
+
+class Metadata(BaseModel):
+    """The part of metadata a manifest needs; the rest is kept as is."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(pattern=NAME_PATTERN, max_length=40)
+    namespace: str | None = None
+
+
+class ChatModel(BaseModel):
+    """A whole ChatModel manifest."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+    api_version: Literal["chatmodel.dev/v1alpha1"] = Field("chatmodel.dev/v1alpha1", alias="apiVersion")
+    kind: Literal["ChatModel"] = "ChatModel"
+    metadata: Metadata
+    spec: ChatModelSpec = Field(default_factory=ChatModelSpec)
+    status: ChatModelStatus | None = None
+
+
+def model_version(spec: ChatModelSpec) -> str:
+    """Short content hash of what changes the weights: the base model and the fine-tune recipe.
+
+    Resources, scheduling, retries and images do not change the model, so they are left out: changing them
+    never retrains.
+    """
+    recipe: dict[str, Any] = {"baseModel": spec.base_model.source}
+    if spec.fine_tune is not None:
+        recipe["fineTune"] = spec.fine_tune.model_dump(
+            by_alias=True, include={"dataset", "method", "hyperparameters"}
+        )
+    blob = json.dumps(recipe, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:10]
+
+
+def parse_manifest(doc: dict[str, Any]) -> ChatModel:
+    """Validate one manifest dict (raises pydantic.ValidationError naming the bad field)."""
+    return ChatModel.model_validate(doc)
+
+
+def load_manifests(path: str | Path) -> list[ChatModel]:
+    """Every ChatModel document in a (multi-document) YAML file; other kinds are skipped."""
+    with open(path, encoding="utf-8") as f:
+        docs = [d for d in yaml.safe_load_all(f) if d]
+    return [parse_manifest(d) for d in docs if d.get("kind") == KIND]
+
+
+def load_manifest(path: str | Path) -> ChatModel:
+    """The single ChatModel in a YAML file (the first one when there are several)."""
+    models = load_manifests(path)
+    if not models:
+        raise ValueError(f"{path}: no document of kind {KIND}")
+    return models[0]
