@@ -1,0 +1,66 @@
+"""One real `chatmodel serve` process on the built-in model for the API tests (float32, so greedy answers
+are bit-for-bit reproducible whatever the batch), with an API key file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from chatmodel_serving.launch import ServerProcess
+
+API_KEY = "test-key-0123456789"
+MODEL = "smollm2-135m"
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    d = tmp_path_factory.mktemp("server")
+    keys = d / "keys"
+    keys.write_text(f"# comment\nother-key\n{API_KEY}\n")
+    args = ["--dtype", "float32", "--api-keys-file", str(keys), "--max-waiting-requests", "64"]
+    with ServerProcess(args, log_path=d / "server.log") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def client(server: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url, api_key=API_KEY, max_retries=0, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():  # the same tokenizer the server uses, to count tokens independently
+    from transformers import AutoTokenizer
+
+    from chatmodel_serving.models import resolve_source
+
+    return AutoTokenizer.from_pretrained(resolve_source("builtin://smollm2-135m"))
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        series, value = line.rsplit(" ", 1)
+        n, _, rest = series.partition("{")
+        got = ",".join(sorted(p for p in rest.rstrip("}").split(",") if p))
+        if n == name and got == want:
+            return float(value)
+    return 0.0
+
+
+@pytest.fixture
+def ask(client: openai.OpenAI):
+    def ask(content: str, **kw) -> openai.types.chat.ChatCompletion:
+        kw.setdefault("max_tokens", 32)
+        kw.setdefault("temperature", 0)
+        return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}], **kw)
+
+    return ask
+
+
+__all__ = ["API_KEY", "MODEL", "Path", "metric"]

@@ -1,0 +1,92 @@
+"""Bad requests get the right 4xx with an OpenAI error body; nothing a client sends gives a 5xx."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from .conftest import API_KEY, MODEL
+
+MSG = [{"role": "user", "content": "hi"}]
+LONG = "word " * 9000  # more tokens than the 8,192-token context
+
+CASES = [
+    # (name, method, path, body or raw bytes, headers override, status, param)
+    ("wrong type for content", "/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": 5}]},
+     400, "messages.0.content"),
+    ("wrong type for temperature", "/v1/chat/completions", {"model": MODEL, "messages": MSG, "temperature": "hot"},
+     400, "temperature"),
+    ("temperature out of range", "/v1/chat/completions", {"model": MODEL, "messages": MSG, "temperature": 5},
+     400, "temperature"),
+    ("empty messages", "/v1/chat/completions", {"model": MODEL, "messages": []}, 400, "messages"),
+    ("missing messages", "/v1/chat/completions", {"model": MODEL}, 400, "messages"),
+    ("unknown role", "/v1/chat/completions", {"model": MODEL, "messages": [{"role": "robot", "content": "x"}]},
+     400, "messages.0.role"),
+    ("negative max_tokens", "/v1/chat/completions", {"model": MODEL, "messages": MSG, "max_tokens": -5},
+     400, "max_tokens"),
+    ("zero max_tokens", "/v1/completions", {"model": MODEL, "prompt": "a", "max_tokens": 0}, 400, "max_tokens"),
+    ("huge max_tokens", "/v1/chat/completions", {"model": MODEL, "messages": MSG, "max_tokens": 10**9},
+     400, "max_tokens"),
+    ("n too large", "/v1/chat/completions", {"model": MODEL, "messages": MSG, "n": 1000}, 400, "n"),
+    ("too many stops", "/v1/chat/completions", {"model": MODEL, "messages": MSG, "stop": list("abcde")},
+     400, "stop"),
+    ("tools unsupported", "/v1/chat/completions", {"model": MODEL, "messages": MSG, "tools": [{"type": "x"}]},
+     400, None),
+    ("logprobs unsupported", "/v1/chat/completions", {"model": MODEL, "messages": MSG, "logprobs": True},
+     400, "logprobs"),
+    ("unknown model", "/v1/chat/completions", {"model": "gpt-9", "messages": MSG}, 404, "model"),
+    ("unknown model, completions", "/v1/completions", {"model": "gpt-9", "prompt": "x"}, 404, "model"),
+    ("empty prompt", "/v1/completions", {"model": MODEL, "prompt": ""}, 400, "prompt"),
+    ("token id out of vocabulary", "/v1/completions", {"model": MODEL, "prompt": [1, 99999999]}, 400, "prompt"),
+    ("over-long chat prompt", "/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": LONG}]},
+     413, "messages"),
+    ("over-long completion prompt", "/v1/completions", {"model": MODEL, "prompt": LONG}, 413, "prompt"),
+    ("body is a list", "/v1/chat/completions", [1, 2], 400, None),
+]
+
+
+def check_error(r: httpx.Response, status: int, param: str | None = "-") -> dict:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    if param != "-":
+        assert err["param"] == param, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def http(server) -> httpx.Client:
+    with httpx.Client(base_url=server.base, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120) as c:
+        yield c
+
+
+@pytest.mark.parametrize(("name", "path", "body", "status", "param"), CASES, ids=[c[0] for c in CASES])
+def test_bad_request(http: httpx.Client, name, path, body, status, param) -> None:
+    check_error(http.post(path, json=body), status, param)
+
+
+def test_invalid_json(http: httpx.Client) -> None:
+    err = check_error(http.post("/v1/chat/completions", content=b'{"model": ',
+                                headers={"content-type": "application/json"}), 400)
+    assert "JSON" in err["message"]
+
+
+def test_missing_and_wrong_key(server) -> None:
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": f"Basic {API_KEY}"}):
+        r = httpx.post(f"{server.base}/v1/chat/completions", json={"model": MODEL, "messages": MSG},
+                       headers=headers)
+        assert check_error(r, 401)["code"] == "invalid_api_key"
+    assert httpx.get(f"{server.base}/v1/models").status_code == 401
+    # Probes and metrics stay open for the kubelet and Prometheus.
+    assert httpx.get(f"{server.base}/health").status_code == 200
+    assert httpx.get(f"{server.base}/ready").status_code == 200
+
+
+def test_unknown_route_and_method(http: httpx.Client) -> None:
+    check_error(http.get("/v1/nothing"), 404)
+    check_error(http.get("/v1/chat/completions"), 405)
+
+
+def test_streaming_errors_are_reported_before_the_stream(http: httpx.Client) -> None:
+    r = http.post("/v1/chat/completions", json={"model": "gpt-9", "messages": MSG, "stream": True})
+    check_error(r, 404, "model")
