@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import DynamicCache
+from transformers.cache_utils import Cache
 
+from . import kvcache
 from .models import LoadedModel
 
 log = logging.getLogger("chatmodel.engine")
@@ -201,7 +202,7 @@ class Engine:
         self._lock = threading.Condition()
         self._ids = itertools.count(1)
         self._rows: list[_Sequence] = []
-        self._cache: DynamicCache | None = None
+        self._cache: Cache | None = None
         self._mask: torch.Tensor | None = None
         self._accepting = True
         self._stop = False
@@ -368,9 +369,7 @@ class Engine:
             mask[i, past - n : past + len(suffix)] = 1  # prefix right-aligned before the new columns
             pos[i] = torch.arange(n, n + width)
             last.append(len(suffix) - 1)
-        cache = DynamicCache()
-        if past:
-            cache = DynamicCache(ddp_cache_data=self._stack_prefixes(cached, past))
+        cache = kvcache.new_cache(self._stack_prefixes(cached, past) if past else None)
         keep = torch.tensor(sorted(set(last)))
         out = self.model(
             input_ids=ids.to(dev),
@@ -414,7 +413,7 @@ class Engine:
         self,
         reqs: list[_Request],
         cached: list[tuple[int, Any]],
-        cache: DynamicCache,
+        cache: Cache,
         past: int,
     ) -> None:
         assert self.prefix_cache is not None
@@ -426,7 +425,7 @@ class Engine:
                   for layer in cache.layers]
             self.prefix_cache.store(r.prompt, kv)
 
-    def _merge(self, seqs: list[_Sequence], cache: DynamicCache, mask: torch.Tensor) -> None:
+    def _merge(self, seqs: list[_Sequence], cache: Cache, mask: torch.Tensor) -> None:
         """Add a prefilled group to the running batch, left-padding whichever is shorter."""
         mask = mask.to(self.device)
         if self._cache is None or self._mask is None or not self._rows:
@@ -434,9 +433,10 @@ class Engine:
             return
         a, b = self._mask.shape[1], mask.shape[1]
         width = max(a, b)
-        for old, new in zip(self._cache.layers, cache.layers, strict=True):
-            old.keys = torch.cat([_left_pad(old.keys, width), _left_pad(new.keys, width)], 0)
-            old.values = torch.cat([_left_pad(old.values, width), _left_pad(new.values, width)], 0)
+        kvcache.assign(self._cache, [
+            (torch.cat([_left_pad(old.keys, width), _left_pad(new.keys, width)], 0),
+             torch.cat([_left_pad(old.values, width), _left_pad(new.values, width)], 0))
+            for old, new in zip(self._cache.layers, cache.layers, strict=True)])
         self._mask = torch.cat([_left_pad(self._mask, width), _left_pad(mask, width)], 0)
         self._rows = self._rows + seqs
 
@@ -476,9 +476,9 @@ class Engine:
             # Drop leading columns that no remaining row uses.
             first = int(mask.any(0).int().argmax().item())
             self._mask = mask[:, first:]
-            for layer in self._cache.layers:
-                layer.keys = layer.keys.index_select(0, index)[:, :, first:]
-                layer.values = layer.values.index_select(0, index)[:, :, first:]
+            kvcache.assign(self._cache, [
+                (layer.keys.index_select(0, index)[:, :, first:], layer.values.index_select(0, index)[:, :, first:])
+                for layer in self._cache.layers])
             self._rows = [self._rows[i] for i in keep]
 
     def _beam_search(self, req: _Request) -> None:

@@ -1,0 +1,113 @@
+"""Serving benchmark: our server at 1, 8 and 32 concurrent streams vs sequential `model.generate()` and
+`transformers serve --continuous-batching` (bfloat16, its faster dtype here), same prompts, same client,
+same run. Writes the `serving` section of bench-results.json.
+
+    python tests/bench/bench_serving.py [--quick] [--no-peer]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from load import PROMPTS, run_streams  # noqa: E402
+from results import record  # noqa: E402
+
+from chatmodel_serving.launch import ServerProcess, free_port  # noqa: E402
+from chatmodel_serving.models import resolve_source  # noqa: E402
+
+MODEL = "builtin://smollm2-135m"
+
+
+def sequential_generate(folder: Path, prompts: list[str], max_tokens: int) -> float:
+    """Plain float32 `generate()`, one prompt after another: the floor every server must beat."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    tokens, seconds = 0, 0.0
+    with torch.inference_mode():
+        model.generate(**tok("warm up", return_tensors="pt"), max_new_tokens=4)  # one-time set-up costs
+        for p in prompts:
+            ids = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                          return_tensors="pt", return_dict=True)
+            start = time.monotonic()
+            out = model.generate(**ids, max_new_tokens=max_tokens, do_sample=False)
+            seconds += time.monotonic() - start
+            tokens += out.shape[1] - ids["input_ids"].shape[1]
+    del model
+    gc.collect()
+    return tokens / seconds
+
+
+def peer_transformers_serve(folder: Path, streams: int, max_tokens: int) -> dict:
+    port = free_port()
+    log = Path(tempfile.gettempdir()) / "bench-transformers-serve.log"
+    exe = Path(sys.executable).parent / "transformers"
+    cmd = [str(exe), "serve", str(folder), "--continuous-batching", "--device", "cpu", "--dtype", "bfloat16",
+           "--host", "127.0.0.1", "--port", str(port)]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=out, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        try:
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"transformers serve exited; see {log}")
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                    break
+                except OSError:
+                    time.sleep(1)
+            url = f"http://127.0.0.1:{port}/v1"
+            run_streams(url, str(folder), 2, max_tokens=8)  # load + warm up
+            return run_streams(url, str(folder), streams, max_tokens=max_tokens).summary()
+        finally:
+            proc.terminate()
+            proc.wait(60)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="a smoke run: small counts, no peer")
+    ap.add_argument("--no-peer", action="store_true", help="skip transformers serve")
+    args = ap.parse_args()
+    max_tokens = 16 if args.quick else 64
+    high = 4 if args.quick else 32
+    folder = resolve_source(MODEL)
+
+    print("sequential float32 generate() ...", flush=True)
+    seq = sequential_generate(folder, PROMPTS[: 2 if args.quick else 6], max_tokens)
+    figures: dict = {"max_tokens": max_tokens, "sequential_generate_tokens_per_second": round(seq, 1)}
+
+    print("our server ...", flush=True)
+    log = Path(tempfile.gettempdir()) / "bench-chatmodel-serve.log"
+    with ServerProcess(["--model", MODEL, "--served-model-name", "m"], log_path=log) as srv:
+        run_streams(srv.url, "m", 4, max_tokens=8)  # warm up (and fill the prefix cache)
+        for streams in sorted({1, 8 if not args.quick else 2, high}):
+            s = run_streams(srv.url, "m", streams, max_tokens=max_tokens, rounds=2 if streams == 1 else 1)
+            figures[f"ours_{streams}"] = s.summary()
+            print(f"  {streams:>2} streams: {s.summary()}", flush=True)
+    ours = figures[f"ours_{high}"]
+    figures[f"ratio_vs_sequential_{high}"] = round(ours["tokens_per_second"] / seq, 2)
+
+    if not (args.quick or args.no_peer):
+        print("transformers serve --continuous-batching --dtype bfloat16 ...", flush=True)
+        peer = peer_transformers_serve(folder, high, max_tokens)
+        figures[f"transformers_serve_{high}"] = peer
+        figures[f"ratio_vs_transformers_serve_{high}"] = round(ours["tokens_per_second"] / peer["tokens_per_second"], 2)
+        figures[f"ttft_p50_ratio_vs_transformers_serve_{high}"] = round(ours["ttft_p50_s"] / peer["ttft_p50_s"], 2)
+    record("serving", figures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""One results file for every benchmark: bench-results.json (git-ignored) plus a Markdown table."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "bench-results.json"
+TABLE = ROOT / "bench-results.md"
+
+
+def machine() -> dict[str, Any]:
+    import importlib.metadata as md
+
+    versions = {}
+    for dist in ("torch", "transformers", "kopf"):
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), **versions}
+
+
+def record(section: str, figures: dict[str, Any]) -> None:
+    """Merge one benchmark's figures into bench-results.json under `section` and rewrite the table."""
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    data["machine"] = machine()
+    data[section] = figures
+    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
+    lines = ["| key | value |", "|---|---|"]
+    for sec, figs in data.items():
+        if sec == "machine" or not isinstance(figs, dict):
+            continue
+        lines += [f"| `{sec}.{k}` | {v} |" for k, v in figs.items() if not isinstance(v, (dict, list))]
+    m = data["machine"]
+    lines.append(f"\nMachine: {m['cores']} cores, {m['cpu']}, torch {m.get('torch')}, "
+                 f"transformers {m.get('transformers')}.")
+    TABLE.write_text("\n".join(lines) + "\n")
+    print(TABLE.read_text())
