@@ -72,15 +72,20 @@ def check_api_key(state: ServerState, request: Request) -> None:
     for key in state.api_keys:
         ok |= hmac.compare_digest(given, key.encode())
     if not ok:
-        raise ApiError(401, "missing or invalid API key; send Authorization: Bearer <key>",
-                       "authentication_error", code="invalid_api_key")
+        raise ApiError(
+            401,
+            "missing or invalid API key; send Authorization: Bearer <key>",
+            "authentication_error",
+            code="invalid_api_key",
+        )
 
 
 def pick_model(state: ServerState, name: str) -> ServedModel:
     model = state.models.get(name)
     if model is None:
-        raise ApiError(404, f"model {name!r} does not exist; see GET /v1/models", param="model",
-                       code="model_not_found")
+        raise ApiError(
+            404, f"model {name!r} does not exist; see GET /v1/models", param="model", code="model_not_found"
+        )
     return model
 
 
@@ -88,13 +93,17 @@ def chat_prompt(served: ServedModel, req: ChatCompletionRequest) -> list[int]:
     tokenizer = served.loaded.tokenizer
     if getattr(tokenizer, "chat_template", None) is None:
         raise ApiError(400, f"model {served.name!r} has no chat template; use /v1/completions", param="model")
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                for m in req.messages]
+    messages = [
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages
+    ]
     try:
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                            return_dict=False)
+        ids = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
     except Exception as exc:  # the template's own checks (role order, ...) are client errors
-        raise ApiError(400, f"messages do not fit the model's chat template: {exc}", param="messages") from None
+        raise ApiError(
+            400, f"messages do not fit the model's chat template: {exc}", param="messages"
+        ) from None
     return list(ids)
 
 
@@ -105,36 +114,52 @@ def completion_prompts(served: ServedModel, req: CompletionRequest) -> list[list
         return [tokenizer.encode(p, add_special_tokens=False) or [tokenizer.eos_token_id]]
     if all(isinstance(x, str) for x in p):
         return [tokenizer.encode(s, add_special_tokens=False) for s in p]  # type: ignore[arg-type]
-    prompts = [p] if all(isinstance(x, int) for x in p) else p
+    prompts: list[list[int]] = [p] if all(isinstance(x, int) for x in p) else p  # type: ignore[list-item,assignment]
     vocab = served.loaded.model.config.vocab_size
     for ids in prompts:
-        if any(not 0 <= t < vocab for t in ids):  # type: ignore[union-attr]
+        if any(not 0 <= t < vocab for t in ids):
             raise ApiError(400, f"token ids must lie in [0, {vocab})", param="prompt")
-    return [list(ids) for ids in prompts]  # type: ignore[arg-type]
+    return [list(ids) for ids in prompts]
 
 
-def sampling_params(served: ServedModel, req: SamplingFields, requested: int | None,
-                    prompt_len: int, prompt_param: str) -> SamplingParams:
+def sampling_params(
+    served: ServedModel, req: SamplingFields, requested: int | None, prompt_len: int, prompt_param: str
+) -> SamplingParams:
     ctx = served.loaded.context_length
     room = ctx - prompt_len
     if room <= 0:
-        raise ApiError(413, f"the prompt is {prompt_len} tokens; this model's context is {ctx} tokens",
-                       param=prompt_param, code="context_length_exceeded")
+        raise ApiError(
+            413,
+            f"the prompt is {prompt_len} tokens; this model's context is {ctx} tokens",
+            param=prompt_param,
+            code="context_length_exceeded",
+        )
     max_tokens = requested if requested is not None else min(served.default_max_tokens, room)
     if max_tokens > room:
-        raise ApiError(400, f"max_tokens is {max_tokens} but only {room} tokens of the {ctx}-token context "
-                            f"are left after the {prompt_len}-token prompt", param="max_tokens")
+        raise ApiError(
+            400,
+            f"max_tokens is {max_tokens} but only {room} tokens of the {ctx}-token context "
+            f"are left after the {prompt_len}-token prompt",
+            param="max_tokens",
+        )
     beams = req.beams()
     if beams > 1 and req.n > 1:
         raise ApiError(400, "use_beam_search returns one answer per prompt; set n to 1", param="n")
     temperature = served.default_temperature if req.temperature is None else req.temperature
-    return SamplingParams(max_tokens=max_tokens, temperature=0.0 if beams > 1 else temperature,
-                          top_p=req.top_p or 1.0, seed=req.seed, stop=req.stop_list(),
-                          ignore_eos=req.ignore_eos, beams=beams)
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=0.0 if beams > 1 else temperature,
+        top_p=req.top_p or 1.0,
+        seed=req.seed,
+        stop=req.stop_list(),
+        ignore_eos=req.ignore_eos,
+        beams=beams,
+    )
 
 
-async def generate(state: ServerState, served: ServedModel,
-                   jobs: list[tuple[list[int], SamplingParams]]) -> AsyncIterator[tuple[int, Event]]:
+async def generate(
+    state: ServerState, served: ServedModel, jobs: list[tuple[list[int], SamplingParams]]
+) -> AsyncIterator[tuple[int, Event]]:
     """Run several sequences on the engine; yield (index, event) as they arrive."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
@@ -143,6 +168,7 @@ async def generate(state: ServerState, served: ServedModel,
     start = time.monotonic()
     try:
         for index, (prompt, params) in enumerate(jobs):
+
             def sink(ev: Event, index: int = index) -> None:
                 loop.call_soon_threadsafe(queue.put_nowait, (index, ev))
 
@@ -151,8 +177,13 @@ async def generate(state: ServerState, served: ServedModel,
     except QueueFullError as exc:
         for rid in ids.values():
             engine.cancel(rid)
-        raise ApiError(429, f"the server is busy ({exc}); retry shortly", "rate_limit_error",
-                       code="queue_full", headers={"Retry-After": "1"}) from None
+        raise ApiError(
+            429,
+            f"the server is busy ({exc}); retry shortly",
+            "rate_limit_error",
+            code="queue_full",
+            headers={"Retry-After": "1"},
+        ) from None
     except EngineStoppedError as exc:
         raise ApiError(503, str(exc), "service_unavailable", code="draining") from None
     first_seen: set[int] = set()
@@ -178,12 +209,16 @@ def sse(obj: Any) -> bytes:
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
-async def collect(state: ServerState, served: ServedModel,
-                  jobs: list[tuple[list[int], SamplingParams]]) -> tuple[list[str], list[str], int]:
+async def collect(
+    state: ServerState, served: ServedModel, jobs: list[tuple[list[int], SamplingParams]]
+) -> tuple[list[str], list[str], int]:
     texts, reasons, completion = [""] * len(jobs), [""] * len(jobs), 0
     async for index, ev in generate(state, served, jobs):
         texts[index] += ev.text
@@ -209,7 +244,7 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        err: dict[str, Any] = dict(exc.errors()[0]) if exc.errors() else {"loc": (), "msg": "invalid request"}
         if err.get("type") == "json_invalid":
             e = ApiError(400, f"the body is not valid JSON: {err.get('ctx', {}).get('error', '')}".strip())
         else:
@@ -235,8 +270,13 @@ def create_app(state: ServerState) -> FastAPI:
     def guard(request: Request) -> None:
         check_api_key(state, request)
         if state.draining:
-            raise ApiError(503, "the server is draining and takes no new requests", "service_unavailable",
-                           code="draining", headers={"Retry-After": "1"})
+            raise ApiError(
+                503,
+                "the server is draining and takes no new requests",
+                "service_unavailable",
+                code="draining",
+                headers={"Retry-After": "1"},
+            )
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -255,9 +295,17 @@ def create_app(state: ServerState) -> FastAPI:
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
         check_api_key(state, request)
-        data = [{"id": m.name, "object": "model", "created": m.created, "owned_by": "chatmodel",
-                 "root": m.loaded.source, "max_model_len": m.loaded.context_length}
-                for m in state.models.values()]
+        data = [
+            {
+                "id": m.name,
+                "object": "model",
+                "created": m.created,
+                "owned_by": "chatmodel",
+                "root": m.loaded.source,
+                "max_model_len": m.loaded.context_length,
+            }
+            for m in state.models.values()
+        ]
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions", response_model=None)
@@ -272,14 +320,30 @@ def create_app(state: ServerState) -> FastAPI:
             log.info("prompt", extra={"request_id": rid, "messages": [m.model_dump() for m in req.messages]})
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return await _stream(state, served, jobs, rid, created, "chat.completion.chunk", include_usage,
-                           lambda i, text: {"index": i, "delta": {"content": text}, "logprobs": None},
-                           lambda i: {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None})
+            return await _stream(
+                state,
+                served,
+                jobs,
+                rid,
+                created,
+                "chat.completion.chunk",
+                include_usage,
+                lambda i, text: {"index": i, "delta": {"content": text}, "logprobs": None},
+                lambda i: {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None},
+            )
         texts, reasons, completion = await collect(state, served, jobs)
-        choices = [{"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None,
-                    "finish_reason": r} for i, (t, r) in enumerate(zip(texts, reasons, strict=True))]
-        return {"id": rid, "object": "chat.completion", "created": created, "model": served.name,
-                "choices": choices, "usage": usage(len(prompt), completion)}
+        choices = [
+            {"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None, "finish_reason": r}
+            for i, (t, r) in enumerate(zip(texts, reasons, strict=True))
+        ]
+        return {
+            "id": rid,
+            "object": "chat.completion",
+            "created": created,
+            "model": served.name,
+            "choices": choices,
+            "usage": usage(len(prompt), completion),
+        }
 
     @app.post("/v1/completions", response_model=None)
     async def completions(req: CompletionRequest, request: Request) -> Any:
@@ -294,14 +358,31 @@ def create_app(state: ServerState) -> FastAPI:
         prompt_tokens = sum(len(p) for p in prompts)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return await _stream(state, served, jobs, rid, created, "text_completion", include_usage,
-                           lambda i, text: {"index": i, "text": text, "logprobs": None}, None,
-                           prompt_tokens=prompt_tokens)
+            return await _stream(
+                state,
+                served,
+                jobs,
+                rid,
+                created,
+                "text_completion",
+                include_usage,
+                lambda i, text: {"index": i, "text": text, "logprobs": None},
+                None,
+                prompt_tokens=prompt_tokens,
+            )
         texts, reasons, completion = await collect(state, served, jobs)
-        choices = [{"index": i, "text": t, "logprobs": None, "finish_reason": r}
-                   for i, (t, r) in enumerate(zip(texts, reasons, strict=True))]
-        return {"id": rid, "object": "text_completion", "created": created, "model": served.name,
-                "choices": choices, "usage": usage(prompt_tokens, completion)}
+        choices = [
+            {"index": i, "text": t, "logprobs": None, "finish_reason": r}
+            for i, (t, r) in enumerate(zip(texts, reasons, strict=True))
+        ]
+        return {
+            "id": rid,
+            "object": "text_completion",
+            "created": created,
+            "model": served.name,
+            "choices": choices,
+            "usage": usage(prompt_tokens, completion),
+        }
 
     return RequestLog(app)  # type: ignore[return-value]
 
@@ -313,15 +394,24 @@ def _with_seed(params: SamplingParams, i: int) -> SamplingParams:
     return SamplingParams(**{**params.__dict__, "seed": params.seed + i})
 
 
-async def _stream(state: ServerState, served: ServedModel, jobs: list[tuple[list[int], SamplingParams]],
-            rid: str, created: int, obj: str, include_usage: bool,
-            delta: Callable[[int, str], dict[str, Any]],
-            opening: Callable[[int], dict[str, Any]] | None, prompt_tokens: int | None = None) -> Response:
+async def _stream(
+    state: ServerState,
+    served: ServedModel,
+    jobs: list[tuple[list[int], SamplingParams]],
+    rid: str,
+    created: int,
+    obj: str,
+    include_usage: bool,
+    delta: Callable[[int, str], dict[str, Any]],
+    opening: Callable[[int], dict[str, Any]] | None,
+    prompt_tokens: int | None = None,
+) -> Response:
     events = generate(state, served, jobs)
 
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        return sse({"id": rid, "object": obj, "created": created, "model": served.name, "choices": choices,
-                    **extra})
+        return sse(
+            {"id": rid, "object": obj, "created": created, "model": served.name, "choices": choices, **extra}
+        )
 
     async def body(first: tuple[int, Event] | None) -> AsyncIterator[bytes]:
         completion = 0
@@ -348,19 +438,23 @@ async def _stream(state: ServerState, served: ServedModel, jobs: list[tuple[list
                 yield chunk([], usage=usage(p, completion))
             yield b"data: [DONE]\n\n"
         finally:
-            await events.aclose()
+            await events.aclose()  # type: ignore[attr-defined]
 
     # Wait for the first event before answering 200, so a full queue still gets a real 429.
     try:
         first: tuple[int, Event] | None = await events.__anext__()
     except StopAsyncIteration:
         first = None
-    return StreamingResponse(body(first), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        body(first),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
-async def _chain(pending: list[tuple[int, Event]],
-                 rest: AsyncIterator[tuple[int, Event]]) -> AsyncIterator[tuple[int, Event]]:
+async def _chain(
+    pending: list[tuple[int, Event]], rest: AsyncIterator[tuple[int, Event]]
+) -> AsyncIterator[tuple[int, Event]]:
     for item in pending:
         yield item
     async for item in rest:
@@ -395,9 +489,15 @@ class RequestLog:
         finally:
             path = scope.get("path", "")
             if path not in ("/health", "/ready", "/metrics"):
-                log.info("request", extra={"request_id": rid, "method": scope.get("method"), "path": path,
-                                           "status": status[0],
-                                           "duration_s": round(time.monotonic() - start, 4)})
+                log.info(
+                    "request",
+                    extra={
+                        "request_id": rid,
+                        "method": scope.get("method"),
+                        "path": path,
+                        "status": status[0],
+                        "duration_s": round(time.monotonic() - start, 4),
+                    },
+                )
             route = path if path in ROUTES else "other"  # bounded label values
             self.state.metrics.http.labels(route, str(status[0])).inc()
-

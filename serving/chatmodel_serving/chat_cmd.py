@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", default=os.environ.get("OPENAI_BASE_URL", "http://127.0.0.1:8000/v1"),
-                   help="base URL of the API, ending in /v1")
+    p.add_argument(
+        "--url",
+        default=os.environ.get("OPENAI_BASE_URL", "http://127.0.0.1:8000/v1"),
+        help="base URL of the API, ending in /v1",
+    )
     p.add_argument("--model", help="model name (default: the first one the server lists)")
     p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "none"))
     p.add_argument("--system", help="system prompt")
@@ -27,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     except openai.APIError as exc:
         print(f"chatmodel chat: {args.url}: {exc}", file=sys.stderr)
         return 1
-    history: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
+    history: list[Any] = [{"role": "system", "content": args.system}] if args.system else []
     interactive = args.message is None
     if interactive:
         print(f"chatting with {model} at {args.url} (Ctrl-D to quit)", file=sys.stderr)
@@ -42,9 +46,14 @@ def run(args: argparse.Namespace) -> int:
         history.append({"role": "user", "content": text})
         answer = []
         try:
-            stream = client.chat.completions.create(model=model, messages=history, stream=True,  # type: ignore[arg-type]
-                                                    temperature=args.temperature, max_tokens=args.max_tokens)
-            for chunk in stream:
+            stream = client.chat.completions.create(
+                model=model,
+                messages=history,
+                stream=True,  # type: ignore[arg-type]
+                temperature=args.temperature,
+                max_tokens=args.max_tokens,
+            )
+            for chunk in stream:  # type: ignore[union-attr]
                 if chunk.choices and chunk.choices[0].delta.content:
                     answer.append(chunk.choices[0].delta.content)
                     print(chunk.choices[0].delta.content, end="", flush=True)

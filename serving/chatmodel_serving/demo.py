@@ -25,8 +25,13 @@ def main() -> int:
         first = None
         tokens = 0
         stream = client.chat.completions.create(
-            model="smollm2-135m", messages=[{"role": "user", "content": QUESTION}],
-            max_tokens=96, temperature=0, stream=True, stream_options={"include_usage": True})
+            model="smollm2-135m",
+            messages=[{"role": "user", "content": QUESTION}],
+            max_tokens=96,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
         for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
                 first = first or time.monotonic()
@@ -35,8 +40,10 @@ def main() -> int:
                 tokens = chunk.usage.completion_tokens
         end = time.monotonic()
         ttft = (first or end) - start
-        print(f"\n\n{tokens} tokens in {end - start:.2f} s: {tokens / (end - start):.1f} tokens/s, "
-              f"time to first token {ttft:.2f} s (server log: {log})")
+        print(
+            f"\n\n{tokens} tokens in {end - start:.2f} s: {tokens / (end - start):.1f} tokens/s, "
+            f"time to first token {ttft:.2f} s (server log: {log})"
+        )
     return 0
 
 

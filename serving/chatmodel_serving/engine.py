@@ -114,7 +114,9 @@ class _Sequence:
             self.generated.append(token)
         text = self.tokenizer.decode(self.generated, skip_special_tokens=True)
         if params.stop:
-            cut = min((i for s in params.stop if (i := text.find(s, max(0, self.sent - len(s)))) >= 0), default=-1)
+            cut = min(
+                (i for s in params.stop if (i := text.find(s, max(0, self.sent - len(s)))) >= 0), default=-1
+            )
             if cut >= 0:
                 text, self.finish_reason = text[:cut], "stop"
         if self.finish_reason is None and (
@@ -421,8 +423,10 @@ class Engine:
             if n == len(r.prompt) - 1:
                 continue  # nothing new to remember
             lo, hi = past - n, past + len(r.prompt) - n
-            kv = [(layer.keys[i : i + 1, :, lo:hi].clone(), layer.values[i : i + 1, :, lo:hi].clone())
-                  for layer in cache.layers]
+            kv = [
+                (k[i : i + 1, :, lo:hi].clone(), v[i : i + 1, :, lo:hi].clone())
+                for k, v in kvcache.contents(cache)
+            ]
             self.prefix_cache.store(r.prompt, kv)
 
     def _merge(self, seqs: list[_Sequence], cache: Cache, mask: torch.Tensor) -> None:
@@ -433,10 +437,18 @@ class Engine:
             return
         a, b = self._mask.shape[1], mask.shape[1]
         width = max(a, b)
-        kvcache.assign(self._cache, [
-            (torch.cat([_left_pad(old.keys, width), _left_pad(new.keys, width)], 0),
-             torch.cat([_left_pad(old.values, width), _left_pad(new.values, width)], 0))
-            for old, new in zip(self._cache.layers, cache.layers, strict=True)])
+        kvcache.assign(
+            self._cache,
+            [
+                (
+                    torch.cat([_left_pad(ok, width), _left_pad(nk, width)], 0),
+                    torch.cat([_left_pad(ov, width), _left_pad(nv, width)], 0),
+                )
+                for (ok, ov), (nk, nv) in zip(
+                    kvcache.contents(self._cache), kvcache.contents(cache), strict=True
+                )
+            ],
+        )
         self._mask = torch.cat([_left_pad(self._mask, width), _left_pad(mask, width)], 0)
         self._rows = self._rows + seqs
 
@@ -476,9 +488,13 @@ class Engine:
             # Drop leading columns that no remaining row uses.
             first = int(mask.any(0).int().argmax().item())
             self._mask = mask[:, first:]
-            kvcache.assign(self._cache, [
-                (layer.keys.index_select(0, index)[:, :, first:], layer.values.index_select(0, index)[:, :, first:])
-                for layer in self._cache.layers])
+            kvcache.assign(
+                self._cache,
+                [
+                    (k.index_select(0, index)[:, :, first:], v.index_select(0, index)[:, :, first:])
+                    for k, v in kvcache.contents(self._cache)
+                ],
+            )
             self._rows = [self._rows[i] for i in keep]
 
     def _beam_search(self, req: _Request) -> None:

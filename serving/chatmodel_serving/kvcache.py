@@ -3,12 +3,13 @@ concatenating (and so copying) every layer's whole cache on every token, as Dyna
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 HEADROOM = 64  # columns allocated beyond what is needed, so ~64 decode steps run without a copy
+KV = tuple[torch.Tensor, torch.Tensor]
 
 
 class GrowingLayer(DynamicLayer):
@@ -18,38 +19,42 @@ class GrowingLayer(DynamicLayer):
         self.vbuf: torch.Tensor | None = None
         self.n = 0
 
-    def assign(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+    def assign(self, keys: torch.Tensor, values: torch.Tensor) -> KV:
         """Replace the contents (after rows joined or left the batch), with headroom to grow."""
         shape = list(keys.shape)
         shape[-2] += HEADROOM
-        self.kbuf, self.vbuf = keys.new_empty(shape), values.new_empty(shape)
+        kbuf, vbuf = keys.new_empty(shape), values.new_empty(shape)
         self.n = keys.shape[-2]
-        self.kbuf[:, :, : self.n] = keys
-        self.vbuf[:, :, : self.n] = values
-        self.keys, self.values = self.kbuf[:, :, : self.n], self.vbuf[:, :, : self.n]
+        kbuf[:, :, : self.n] = keys
+        vbuf[:, :, : self.n] = values
+        self.kbuf, self.vbuf = kbuf, vbuf
+        self.keys, self.values = kbuf[:, :, : self.n], vbuf[:, :, : self.n]
         self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
-               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.kbuf is None or self.vbuf is None:
-            self.assign(key_states, value_states)
-            return self.keys, self.values
-        need = self.n + key_states.shape[-2]
-        if need > self.kbuf.shape[-2]:
-            self.assign(self.keys, self.values)  # grow: one copy per HEADROOM steps
-            assert self.kbuf is not None and self.vbuf is not None
-        self.kbuf[:, :, self.n : need] = key_states
-        self.vbuf[:, :, self.n : need] = value_states
-        self.n = need
-        self.keys, self.values = self.kbuf[:, :, :need], self.vbuf[:, :, :need]
         return self.keys, self.values
 
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> KV:
+        if self.kbuf is None or self.vbuf is None:
+            return self.assign(key_states, value_states)
+        need = self.n + key_states.shape[-2]
+        if need > self.kbuf.shape[-2]:
+            self.assign(self.kbuf[:, :, : self.n], self.vbuf[:, :, : self.n])  # one copy per HEADROOM steps
+        kbuf, vbuf = cast(torch.Tensor, self.kbuf), cast(torch.Tensor, self.vbuf)
+        kbuf[:, :, self.n : need] = key_states
+        vbuf[:, :, self.n : need] = value_states
+        self.n = need
+        self.keys, self.values = kbuf[:, :, :need], vbuf[:, :, :need]
+        return self.keys, self.values
 
-def new_cache(layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> Cache:
+    def kv(self) -> KV:
+        assert self.kbuf is not None and self.vbuf is not None
+        return self.kbuf[:, :, : self.n], self.vbuf[:, :, : self.n]
+
+
+def new_cache(layers: list[KV] | None = None) -> Cache:
     """An empty cache, or one holding the given per-layer (keys, values)."""
     if not layers:
         return Cache(layer_class_to_replicate=GrowingLayer)
-    grown = []
+    grown: list[Any] = []
     for k, v in layers:
         layer = GrowingLayer()
         layer.assign(k, v)
@@ -57,6 +62,11 @@ def new_cache(layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> 
     return Cache(layers=grown)
 
 
-def assign(cache: Cache, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+def contents(cache: Cache) -> list[KV]:
+    """Per layer, the (keys, values) the cache holds."""
+    return [cast(GrowingLayer, layer).kv() for layer in cache.layers]
+
+
+def assign(cache: Cache, layers: list[KV]) -> None:
     for layer, (k, v) in zip(cache.layers, layers, strict=True):
-        layer.assign(k, v)  # type: ignore[union-attr]
+        cast(GrowingLayer, layer).assign(k, v)

@@ -22,8 +22,14 @@ def free_port() -> int:
 class ServerProcess:
     """`with ServerProcess(["--model", src]) as srv:` … srv.url is http://127.0.0.1:PORT/v1."""
 
-    def __init__(self, args: list[str], port: int | None = None, log_path: Path | None = None,
-                 env: dict[str, str] | None = None, ready_timeout: float = 300.0):
+    def __init__(
+        self,
+        args: list[str],
+        port: int | None = None,
+        log_path: Path | None = None,
+        env: dict[str, str] | None = None,
+        ready_timeout: float = 300.0,
+    ):
         self.port = port or free_port()
         self.args = args
         self.log_path = log_path

@@ -23,12 +23,15 @@ class _LoadCollector(Collector):
         self.stats = stats
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        waiting = GaugeMetricFamily(f"{PREFIX}num_requests_waiting", "Requests queued, not yet running.",
-                                    labels=["model"])
-        running = GaugeMetricFamily(f"{PREFIX}num_requests_running", "Requests in the running batch.",
-                                    labels=["model"])
-        kv = GaugeMetricFamily(f"{PREFIX}kv_cache_usage_perc", "KV-cache tokens in use over capacity (0-1).",
-                               labels=["model"])
+        waiting = GaugeMetricFamily(
+            f"{PREFIX}num_requests_waiting", "Requests queued, not yet running.", labels=["model"]
+        )
+        running = GaugeMetricFamily(
+            f"{PREFIX}num_requests_running", "Requests in the running batch.", labels=["model"]
+        )
+        kv = GaugeMetricFamily(
+            f"{PREFIX}kv_cache_usage_perc", "KV-cache tokens in use over capacity (0-1).", labels=["model"]
+        )
         for name, s in self.stats().items():
             waiting.add_metric([name], s.waiting)
             running.add_metric([name], s.running)
@@ -40,14 +43,36 @@ class ServingMetrics:
     def __init__(self, stats: Callable[[], dict[str, EngineStats]]):
         self.registry = CollectorRegistry()
         r = self.registry
-        self.ttft = Histogram(f"{PREFIX}time_to_first_token_seconds", "Time to first token.",
-                              ["model"], buckets=TTFT_BUCKETS, registry=r)
-        self.e2e = Histogram(f"{PREFIX}e2e_request_latency_seconds", "Request latency, arrival to last token.",
-                             ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.prompt_tokens = Counter(f"{PREFIX}prompt_tokens", "Prompt tokens processed.", ["model"], registry=r)
-        self.generation_tokens = Counter(f"{PREFIX}generation_tokens", "Tokens generated.", ["model"], registry=r)
-        self.requests = Counter(f"{PREFIX}request_success", "Finished requests by finish reason.",
-                                ["model", "finished_reason"], registry=r)
-        self.http = Counter(f"{PREFIX}http_requests", "HTTP responses by route and status code.",
-                            ["route", "code"], registry=r)
+        self.ttft = Histogram(
+            f"{PREFIX}time_to_first_token_seconds",
+            "Time to first token.",
+            ["model"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            f"{PREFIX}e2e_request_latency_seconds",
+            "Request latency, arrival to last token.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            f"{PREFIX}prompt_tokens", "Prompt tokens processed.", ["model"], registry=r
+        )
+        self.generation_tokens = Counter(
+            f"{PREFIX}generation_tokens", "Tokens generated.", ["model"], registry=r
+        )
+        self.requests = Counter(
+            f"{PREFIX}request_success",
+            "Finished requests by finish reason.",
+            ["model", "finished_reason"],
+            registry=r,
+        )
+        self.http = Counter(
+            f"{PREFIX}http_requests",
+            "HTTP responses by route and status code.",
+            ["route", "code"],
+            registry=r,
+        )
         r.register(_LoadCollector(stats))

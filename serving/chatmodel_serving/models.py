@@ -82,7 +82,9 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
         try:
             return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
         except KeyError:
-            raise ModelSourceError(f"dtype must be auto, float32, bfloat16 or float16, not {dtype!r}") from None
+            raise ModelSourceError(
+                f"dtype must be auto, float32, bfloat16 or float16, not {dtype!r}"
+            ) from None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_supports_bf16() else torch.float32
@@ -153,7 +155,9 @@ def resolve_source(source: str) -> Path:
     path = Path(source).expanduser()
     if path.is_dir():
         if not ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
-            raise ModelSourceError(f"{path} holds neither config.json (a model) nor adapter_config.json (LoRA)")
+            raise ModelSourceError(
+                f"{path} holds neither config.json (a model) nor adapter_config.json (LoRA)"
+            )
         return path
     if source.startswith(("/", ".", "~")):
         raise ModelSourceError(f"model folder {path} does not exist")
@@ -201,6 +205,6 @@ def load_model(source: str = DEFAULT_SOURCE, dtype: str = "auto", device: str = 
         tokenizer = AutoTokenizer.from_pretrained(folder)
     if getattr(tokenizer, "chat_template", None) is None:
         log.warning("tokenizer of %s has no chat template; chat requests will be refused", source)
-    model = model.to(device=dev, dtype=torch_dtype).eval()
+    model = model.to(device=dev, dtype=torch_dtype).eval()  # type: ignore[call-arg]
     log.info("loaded %s (%s on %s)", source, str(torch_dtype).removeprefix("torch."), dev)
     return LoadedModel(model, tokenizer, source, default_model_name(source), torch_dtype, dev)

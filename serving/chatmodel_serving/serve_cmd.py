@@ -63,8 +63,9 @@ def build_state(opts: ServeOptions, api_keys: list[str]):  # -> ServerState; imp
         name = names[i] if names else loaded.name
         if name in served:
             raise SystemExit(f"--served-model-name: {name!r} is used twice")
-        engine = Engine(loaded, max_batch_size=opts.max_batch_size,
-                        max_waiting_requests=opts.max_waiting_requests).start()
+        engine = Engine(
+            loaded, max_batch_size=opts.max_batch_size, max_waiting_requests=opts.max_waiting_requests
+        ).start()
         served[name] = ServedModel(name, loaded, engine, opts.default_max_tokens, opts.default_temperature)
     return ServerState(served, api_keys, log_prompts=opts.log_prompts)
 
@@ -98,8 +99,15 @@ def serve(opts: ServeOptions) -> int:
                 time.sleep(0.05)
             self.should_exit = True  # uvicorn then waits for open responses to finish writing
 
-    config = uvicorn.Config(app, host=opts.host, port=opts.port, log_config=None, access_log=False,
-                            timeout_graceful_shutdown=opts.drain_timeout, timeout_keep_alive=30)
+    config = uvicorn.Config(
+        app,
+        host=opts.host,
+        port=opts.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(opts.drain_timeout),
+        timeout_keep_alive=30,
+    )
     server = DrainingServer(config)
     log.info("serving", extra={"url": f"http://{opts.host}:{opts.port}/v1", "models": list(state.models)})
     server.run()
@@ -111,25 +119,50 @@ def serve(opts: ServeOptions) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     env = os.environ.get
-    p.add_argument("--model", action="append", dest="models", metavar="SRC",
-                   help="builtin://smollm2-135m (default), a local folder, file://..., or hf://org/name "
-                        "from the local cache; repeat to serve several models")
-    p.add_argument("--served-model-name", action="append", dest="served_model_names", metavar="NAME",
-                   help="name in /v1/models and the `model` field (one per --model)")
+    p.add_argument(
+        "--model",
+        action="append",
+        dest="models",
+        metavar="SRC",
+        help="builtin://smollm2-135m (default), a local folder, file://..., or hf://org/name "
+        "from the local cache; repeat to serve several models",
+    )
+    p.add_argument(
+        "--served-model-name",
+        action="append",
+        dest="served_model_names",
+        metavar="NAME",
+        help="name in /v1/models and the `model` field (one per --model)",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-keys-file", default=env("CHATMODEL_API_KEYS_FILE"),
-                   help="file with one API key per line (env CHATMODEL_API_KEYS_FILE); none = open API")
-    p.add_argument("--max-waiting-requests", type=int, default=64,
-                   help="queue bound; beyond it requests get 429 with Retry-After")
+    p.add_argument(
+        "--api-keys-file",
+        default=env("CHATMODEL_API_KEYS_FILE"),
+        help="file with one API key per line (env CHATMODEL_API_KEYS_FILE); none = open API",
+    )
+    p.add_argument(
+        "--max-waiting-requests",
+        type=int,
+        default=64,
+        help="queue bound; beyond it requests get 429 with Retry-After",
+    )
     p.add_argument("--max-batch-size", type=int, default=32, help="sequences decoded together")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="auto = bfloat16 where the CPU/GPU computes it natively, else float32")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="auto = bfloat16 where the CPU/GPU computes it natively, else float32",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--default-max-tokens", type=int, default=512)
     p.add_argument("--default-temperature", type=float, default=0.7)
-    p.add_argument("--drain-timeout", type=float, default=120.0,
-                   help="seconds to finish in-flight requests after SIGTERM")
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=120.0,
+        help="seconds to finish in-flight requests after SIGTERM",
+    )
     p.add_argument("--log-prompts", action="store_true", help="log prompts (off by default for privacy)")
     p.add_argument("--log-format", choices=["json", "text"], default="json")
 
@@ -137,12 +170,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_format)
     opts = ServeOptions(
-        models=args.models or ["builtin://smollm2-135m"], served_model_names=args.served_model_names,
-        host=args.host, port=args.port, api_keys_file=args.api_keys_file,
-        max_waiting_requests=args.max_waiting_requests, max_batch_size=args.max_batch_size,
-        dtype=args.dtype, device=args.device, default_max_tokens=args.default_max_tokens,
-        default_temperature=args.default_temperature, drain_timeout=args.drain_timeout,
-        log_prompts=args.log_prompts)
+        models=args.models or ["builtin://smollm2-135m"],
+        served_model_names=args.served_model_names,
+        host=args.host,
+        port=args.port,
+        api_keys_file=args.api_keys_file,
+        max_waiting_requests=args.max_waiting_requests,
+        max_batch_size=args.max_batch_size,
+        dtype=args.dtype,
+        device=args.device,
+        default_max_tokens=args.default_max_tokens,
+        default_temperature=args.default_temperature,
+        drain_timeout=args.drain_timeout,
+        log_prompts=args.log_prompts,
+    )
     try:
         return serve(opts)
     except Exception as exc:

@@ -18,11 +18,10 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from load import PROMPTS, run_streams  # noqa: E402
-from results import record  # noqa: E402
-
-from chatmodel_serving.launch import ServerProcess, free_port  # noqa: E402
-from chatmodel_serving.models import resolve_source  # noqa: E402
+from chatmodel_serving.launch import ServerProcess, free_port
+from chatmodel_serving.models import resolve_source
+from load import PROMPTS, run_streams
+from results import record
 
 MODEL = "builtin://smollm2-135m"
 
@@ -38,8 +37,12 @@ def sequential_generate(folder: Path, prompts: list[str], max_tokens: int) -> fl
     with torch.inference_mode():
         model.generate(**tok("warm up", return_tensors="pt"), max_new_tokens=4)  # one-time set-up costs
         for p in prompts:
-            ids = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                          return_tensors="pt", return_dict=True)
+            ids = tok.apply_chat_template(
+                [{"role": "user", "content": p}],
+                add_generation_prompt=True,
+                return_tensors="pt",
+                return_dict=True,
+            )
             start = time.monotonic()
             out = model.generate(**ids, max_new_tokens=max_tokens, do_sample=False)
             seconds += time.monotonic() - start
@@ -53,8 +56,20 @@ def peer_transformers_serve(folder: Path, streams: int, max_tokens: int) -> dict
     port = free_port()
     log = Path(tempfile.gettempdir()) / "bench-transformers-serve.log"
     exe = Path(sys.executable).parent / "transformers"
-    cmd = [str(exe), "serve", str(folder), "--continuous-batching", "--device", "cpu", "--dtype", "bfloat16",
-           "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [
+        str(exe),
+        "serve",
+        str(folder),
+        "--continuous-batching",
+        "--device",
+        "cpu",
+        "--dtype",
+        "bfloat16",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=out, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         try:
@@ -103,8 +118,12 @@ def main() -> int:
         print("transformers serve --continuous-batching --dtype bfloat16 ...", flush=True)
         peer = peer_transformers_serve(folder, high, max_tokens)
         figures[f"transformers_serve_{high}"] = peer
-        figures[f"ratio_vs_transformers_serve_{high}"] = round(ours["tokens_per_second"] / peer["tokens_per_second"], 2)
-        figures[f"ttft_p50_ratio_vs_transformers_serve_{high}"] = round(ours["ttft_p50_s"] / peer["ttft_p50_s"], 2)
+        figures[f"ratio_vs_transformers_serve_{high}"] = round(
+            ours["tokens_per_second"] / peer["tokens_per_second"], 2
+        )
+        figures[f"ttft_p50_ratio_vs_transformers_serve_{high}"] = round(
+            ours["ttft_p50_s"] / peer["ttft_p50_s"], 2
+        )
     record("serving", figures)
     return 0
 

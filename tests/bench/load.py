@@ -28,17 +28,27 @@ class Run:
         def q(xs: list[float], p: float) -> float:
             return round(statistics.quantiles(xs, n=100)[int(p) - 1] if len(xs) > 1 else xs[0], 3)
 
-        return {"streams": self.streams, "tokens_per_second": round(self.tokens_per_second, 1),
-                "ttft_p50_s": q(self.ttfts, 50), "ttft_p95_s": q(self.ttfts, 95),
-                "latency_p50_s": q(self.latencies, 50), "latency_p95_s": q(self.latencies, 95)}
+        return {
+            "streams": self.streams,
+            "tokens_per_second": round(self.tokens_per_second, 1),
+            "ttft_p50_s": q(self.ttfts, 50),
+            "ttft_p95_s": q(self.ttfts, 95),
+            "latency_p50_s": q(self.latencies, 50),
+            "latency_p95_s": q(self.latencies, 95),
+        }
 
 
 def one_stream(client: openai.OpenAI, model: str, prompt: str, max_tokens: int) -> tuple[int, float, float]:
     start = time.monotonic()
     first, tokens, chunks = None, 0, 0
     stream = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0,
-        stream=True, stream_options={"include_usage": True})
+        model=model,
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=max_tokens,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
             chunks += 1
@@ -50,8 +60,9 @@ def one_stream(client: openai.OpenAI, model: str, prompt: str, max_tokens: int) 
     return tokens or chunks, (first or end) - start, end - start
 
 
-def run_streams(base_url: str, model: str, streams: int, max_tokens: int = 64, rounds: int = 1,
-                api_key: str = "none") -> Run:
+def run_streams(
+    base_url: str, model: str, streams: int, max_tokens: int = 64, rounds: int = 1, api_key: str = "none"
+) -> Run:
     """`streams` requests at once (all arriving together), `rounds` times; tokens from `usage`."""
     client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=600)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(streams * rounds)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -18,12 +19,16 @@ def machine() -> dict[str, Any]:
 
     versions = {}
     for dist in ("torch", "transformers", "kopf"):
-        try:
+        with contextlib.suppress(md.PackageNotFoundError):
             versions[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            pass
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
     return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), **versions}
 
 
@@ -39,7 +44,9 @@ def record(section: str, figures: dict[str, Any]) -> None:
             continue
         lines += [f"| `{sec}.{k}` | {v} |" for k, v in figs.items() if not isinstance(v, (dict, list))]
     m = data["machine"]
-    lines.append(f"\nMachine: {m['cores']} cores, {m['cpu']}, torch {m.get('torch')}, "
-                 f"transformers {m.get('transformers')}.")
+    lines.append(
+        f"\nMachine: {m['cores']} cores, {m['cpu']}, torch {m.get('torch')}, "
+        f"transformers {m.get('transformers')}."
+    )
     TABLE.write_text("\n".join(lines) + "\n")
     print(TABLE.read_text())

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import openai
 import pytest
-
 from chatmodel_serving.launch import ServerProcess
 
 API_KEY = "test-key-0123456789"
@@ -32,9 +31,8 @@ def client(server: ServerProcess) -> openai.OpenAI:
 
 @pytest.fixture(scope="session")
 def tokenizer():  # the same tokenizer the server uses, to count tokens independently
-    from transformers import AutoTokenizer
-
     from chatmodel_serving.models import resolve_source
+    from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(resolve_source("builtin://smollm2-135m"))
 
@@ -58,7 +56,9 @@ def ask(client: openai.OpenAI):
     def ask(content: str, **kw) -> openai.types.chat.ChatCompletion:
         kw.setdefault("max_tokens", 32)
         kw.setdefault("temperature", 0)
-        return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}], **kw)
+        return client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": content}], **kw
+        )
 
     return ask
 

@@ -16,9 +16,14 @@ N = 16
 def test_sixteen_concurrent_streams(client: openai.OpenAI, server) -> None:
     prompts = [f"Write one sentence about the number {i}." for i in range(N)]
     # The answer each prompt gets alone (float32 greedy): the reference for the batched run.
-    alone = [client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": p}],
-                                            max_tokens=24, temperature=0).choices[0].message.content
-             for p in prompts[:4]]
+    alone = [
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": p}], max_tokens=24, temperature=0
+        )
+        .choices[0]
+        .message.content
+        for p in prompts[:4]
+    ]
     before = httpx.get(f"{server.base}/metrics").text
     running_seen: list[float] = []
     done = threading.Event()
@@ -31,9 +36,14 @@ def test_sixteen_concurrent_streams(client: openai.OpenAI, server) -> None:
 
     def stream(p: str) -> tuple[str, str | None, int]:
         parts, reason, used = [], None, 0
-        for c in client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": p}],
-                                                max_tokens=24, temperature=0, stream=True,
-                                                stream_options={"include_usage": True}):
+        for c in client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": p}],
+            max_tokens=24,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        ):
             if c.choices:
                 parts.append(c.choices[0].delta.content or "")
                 reason = c.choices[0].finish_reason or reason
@@ -60,8 +70,9 @@ def test_sixteen_concurrent_streams(client: openai.OpenAI, server) -> None:
     assert delta("chatmodel_generation_tokens_total", model=MODEL) == generated
     assert delta("chatmodel_time_to_first_token_seconds_count", model=MODEL) == N
     assert delta("chatmodel_e2e_request_latency_seconds_count", model=MODEL) == N
-    finished = sum(delta("chatmodel_request_success_total", model=MODEL, finished_reason=r)
-                   for r in ("stop", "length"))
+    finished = sum(
+        delta("chatmodel_request_success_total", model=MODEL, finished_reason=r) for r in ("stop", "length")
+    )
     assert finished == N
     assert delta("chatmodel_prompt_tokens_total", model=MODEL) > N * 10
     assert metric(after, "chatmodel_num_requests_running", model=MODEL) == 0

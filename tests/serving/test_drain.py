@@ -9,7 +9,6 @@ import time
 
 import httpx
 import openai
-
 from chatmodel_serving.launch import ServerProcess
 
 MODEL = "smollm2-135m"
@@ -25,8 +24,13 @@ def test_sigterm_drains_in_flight_requests(tmp_path) -> None:
         def stream(i: int) -> None:
             parts, reason, seen = [], None, False
             for c in client.chat.completions.create(
-                    model=MODEL, messages=[{"role": "user", "content": f"Tell a long story, part {i}."}],
-                    max_tokens=48, temperature=0, stream=True, extra_body={"ignore_eos": True}):
+                model=MODEL,
+                messages=[{"role": "user", "content": f"Tell a long story, part {i}."}],
+                max_tokens=48,
+                temperature=0,
+                stream=True,
+                extra_body={"ignore_eos": True},
+            ):
                 if c.choices:
                     parts.append(c.choices[0].delta.content or "")
                     reason = c.choices[0].finish_reason or reason
@@ -43,8 +47,10 @@ def test_sigterm_drains_in_flight_requests(tmp_path) -> None:
         srv.proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         assert httpx.get(f"{srv.base}/ready").status_code == 503
-        refused = httpx.post(f"{srv.url}/chat/completions",
-                             json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+        refused = httpx.post(
+            f"{srv.url}/chat/completions",
+            json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+        )
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "draining"
         for t in threads:
             t.join(timeout=120)

@@ -12,34 +12,96 @@ LONG = "word " * 9000  # more tokens than the 8,192-token context
 
 CASES = [
     # (name, method, path, body or raw bytes, headers override, status, param)
-    ("wrong type for content", "/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": 5}]},
-     400, "messages.0.content"),
-    ("wrong type for temperature", "/v1/chat/completions", {"model": MODEL, "messages": MSG, "temperature": "hot"},
-     400, "temperature"),
-    ("temperature out of range", "/v1/chat/completions", {"model": MODEL, "messages": MSG, "temperature": 5},
-     400, "temperature"),
+    (
+        "wrong type for content",
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": [{"role": "user", "content": 5}]},
+        400,
+        "messages.0.content",
+    ),
+    (
+        "wrong type for temperature",
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": MSG, "temperature": "hot"},
+        400,
+        "temperature",
+    ),
+    (
+        "temperature out of range",
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": MSG, "temperature": 5},
+        400,
+        "temperature",
+    ),
     ("empty messages", "/v1/chat/completions", {"model": MODEL, "messages": []}, 400, "messages"),
     ("missing messages", "/v1/chat/completions", {"model": MODEL}, 400, "messages"),
-    ("unknown role", "/v1/chat/completions", {"model": MODEL, "messages": [{"role": "robot", "content": "x"}]},
-     400, "messages.0.role"),
-    ("negative max_tokens", "/v1/chat/completions", {"model": MODEL, "messages": MSG, "max_tokens": -5},
-     400, "max_tokens"),
-    ("zero max_tokens", "/v1/completions", {"model": MODEL, "prompt": "a", "max_tokens": 0}, 400, "max_tokens"),
-    ("huge max_tokens", "/v1/chat/completions", {"model": MODEL, "messages": MSG, "max_tokens": 10**9},
-     400, "max_tokens"),
+    (
+        "unknown role",
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": [{"role": "robot", "content": "x"}]},
+        400,
+        "messages.0.role",
+    ),
+    (
+        "negative max_tokens",
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": MSG, "max_tokens": -5},
+        400,
+        "max_tokens",
+    ),
+    (
+        "zero max_tokens",
+        "/v1/completions",
+        {"model": MODEL, "prompt": "a", "max_tokens": 0},
+        400,
+        "max_tokens",
+    ),
+    (
+        "huge max_tokens",
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": MSG, "max_tokens": 10**9},
+        400,
+        "max_tokens",
+    ),
     ("n too large", "/v1/chat/completions", {"model": MODEL, "messages": MSG, "n": 1000}, 400, "n"),
-    ("too many stops", "/v1/chat/completions", {"model": MODEL, "messages": MSG, "stop": list("abcde")},
-     400, "stop"),
-    ("tools unsupported", "/v1/chat/completions", {"model": MODEL, "messages": MSG, "tools": [{"type": "x"}]},
-     400, None),
-    ("logprobs unsupported", "/v1/chat/completions", {"model": MODEL, "messages": MSG, "logprobs": True},
-     400, "logprobs"),
+    (
+        "too many stops",
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": MSG, "stop": list("abcde")},
+        400,
+        "stop",
+    ),
+    (
+        "tools unsupported",
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": MSG, "tools": [{"type": "x"}]},
+        400,
+        None,
+    ),
+    (
+        "logprobs unsupported",
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": MSG, "logprobs": True},
+        400,
+        "logprobs",
+    ),
     ("unknown model", "/v1/chat/completions", {"model": "gpt-9", "messages": MSG}, 404, "model"),
     ("unknown model, completions", "/v1/completions", {"model": "gpt-9", "prompt": "x"}, 404, "model"),
     ("empty prompt", "/v1/completions", {"model": MODEL, "prompt": ""}, 400, "prompt"),
-    ("token id out of vocabulary", "/v1/completions", {"model": MODEL, "prompt": [1, 99999999]}, 400, "prompt"),
-    ("over-long chat prompt", "/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": LONG}]},
-     413, "messages"),
+    (
+        "token id out of vocabulary",
+        "/v1/completions",
+        {"model": MODEL, "prompt": [1, 99999999]},
+        400,
+        "prompt",
+    ),
+    (
+        "over-long chat prompt",
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": [{"role": "user", "content": LONG}]},
+        413,
+        "messages",
+    ),
     ("over-long completion prompt", "/v1/completions", {"model": MODEL, "prompt": LONG}, 413, "prompt"),
     ("body is a list", "/v1/chat/completions", [1, 2], 400, None),
 ]
@@ -66,15 +128,20 @@ def test_bad_request(http: httpx.Client, name, path, body, status, param) -> Non
 
 
 def test_invalid_json(http: httpx.Client) -> None:
-    err = check_error(http.post("/v1/chat/completions", content=b'{"model": ',
-                                headers={"content-type": "application/json"}), 400)
+    err = check_error(
+        http.post(
+            "/v1/chat/completions", content=b'{"model": ', headers={"content-type": "application/json"}
+        ),
+        400,
+    )
     assert "JSON" in err["message"]
 
 
 def test_missing_and_wrong_key(server) -> None:
     for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": f"Basic {API_KEY}"}):
-        r = httpx.post(f"{server.base}/v1/chat/completions", json={"model": MODEL, "messages": MSG},
-                       headers=headers)
+        r = httpx.post(
+            f"{server.base}/v1/chat/completions", json={"model": MODEL, "messages": MSG}, headers=headers
+        )
         assert check_error(r, 401)["code"] == "invalid_api_key"
     assert httpx.get(f"{server.base}/v1/models").status_code == 401
     # Probes and metrics stay open for the kubelet and Prometheus.

@@ -19,8 +19,9 @@ def test_chat_greedy_answers_and_counts_usage_exactly(ask, tokenizer) -> None:
     choice = r.choices[0]
     assert "Paris" in choice.message.content
     assert choice.finish_reason == "stop"
-    prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": Q}], add_generation_prompt=True,
-                                               tokenize=True, return_dict=False)
+    prompt_ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": Q}], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
     assert r.usage.prompt_tokens == len(prompt_ids)
     # Re-tokenising the answer (plus the end-of-turn token) gives the tokens generated.
     answer_ids = tokenizer.encode(choice.message.content, add_special_tokens=False)
@@ -36,9 +37,16 @@ def test_greedy_is_deterministic(ask) -> None:
 
 def test_streaming_joins_to_the_non_streamed_answer(client: openai.OpenAI, ask) -> None:
     whole = ask(Q, max_tokens=40).choices[0].message.content
-    chunks = list(client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": Q}], max_tokens=40, temperature=0, stream=True,
-        stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": Q}],
+            max_tokens=40,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     texts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert len(texts) > 3, "the answer must arrive in pieces"
     assert "".join(texts) == whole
@@ -76,8 +84,10 @@ def test_n_choices(ask) -> None:
 def test_seed_reproduces_sampled_answers(ask) -> None:
     a = ask("Invent a name for a dog.", temperature=1.0, top_p=0.95, seed=1234, max_tokens=16)
     b = ask("Invent a name for a dog.", temperature=1.0, top_p=0.95, seed=1234, max_tokens=16)
-    others = {ask("Invent a name for a dog.", temperature=1.0, seed=s, max_tokens=16).choices[0].message.content
-              for s in (1, 2, 3)}
+    others = {
+        ask("Invent a name for a dog.", temperature=1.0, seed=s, max_tokens=16).choices[0].message.content
+        for s in (1, 2, 3)
+    }
     assert a.choices[0].message.content == b.choices[0].message.content
     assert len(others | {a.choices[0].message.content}) > 1, "different seeds should vary"
 
@@ -87,13 +97,20 @@ def test_completions_endpoint_and_streaming(client: openai.OpenAI) -> None:
     r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0)
     assert r.object == "text_completion"
     assert r.choices[0].text and r.choices[0].finish_reason in ("length", "stop")
-    streamed = "".join(c.choices[0].text for c in client.completions.create(
-        model=MODEL, prompt=prompt, max_tokens=12, temperature=0, stream=True) if c.choices)
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(
+            model=MODEL, prompt=prompt, max_tokens=12, temperature=0, stream=True
+        )
+        if c.choices
+    )
     assert streamed == r.choices[0].text
-    batch = client.completions.create(model=MODEL, prompt=[prompt, "One plus one is"], max_tokens=4,
-                                      temperature=0)
+    batch = client.completions.create(
+        model=MODEL, prompt=[prompt, "One plus one is"], max_tokens=4, temperature=0
+    )
     assert [c.index for c in batch.choices] == [0, 1] and batch.choices[0].text == r.choices[0].text[
-        : len(batch.choices[0].text)]
+        : len(batch.choices[0].text)
+    ]
 
 
 def test_beam_search_extension(ask) -> None:
