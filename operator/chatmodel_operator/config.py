@@ -17,8 +17,9 @@ class Config:
     triton_image: str = "ghcr.io/chatmodel/runtime-triton:0.1.0"
     operator_image: str = "ghcr.io/chatmodel/operator:0.1.0"
     image_pull_policy: str = "IfNotPresent"
-    # Port of the operator's /metrics and /healthz.
+    # The operator's own /metrics and its liveness endpoint (/healthz).
     metrics_port: int = 8080
+    health_port: int = 8081
     # preStop sleep lets endpoints drop the pod before SIGTERM; the runtime then drains in-flight requests.
     prestop_seconds: int = 5
     drain_seconds: int = 60

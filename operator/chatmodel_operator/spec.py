@@ -310,6 +310,9 @@ class VersionStatus(_Model):
 class ChatModelStatus(_Model):
     """Observed state of a ChatModel."""
 
+    # Status is the operator's own record: tolerate fields written by other tools (or older versions).
+    model_config = ConfigDict(extra="ignore")
+
     phase: Phase | None = Field(None, description="Lifecycle phase.")
     message: str | None = Field(None, description="Why the ChatModel is in this phase.")
     observed_generation: int | None = Field(None, description="The spec generation last reconciled.")

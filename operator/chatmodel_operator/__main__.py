@@ -1,0 +1,3 @@
+from chatmodel_operator.main import main
+
+main()

@@ -1,0 +1,88 @@
+"""Thin kopf handlers: keep indexes of ChatModels and their children, and call the Reconciler.
+
+Every trigger (ChatModel created/updated/resumed, a Job or Deployment changed) runs the same level-based
+reconcile, so handlers stay idempotent and a restarted operator converges without creating duplicates."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from chatmodel_operator import observe
+from chatmodel_operator.builders.meta import MANAGED_BY, MANAGED_BY_LABEL, NAME_LABEL
+from chatmodel_operator.config import Config
+from chatmodel_operator.k8s import Client
+from chatmodel_operator.reconciler import Reconciler
+from chatmodel_operator.spec import GROUP, PLURAL, VERSION
+
+OURS = {MANAGED_BY_LABEL: MANAGED_BY}
+RETRY_SECONDS = 5
+
+
+def _key(namespace: str | None, name: str | None) -> tuple[str, str]:
+    return namespace or "default", name or ""
+
+
+def _children(kwargs: dict[str, Any], key: tuple[str, str]) -> tuple[Any, Any]:
+    """The observed Jobs and Deployments of one ChatModel, from the indexes kopf passes by name."""
+    # Copies: the stores change while a reconcile awaits.
+    return list(kwargs["training_jobs"].get(key, [])), list(kwargs["serving_deployments"].get(key, []))
+
+
+def register(registry: kopf.OperatorRegistry, config: Config) -> None:
+    """Register every handler on `registry` (main.py and the tests each bring their own)."""
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+        # kopf's bookkeeping goes into our own annotations; only warnings become Kubernetes Events.
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="chatmodel.dev")
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="chatmodel.dev", key="last-handled-configuration"
+        )
+        settings.posting.level = logging.WARNING
+        settings.posting.reporting_component = "chatmodel-operator"
+        memo.reconciler = Reconciler(config, Client(settings, logger))
+
+    @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="chatmodel_bodies")
+    def chatmodel_bodies(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
+        return {_key(namespace, name): dict(body)}
+
+    @kopf.index("batch", "v1", "jobs", labels=OURS, registry=registry, id="training_jobs")
+    def training_jobs(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> Any:
+        return {_key(namespace, labels.get(NAME_LABEL)): observe.job(dict(body))}
+
+    @kopf.index("apps", "v1", "deployments", labels=OURS, registry=registry, id="serving_deployments")
+    def serving_deployments(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> Any:
+        return {_key(namespace, labels.get(NAME_LABEL)): observe.deployment(dict(body))}
+
+    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, backoff=RETRY_SECONDS)
+    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, backoff=RETRY_SECONDS)
+    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, backoff=RETRY_SECONDS)
+    async def chatmodel_changed(
+        body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any
+    ) -> None:
+        await memo.reconciler.reconcile(dict(body), *_children(kwargs, _key(namespace, name)), fresh=True)
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def chatmodel_deleted(
+        event: kopf.RawEvent,
+        body: kopf.Body,
+        namespace: str | None,
+        name: str,
+        memo: kopf.Memo,
+        **kwargs: Any,
+    ) -> None:
+        # No finalizer: ownerReferences let the garbage collector clean up even when the operator is down.
+        if event["type"] == "DELETED":
+            await memo.reconciler.cleanup(dict(body), *_children(kwargs, _key(namespace, name)))
+
+    @kopf.on.event("batch", "v1", "jobs", labels=OURS, registry=registry)
+    @kopf.on.event("apps", "v1", "deployments", labels=OURS, registry=registry)
+    async def child_changed(
+        namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any
+    ) -> None:
+        key = _key(namespace, labels.get(NAME_LABEL))
+        for body in list(kwargs["chatmodel_bodies"].get(key, [])):
+            await memo.reconciler.reconcile(body, *_children(kwargs, key))

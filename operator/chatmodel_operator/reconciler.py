@@ -1,0 +1,170 @@
+"""Carries out plan.py for one ChatModel: reads observations, applies, deletes, writes status and Events."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import datetime
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from chatmodel_operator import metrics, observe
+from chatmodel_operator.builders import meta
+from chatmodel_operator.config import Config
+from chatmodel_operator.k8s import Applier, Client
+from chatmodel_operator.observe import DeploymentObs, JobObs
+from chatmodel_operator.plan import Ref, plan
+from chatmodel_operator.spec import ChatModel, ChatModelStatus
+
+Key = tuple[str, str]
+log = logging.getLogger("chatmodel.reconciler")
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _compact(status: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in status.items() if v is not None}
+
+
+def parse(body: Mapping[str, Any], status: Mapping[str, Any] | None) -> ChatModel:
+    """The ChatModel with `status` in place of the body's; an unreadable status counts as none."""
+    cm = ChatModel.model_validate({**body, "status": None})
+    try:
+        cm.status = ChatModelStatus.model_validate(status or {})
+    except ValidationError:
+        cm.status = ChatModelStatus()
+    return cm
+
+
+class Reconciler:
+    def __init__(self, config: Config, client: Client) -> None:
+        self.config = config
+        self.client = client
+        self.applier = Applier(client)
+        self.phases = metrics.PhaseTracker()
+        self._locks: dict[Key, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+        # The status this process last wrote: fresher than a watched body, which lags our own patches.
+        self._written: dict[Key, dict[str, Any]] = {}
+        self._first_seen: dict[Key, float] = {}
+        # Deleted ChatModels (key -> uid): a child event may still carry their last body.
+        self._gone: dict[Key, str | None] = {}
+
+    async def reconcile(
+        self,
+        body: Mapping[str, Any],
+        jobs: Iterable[JobObs],
+        deployments: Iterable[DeploymentObs],
+        fresh: bool = False,
+    ) -> None:
+        """Reconcile one ChatModel. `fresh` bodies come from the ChatModel's own watch, not an index."""
+        key: Key = (body["metadata"].get("namespace") or "default", body["metadata"]["name"])
+        if fresh:
+            self._gone.pop(key, None)
+        elif key in self._gone and self._gone[key] == body["metadata"].get("uid"):
+            return
+        self._first_seen.setdefault(key, asyncio.get_running_loop().time())
+        async with self._locks[key]:
+            if key in self._gone and self._gone[key] == body["metadata"].get("uid"):
+                return  # deleted while this reconcile waited
+            with metrics.RECONCILE_SECONDS.time():
+                try:
+                    await self._reconcile(
+                        key, body, {j.version: j for j in jobs}, {d.version: d for d in deployments}
+                    )
+                except Exception as e:
+                    metrics.RECONCILE_ERRORS.labels(type(e).__name__).inc()
+                    raise
+
+    async def _reconcile(
+        self, key: Key, body: Mapping[str, Any], jobs: dict[str, JobObs], deps: dict[str, DeploymentObs]
+    ) -> None:
+        previous = self._written.get(key) or body.get("status") or {}
+        generation = body["metadata"].get("generation")
+        try:
+            cm = parse(body, previous)
+        except ValidationError as e:
+            # The CRD normally refuses these; without it (or with an older CRD) say why here.
+            status = {"phase": "Failed", "message": f"invalid spec: {e}", "observedGeneration": generation}
+            await self._write_status(key, body, previous, status)
+            return
+        jobs = await self._record_results(key[0], jobs)
+        p = plan(cm, jobs, deps, self.config, now(), generation)
+        for obj in p.create_only:
+            await self.applier.apply(obj, create_only=True)
+        for obj in p.apply:
+            await self.applier.apply(obj)
+        for ref in p.delete:
+            await self.applier.remove(key[0], ref)
+        await self._write_status(key, body, previous, p.status)
+
+    async def _record_results(self, ns: str, jobs: dict[str, JobObs]) -> dict[str, JobObs]:
+        """Copy a finished Job's termination message onto the Job, once: its pods may not last."""
+        out = dict(jobs)
+        for version, job in jobs.items():
+            if job.state == "Running" or job.result is not None:
+                continue
+            pods = await self.client.list("v1", "Pod", ns, {"batch.kubernetes.io/job-name": job.name})
+            text = observe.termination_message(pods) or job.reason or f"the training Job {job.state.lower()}"
+            annotation = {"metadata": {"annotations": {observe.RESULT_ANNOTATION: text}}}
+            await self.client.patch("batch/v1", "Job", ns, job.name, annotation)
+            out[version] = dataclasses.replace(job, result=text)
+        return out
+
+    async def _write_status(
+        self, key: Key, body: Mapping[str, Any], previous: Mapping[str, Any], status: dict[str, Any]
+    ) -> None:
+        if _compact(status) == _compact(previous):
+            return
+        await self.client.patch(
+            "chatmodel.dev/v1alpha1", "ChatModel", key[0], key[1], {"status": status}, sub="status"
+        )
+        self._written[key] = status
+        phase, old = status["phase"], previous.get("phase")
+        self.phases.set(key, phase)
+        if phase != old:
+            kind = "Warning" if phase in ("Failed", "Degraded") else "Normal"
+            ref = kopf.Body(dict(body))  # type: ignore[arg-type]
+            kopf.event(ref, type=kind, reason=phase, message=status.get("message") or phase)
+            if phase == "Ready" and old != "Degraded":
+                seen = self._first_seen.get(key, asyncio.get_running_loop().time())
+                metrics.TIME_TO_READY.observe(asyncio.get_running_loop().time() - seen)
+
+    async def cleanup(
+        self, body: Mapping[str, Any], jobs: Iterable[JobObs], deps: Iterable[DeploymentObs]
+    ) -> None:
+        """Delete a deleted ChatModel's children. ownerReferences make the garbage collector do the same;
+        this covers clusters (and emulators) without one, and clears this process's memory."""
+        namespace, name = body["metadata"].get("namespace") or "default", body["metadata"]["name"]
+        key = (namespace, name)
+        self._gone[key] = body["metadata"].get("uid")
+        async with self._locks[key]:  # let an in-flight reconcile finish first
+            await self._delete_children(namespace, name, jobs, deps)
+        self.phases.drop(key)
+        for store in (self._written, self._first_seen, self._locks):
+            store.pop(key, None)  # type: ignore[attr-defined]
+
+    async def _delete_children(
+        self, namespace: str, name: str, jobs: Iterable[JobObs], deps: Iterable[DeploymentObs]
+    ) -> None:
+        refs = [Ref("batch/v1", "Job", j.name) for j in jobs]
+        for d in deps:
+            refs += [
+                Ref("apps/v1", "Deployment", d.name),
+                Ref("autoscaling/v2", "HorizontalPodAutoscaler", d.name),
+                Ref("policy/v1", "PodDisruptionBudget", d.name),
+            ]
+        cm = ChatModel.model_validate({"metadata": {"name": name, "namespace": namespace}})
+        refs += [
+            Ref("v1", "Service", meta.service_name(cm)),
+            Ref("v1", "PersistentVolumeClaim", meta.pvc_name(cm)),
+        ]
+        self.applier.forget(namespace, name)
+        for ref in refs:
+            await self.client.delete(ref.api_version, ref.kind, namespace, ref.name)

@@ -1,0 +1,120 @@
+"""Run the real kopf operator against kmock's Kubernetes emulator, in the test's event loop (DESIGN.md §5)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import kmock
+import kopf
+from chatmodel_operator.config import Config
+from chatmodel_operator.main import build_registry
+
+VERBS = {"list", "watch", "get", "create", "patch", "update", "delete"}
+RESOURCES: dict[str, tuple[str, bool, set[str]]] = {
+    "apiextensions.k8s.io/v1/customresourcedefinitions": ("CustomResourceDefinition", False, set()),
+    "v1/namespaces": ("Namespace", False, set()),
+    "chatmodel.dev/v1alpha1/chatmodels": ("ChatModel", True, {"status"}),
+    "batch/v1/jobs": ("Job", True, {"status"}),
+    "apps/v1/deployments": ("Deployment", True, {"status"}),
+    "v1/services": ("Service", True, set()),
+    "v1/persistentvolumeclaims": ("PersistentVolumeClaim", True, set()),
+    "v1/pods": ("Pod", True, {"status"}),
+    "v1/events": ("Event", True, set()),
+    "autoscaling/v2/horizontalpodautoscalers": ("HorizontalPodAutoscaler", True, set()),
+    "policy/v1/poddisruptionbudgets": ("PodDisruptionBudget", True, set()),
+}
+MERGE = {"Content-Type": "application/merge-patch+json"}
+
+
+def declare(emulator: kmock.KubernetesEmulator) -> None:
+    for path, (kind, namespaced, subresources) in RESOURCES.items():
+        emulator.resources[path] = {
+            "namespaced": namespaced,
+            "kind": kind,
+            "verbs": VERBS,
+            "subresources": subresources,
+        }
+
+
+def path(api_version: str, plural: str, ns: str, name: str = "", sub: str = "") -> str:
+    root = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    return "/".join(p for p in (root, "namespaces", ns, plural, name, sub) if p)
+
+
+class Cluster:
+    """Small async helpers over the emulator's HTTP API (so that watchers see every change)."""
+
+    def __init__(self, emulator: Any) -> None:
+        self.k = emulator
+
+    async def get(self, url: str) -> Any:
+        async with self.k.get(url) as resp:
+            return await resp.json() if resp.status == 200 else None
+
+    async def items(self, url: str) -> list[dict[str, Any]]:
+        found = await self.get(url)
+        return (found or {}).get("items", [])
+
+    async def create(self, url: str, obj: dict[str, Any]) -> None:
+        async with self.k.post(url, json=obj) as resp:
+            assert resp.status < 300, await resp.text()
+
+    async def patch(self, url: str, body: dict[str, Any]) -> None:
+        async with self.k.patch(url, json=body, headers=MERGE) as resp:
+            assert resp.status < 300, await resp.text()
+
+    async def delete(self, url: str) -> None:
+        async with self.k.delete(url) as resp:
+            assert resp.status < 300, await resp.text()
+
+    def posts(self, fragment: str) -> list[Any]:
+        return [r for r in self.k if str(r.method.value).upper() == "POST" and fragment in str(r.url)]
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:
+    """Poll an async check until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"condition not met in {timeout}s; last value: {last!r}")
+
+
+@contextlib.asynccontextmanager
+async def operator(emulator: Any, config: Config | None = None) -> AsyncIterator[None]:
+    """The operator in a thread with its own event loop: on exit kopf cancels every task of its loop
+    created after it started, which in a shared loop would include the emulator's connection handlers."""
+    registry = build_registry(config or Config())
+    server = str(emulator.url).rstrip("/")
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(server=server)
+
+    stop = threading.Event()
+    ready = threading.Event()
+
+    def run() -> None:
+        asyncio.run(
+            kopf.operator(
+                registry=registry, clusterwide=True, standalone=True, stop_flag=stop, ready_flag=ready
+            )
+        )
+
+    thread = threading.Thread(target=run, name="operator", daemon=True)
+    thread.start()
+    try:
+        await asyncio.to_thread(ready.wait, 15)
+        yield
+    finally:
+        stop.set()
+        await asyncio.to_thread(thread.join, 15)
+        assert not thread.is_alive(), "the operator did not stop"
