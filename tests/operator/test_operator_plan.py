@@ -1,0 +1,97 @@
+"""plan(): the reconcile decision as a pure function of the spec and what is observed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chatmodel_operator.config import Config
+from chatmodel_operator.observe import DeploymentObs, JobObs, parse_result, termination_message
+from chatmodel_operator.plan import Plan, Ref, plan
+from chatmodel_operator.spec import ChatModel, model_version
+
+NOW = "2026-01-01T00:00:00Z"
+FT = {"dataset": {"source": "pvc://d/train.jsonl"}, "method": "full"}
+
+
+def cm(spec: dict[str, Any], status: dict[str, Any] | None = None) -> ChatModel:
+    return ChatModel.model_validate(
+        {"metadata": {"name": "x", "namespace": "ns"}, "spec": spec, "status": status}
+    )
+
+
+def run(c: ChatModel, jobs: list[JobObs] = (), deps: list[DeploymentObs] = ()) -> Plan:  # type: ignore[assignment]
+    return plan(c, {j.version: j for j in jobs}, {d.version: d for d in deps}, Config(), NOW, generation=4)
+
+
+def done(version: str, result: str, ok: bool = True) -> JobObs:
+    return JobObs(version, f"x-{version}-train", "Succeeded" if ok else "Failed", result, "")
+
+
+def test_gate_rejects_a_worse_version_and_keeps_the_old_one_serving() -> None:
+    spec = {"fineTune": FT, "rollout": {"gate": {"maxEvalLoss": 1.0}}}
+    v = model_version(cm(spec).spec)
+    old = DeploymentObs("old", "x-old", 1, 1)
+    p = run(cm(spec, {"activeVersion": "old"}), [done(v, '{"eval_loss": 1.5}')], [old])
+    assert p.phase == "Degraded"
+    assert "maxEvalLoss" in p.message
+    assert not any(o["kind"] == "Deployment" for o in p.apply)  # the rejected version never serves
+    service = next(o for o in p.apply if o["kind"] == "Service")
+    assert service["spec"]["selector"]["chatmodel.dev/version"] == "old"
+    assert p.status["versions"][0]["state"] == "Rejected"
+    # Without an older version to fall back on, it is Failed.
+    assert run(cm(spec), [done(v, '{"eval_loss": 1.5}')]).phase == "Failed"
+
+
+def test_require_improvement() -> None:
+    spec = {"fineTune": FT, "rollout": {"gate": {"requireImprovement": True}}}
+    v = model_version(cm(spec).spec)
+    assert run(cm(spec), [done(v, '{"eval_loss": 2.0, "eval_loss_before": 1.9}')]).phase == "Failed"
+    assert run(cm(spec), [done(v, '{"eval_loss": 1.0, "eval_loss_before": 1.9}')]).phase == "Deploying"
+
+
+def test_degraded_when_a_ready_model_loses_replicas() -> None:
+    spec = {"serving": {"replicas": {"min": 2, "max": 2}}}
+    v = model_version(cm(spec).spec)
+    ready = run(cm(spec), deps=[DeploymentObs(v, f"x-{v}", 2, 2)])
+    assert ready.phase == "Ready" and ready.status["observedGeneration"] == 4
+    later = run(cm(spec, ready.status), deps=[DeploymentObs(v, f"x-{v}", 2, 1)])
+    assert later.phase == "Degraded"
+    # Conditions keep their transition time while their status holds.
+    again = run(cm(spec, later.status), deps=[DeploymentObs(v, f"x-{v}", 2, 1)])
+    assert again.status["conditions"] == later.status["conditions"]
+
+
+def test_hpa_and_pdb_are_removed_when_no_longer_wanted() -> None:
+    spec = {"serving": {"replicas": {"min": 1, "max": 1}}}
+    v = model_version(cm(spec).spec)
+    p = run(cm(spec), deps=[DeploymentObs(v, f"x-{v}", 1, 1)])
+    assert Ref("autoscaling/v2", "HorizontalPodAutoscaler", f"x-{v}") in p.delete
+    assert Ref("policy/v1", "PodDisruptionBudget", f"x-{v}") in p.delete
+    assert Ref("apps/v1", "Deployment", f"x-{v}") not in p.delete
+
+
+def test_history_limit_trims_versions_and_their_jobs() -> None:
+    spec = {"fineTune": FT, "rollout": {"historyLimit": 2}}
+    v = model_version(cm(spec).spec)
+    history = [{"name": n, "baseModel": "b", "state": "Retired"} for n in ("a", "b", "c")]
+    jobs = [done(n, "{}") for n in ("a", "b", "c")] + [JobObs(v, f"x-{v}-train", "Running", None, "")]
+    p = run(cm(spec, {"versions": history}), jobs)
+    assert [x["name"] for x in p.status["versions"]] == [v, "a"]
+    assert {r.name for r in p.delete if r.kind == "Job"} == {"x-b-train", "x-c-train"}
+    assert p.phase == "FineTuning"
+
+
+def test_termination_message_and_result_parsing() -> None:
+    pods = [
+        {"status": {"containerStatuses": [{"state": {"terminated": {"message": "old", "finishedAt": "1"}}}]}},
+        {
+            "status": {
+                "containerStatuses": [{"state": {"terminated": {"message": " new\n", "finishedAt": "2"}}}]
+            }
+        },
+    ]
+    assert termination_message(pods) == "new"
+    assert termination_message([{}]) is None
+    assert parse_result('{"eval_loss": 0.5, "eval_loss_before": 1}').eval_loss_before == 1.0
+    assert parse_result("CUDA out of memory").message == "CUDA out of memory"
+    assert parse_result('{"error": "bad data"}').message == "bad data"
