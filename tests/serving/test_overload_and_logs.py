@@ -1,0 +1,80 @@
+"""A full queue answers 429 with Retry-After and the server stays ready; logs are JSON with request ids
+and never contain prompts; `chatmodel chat` talks to the server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+from chatmodel_serving.launch import ServerProcess
+
+from .conftest import API_KEY, MODEL
+
+
+def test_full_queue_gives_429_with_retry_after(tmp_path) -> None:
+    args = ["--max-waiting-requests", "2", "--max-batch-size", "2"]
+    with ServerProcess(args, log_path=tmp_path / "server.log") as srv:
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Count to twenty."}],
+            "max_tokens": 24,
+            "temperature": 0,
+        }
+
+        def post(_: int) -> httpx.Response:
+            return httpx.post(f"{srv.url}/chat/completions", json=body, timeout=300)
+
+        with ThreadPoolExecutor(12) as pool:
+            responses = list(pool.map(post, range(12)))
+        codes = sorted(r.status_code for r in responses)
+        assert set(codes) == {200, 429}, codes
+        assert codes.count(200) >= 2  # at least the two that fit the queue
+        for r in responses:
+            if r.status_code == 429:
+                assert r.headers["retry-after"] == "1"
+                assert r.json()["error"]["code"] == "queue_full"
+            else:
+                assert r.json()["choices"][0]["message"]["content"]
+        assert httpx.get(f"{srv.base}/ready").status_code == 200
+
+
+def test_logs_are_json_with_request_ids_and_no_prompts(server, client) -> None:
+    secret = "my-private-question-7781"
+    r = httpx.post(
+        f"{server.url}/chat/completions",
+        headers={"Authorization": f"Bearer {API_KEY}", "X-Request-Id": "req-abc-123"},
+        json={"model": MODEL, "messages": [{"role": "user", "content": secret}], "max_tokens": 4},
+    )
+    assert r.headers["x-request-id"] == "req-abc-123"
+    lines = [json.loads(ln) for ln in server.log_path.read_text().splitlines() if ln.startswith("{")]
+    assert any(ln.get("request_id") == "req-abc-123" and ln.get("status") == 200 for ln in lines)
+    assert secret not in server.log_path.read_text()
+
+
+def test_chat_command(server) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chatmodel_serving.cli",
+            "chat",
+            "--url",
+            server.url,
+            "--api-key",
+            API_KEY,
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "16",
+            "What is the capital of France?",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Paris" in out.stdout
