@@ -8,6 +8,7 @@ from typing import Any
 
 import cel
 import jsonschema
+
 from chatmodel_operator.crd import build_crd
 
 

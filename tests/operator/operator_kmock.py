@@ -11,6 +11,7 @@ from typing import Any
 
 import kmock
 import kopf
+
 from chatmodel_operator.config import Config
 from chatmodel_operator.main import build_registry
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from chatmodel_operator.builders import all_objects, serving_objects, training_objects
 from chatmodel_operator.builders.serving import API_KEYS_FILE, deployment, service
 from chatmodel_operator.config import Config

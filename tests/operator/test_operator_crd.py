@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 import yaml
-from chatmodel_operator.crd import build_crd, render_crd
-from chatmodel_operator.spec import parse_manifest
 from operator_crdcheck import root_schema, validate
 from pydantic import ValidationError
+
+from chatmodel_operator.crd import build_crd, render_crd
+from chatmodel_operator.spec import parse_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "manifests" / "crds" / "chatmodels.chatmodel.dev.yaml"

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from chatmodel_operator.spec import ChatModel, model_version
 from operator_kmock import Cluster, declare, eventually, operator, path
+
+from chatmodel_operator.spec import ChatModel, model_version
 
 NS = "team"
 CM = path("chatmodel.dev/v1alpha1", "chatmodels", NS)

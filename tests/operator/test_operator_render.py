@@ -13,11 +13,12 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from operator_pss import pod_spec_of, violations
+
 from chatmodel_operator import render
 from chatmodel_operator.builders import all_objects
 from chatmodel_operator.config import Config
 from chatmodel_operator.spec import load_manifests
-from operator_pss import pod_spec_of, violations
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = sorted((ROOT / "manifests" / "samples").glob("*.yaml"))
