@@ -27,6 +27,7 @@ class ServeOptions:
     api_keys_file: str | None = None
     max_waiting_requests: int = 64
     max_batch_size: int = 32
+    max_kv_tokens: int = 131072
     dtype: str = "auto"
     device: str = "auto"
     default_max_tokens: int = 512
@@ -64,7 +65,10 @@ def build_state(opts: ServeOptions, api_keys: list[str]):  # -> ServerState; imp
         if name in served:
             raise SystemExit(f"--served-model-name: {name!r} is used twice")
         engine = Engine(
-            loaded, max_batch_size=opts.max_batch_size, max_waiting_requests=opts.max_waiting_requests
+            loaded,
+            max_batch_size=opts.max_batch_size,
+            max_waiting_requests=opts.max_waiting_requests,
+            max_kv_tokens=opts.max_kv_tokens,
         ).start()
         served[name] = ServedModel(name, loaded, engine, opts.default_max_tokens, opts.default_temperature)
     return ServerState(served, api_keys, log_prompts=opts.log_prompts)
@@ -149,6 +153,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-batch-size", type=int, default=32, help="sequences decoded together")
     p.add_argument(
+        "--max-kv-tokens",
+        type=int,
+        default=131072,
+        help="KV-cache capacity in tokens: admission waits beyond it; kv_cache_usage_perc is use ÷ this",
+    )
+    p.add_argument(
         "--dtype",
         default="auto",
         choices=["auto", "float32", "bfloat16", "float16"],
@@ -177,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
         api_keys_file=args.api_keys_file,
         max_waiting_requests=args.max_waiting_requests,
         max_batch_size=args.max_batch_size,
+        max_kv_tokens=args.max_kv_tokens,
         dtype=args.dtype,
         device=args.device,
         default_max_tokens=args.default_max_tokens,
