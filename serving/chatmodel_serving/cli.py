@@ -13,6 +13,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("chatmodel_serving.chat_cmd", "streaming terminal chat against an OpenAI-compatible URL"),
     "train": ("chatmodel_serving.train.cli", "fine-tune a model on a JSONL dataset"),
     "run": ("chatmodel_serving.run_cmd", "run a ChatModel manifest locally: fine-tune, then serve"),
+    "triton-repo": ("chatmodel_serving.triton.repo", "write a Triton model repository that runs our engine"),
+    "triton-server": ("chatmodel_serving.triton.server", "run the bundled tritonserver on a model repository"),
     "render": (
         "chatmodel_operator.render",
         "print every Kubernetes object the operator creates for a manifest",

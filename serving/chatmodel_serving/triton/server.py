@@ -1,0 +1,161 @@
+"""`chatmodel triton-server`: run the tritonserver bundled in the nvidia-pytriton wheel on a repository.
+
+Two details make the bundled server work outside PyTriton (DESIGN.md §5):
+- the python backend looks for `triton_python_backend_stub` in its own folder, but the wheel keeps one
+  stub per Python version apart: the one matching this interpreter is copied in (once);
+- the stub links libpython dynamically: LD_LIBRARY_PATH must name this interpreter's library folder, or
+  it picks up the system's libpython and fails (`_PyModule_Add` ImportError).
+The stub's interpreter also ignores PYTHONPATH and starts from the base installation's site-packages, not
+a virtual environment's: the launcher names this environment's site folders in CHATMODEL_SITE_DIRS and the
+generated model.py puts them first, so chatmodel_serving and torch come from the same environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import site
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from pathlib import Path
+from typing import IO
+
+from ..launch import free_port
+from .repo import SITE_DIRS_ENV
+
+
+class TritonNotInstalled(RuntimeError):
+    pass
+
+
+def pytriton_root() -> Path:
+    """The installed pytriton package folder, found without importing it (its __init__ needs more deps)."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise TritonNotInstalled(
+            "tritonserver comes from the nvidia-pytriton wheel: pip install --no-deps nvidia-pytriton==0.7.0"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def backends_dir() -> Path:
+    """The backend folder, with the python backend stub for this interpreter in place."""
+    root = pytriton_root() / "tritonserver"
+    python_backend = root / "backends" / "python"
+    stub = python_backend / "triton_python_backend_stub"
+    if not stub.exists():
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        source = root / "python_backend_stubs" / version / stub.name
+        if not source.is_file():
+            raise TritonNotInstalled(f"nvidia-pytriton ships no python backend stub for Python {version}")
+        tmp = stub.with_name(f".{stub.name}.{os.getpid()}")
+        shutil.copy2(source, tmp)
+        tmp.replace(stub)  # atomic: a concurrent launcher never sees half a binary
+    return root / "backends"
+
+
+def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    libs = [str(sysconfig.get_config_var("LIBDIR")), env.get("LD_LIBRARY_PATH", "")]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libs if p)
+    # The stub's interpreter is isolated (it ignores PYTHONPATH): the generated model.py adds these
+    # site folders itself, .pth files included, so an editable install of chatmodel_serving is found.
+    env[SITE_DIRS_ENV] = os.pathsep.join(site.getsitepackages())
+    return env
+
+
+def server_command(repo: Path, http_port: int, grpc_port: int, metrics_port: int) -> list[str]:
+    binary = pytriton_root() / "tritonserver" / "bin" / "tritonserver"
+    return [
+        str(binary),
+        f"--model-repository={repo}",
+        f"--backend-directory={backends_dir()}",
+        f"--http-port={http_port}",
+        f"--grpc-port={grpc_port}",
+        f"--metrics-port={metrics_port}",
+        "--allow-metrics=true",
+        "--log-verbose=0",
+    ]
+
+
+class TritonProcess:
+    """`with TritonProcess(repo) as t:` starts tritonserver and waits for /v2/health/ready."""
+
+    def __init__(self, repo: Path, log_path: Path | None = None, ready_timeout: float = 300.0):
+        self.repo, self.log_path, self.ready_timeout = repo, log_path, ready_timeout
+        self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def http(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def start(self) -> TritonProcess:
+        cmd = server_command(self.repo, self.http_port, self.grpc_port, self.metrics_port)
+        self._log = open(self.log_path, "wb") if self.log_path else None  # noqa: SIM115
+        out = self._log or subprocess.DEVNULL
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=out, env=server_env())
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tritonserver exited with {self.proc.returncode}; log: {self.log_path}")
+            try:
+                with urllib.request.urlopen(f"http://{self.http}/v2/health/ready", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.25)
+        self.stop()
+        raise TimeoutError(f"tritonserver not ready after {self.ready_timeout}s; log: {self.log_path}")
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log:
+            self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> TritonProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repo", required=True, type=Path, help="model repository (chatmodel triton-repo)")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cmd = server_command(args.repo.resolve(), args.http_port, args.grpc_port, args.metrics_port)
+    except TritonNotInstalled as exc:
+        print(f"chatmodel triton-server: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.flush()
+    os.execve(cmd[0], cmd, server_env())  # tritonserver becomes the process: signals reach it directly
+    return 0  # not reached
