@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from .logs import setup_logging
 
@@ -34,6 +35,7 @@ class ServeOptions:
     default_temperature: float = 0.7
     drain_timeout: float = 120.0
     log_prompts: bool = False
+    backend: str | None = None  # triton://HOST:GRPC_PORT[/MODEL]: forward generation to Triton
 
 
 def read_api_keys(path: str | None) -> list[str]:
@@ -60,16 +62,28 @@ def build_state(opts: ServeOptions, api_keys: list[str]):  # -> ServerState; imp
         raise SystemExit("--served-model-name: give one name per --model")
     served: dict[str, ServedModel] = {}
     for i, source in enumerate(opts.models):
-        loaded = load_model(source, dtype=opts.dtype, device=opts.device)
+        if opts.backend:  # Triton holds the weights; the API needs the tokenizer and config only
+            from .triton.client import load_front
+
+            loaded = load_front(source)
+        else:
+            loaded = load_model(source, dtype=opts.dtype, device=opts.device)
         name = names[i] if names else loaded.name
         if name in served:
             raise SystemExit(f"--served-model-name: {name!r} is used twice")
-        engine = Engine(
-            loaded,
-            max_batch_size=opts.max_batch_size,
-            max_waiting_requests=opts.max_waiting_requests,
-            max_kv_tokens=opts.max_kv_tokens,
-        ).start()
+        engine: Any  # an Engine, or a TritonBackend with the same methods
+        if opts.backend:
+            from .triton.client import TritonBackend
+
+            bound = opts.max_batch_size + opts.max_waiting_requests
+            engine = TritonBackend.from_url(opts.backend, name, bound, opts.max_kv_tokens)
+        else:
+            engine = Engine(
+                loaded,
+                max_batch_size=opts.max_batch_size,
+                max_waiting_requests=opts.max_waiting_requests,
+                max_kv_tokens=opts.max_kv_tokens,
+            ).start()
         served[name] = ServedModel(name, loaded, engine, opts.default_max_tokens, opts.default_temperature)
     return ServerState(served, api_keys, log_prompts=opts.log_prompts)
 
@@ -174,6 +188,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="seconds to finish in-flight requests after SIGTERM",
     )
     p.add_argument("--log-prompts", action="store_true", help="log prompts (off by default for privacy)")
+    p.add_argument(
+        "--backend",
+        metavar="URL",
+        help="triton://HOST:GRPC_PORT[/MODEL]: serve the API by forwarding to a Triton server running "
+        "a `chatmodel triton-repo` repository (MODEL defaults to the served model name)",
+    )
     p.add_argument("--log-format", choices=["json", "text"], default="json")
 
 
@@ -194,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
         default_temperature=args.default_temperature,
         drain_timeout=args.drain_timeout,
         log_prompts=args.log_prompts,
+        backend=args.backend,
     )
     try:
         return serve(opts)

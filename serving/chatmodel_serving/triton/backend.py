@@ -100,6 +100,7 @@ class TritonPythonModel:
             self.loaded,
             max_batch_size=int(p.get("max_batch_size", 32)),
             max_waiting_requests=int(p.get("max_waiting_requests", 64)),
+            max_kv_tokens=int(p.get("max_kv_tokens", 131072)),
         ).start()
         self.gauges = LoadGauges(self.engine, p.get("served_model_name") or config["name"])
 

@@ -74,6 +74,7 @@ def write_repo(
     device: str = "auto",
     max_batch_size: int = 32,
     max_waiting_requests: int = 64,
+    max_kv_tokens: int = 131072,
 ) -> Path:
     """Write (or overwrite) the repository; returns the model's folder."""
     from ..models import default_model_name
@@ -88,6 +89,7 @@ def write_repo(
         "device": device,
         "max_batch_size": str(max_batch_size),
         "max_waiting_requests": str(max_waiting_requests),
+        "max_kv_tokens": str(max_kv_tokens),
     }
     (folder / "config.pbtxt").write_text(config_pbtxt(name, parameters))
     (folder / "1" / "model.py").write_text(MODEL_PY)
@@ -102,6 +104,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--max-batch-size", type=int, default=32, help="sequences the engine decodes together")
     p.add_argument("--max-waiting-requests", type=int, default=64, help="engine queue bound")
+    p.add_argument("--max-kv-tokens", type=int, default=131072, help="engine KV-cache capacity in tokens")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         args.device,
         args.max_batch_size,
         args.max_waiting_requests,
+        args.max_kv_tokens,
     )
     print(folder)
     return 0
