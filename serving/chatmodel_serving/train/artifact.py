@@ -56,7 +56,7 @@ def publish(
         if adapter:
             for cfg in model.peft_config.values():
                 cfg.base_model_name_or_path = base_reference(base_source)
-            model.save_pretrained(staging)
+            model.save_pretrained(staging, save_embedding_layers=False)  # LoRA never trains them
             tokenizer.save_pretrained(staging)
         else:
             if hasattr(model, "merge_and_unload"):  # LoRA published merged: a plain model folder

@@ -1,0 +1,137 @@
+"""Training throughput: our trainer vs plain Hugging Face `Trainer`, same data, model, batch, same run.
+
+Both full fine-tune the builtin SmolLM2-135M for one epoch over the demo FAQ (64 chat examples, the
+same tokens and prompt masking, batch 4). Throughput = non-padding tokens of the training set ÷ the
+trainer's own training time (ours: time in training steps; HF: `train_runtime`), evaluation and
+saving excluded on both sides. HF runs in float32 and with bf16=True; the ratio is against its faster
+mode. The machine's cores are shared, so each configuration runs `--rounds` times, interleaved, and
+the best run of each counts (the one least slowed by neighbours). Writes the `train` section of
+bench-results.json.
+
+    .venv/bin/python tests/bench/bench_train.py [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import record
+
+SOURCE = "builtin://smollm2-135m"
+DATA = "builtin://tidewell-faq"
+BATCH, MAX_LEN, LR, SEED = 4, 256, 1e-4, 42
+
+
+def tokenized() -> tuple[list[Any], Any]:
+    from chatmodel_serving.models import load_model
+    from chatmodel_serving.train.data import load_examples, tokenize_examples
+
+    tokenizer = load_model(SOURCE, dtype="float32").tokenizer
+    items, _ = tokenize_examples(load_examples(DATA), tokenizer, MAX_LEN)
+    return items, tokenizer
+
+
+def run_ours(workdir: Path, val: Path, dtype: str) -> float:
+    from chatmodel_serving.train.config import TrainConfig
+    from chatmodel_serving.train.trainer import train
+
+    config = TrainConfig(
+        base_model=SOURCE,
+        data=DATA,
+        validation_data=str(val),  # a tiny set: evaluation is not what is measured
+        output=workdir / f"ours-{time.monotonic_ns()}",
+        method="full",
+        epochs=1,
+        learning_rate=LR,
+        batch_size=BATCH,
+        max_seq_length=MAX_LEN,
+        save_steps=0,
+        compute_dtype=dtype,
+        seed=SEED,
+        termination_message_path=None,
+    )
+    m = train(config, json_lines=True).metrics
+    return float(m["train_tokens"] / m["train_seconds"])
+
+
+def run_hf(workdir: Path, items: list[Any], tokenizer: Any, bf16: bool) -> float:
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from chatmodel_serving.models import load_model
+
+    model = load_model(SOURCE, dtype="float32").model.train()
+    args = TrainingArguments(
+        output_dir=str(workdir / "hf"),
+        per_device_train_batch_size=BATCH,
+        num_train_epochs=1,
+        learning_rate=LR,
+        use_cpu=True,
+        bf16=bf16,
+        seed=SEED,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+    )
+    dataset = [{"input_ids": i.input_ids, "labels": i.labels} for i in items]
+    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
+    runtime = trainer.train().metrics["train_runtime"]
+    return sum(len(i) for i in items) / runtime
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    rounds = parser.parse_args().rounds
+    items, tokenizer = tokenized()
+    runs: dict[str, list[float]] = {"ours": [], "ours_fp32": [], "hf_fp32": [], "hf_bf16": []}
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        workdir = Path(tmp)
+        val = workdir / "val.jsonl"
+        from chatmodel_serving.train.data import resolve_data_source
+
+        val.write_text("".join(resolve_data_source(DATA).read_text().splitlines(keepends=True)[:2]))
+        configs = {
+            "ours": lambda: run_ours(workdir, val, "auto"),
+            "ours_fp32": lambda: run_ours(workdir, val, "float32"),
+            "hf_fp32": lambda: run_hf(workdir, items, tokenizer, bf16=False),
+            "hf_bf16": lambda: run_hf(workdir, items, tokenizer, bf16=True),
+        }
+        names = list(configs)
+        for r in range(rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate who goes first
+                runs[name].append(configs[name]())
+                gc.collect()
+                print(json.dumps({"round": r, "config": name, "tokens_per_second": round(runs[name][-1], 1)}))
+    best = {k: max(v) for k, v in runs.items()}
+    hf_best = max(best["hf_fp32"], best["hf_bf16"])
+    figures = {
+        "tokens_per_second": round(best["ours"], 1),
+        "tokens_per_second_fp32": round(best["ours_fp32"], 1),
+        "hf_trainer_tokens_per_second": round(hf_best, 1),
+        "hf_trainer_fp32_tokens_per_second": round(best["hf_fp32"], 1),
+        "hf_trainer_bf16_tokens_per_second": round(best["hf_bf16"], 1),
+        "ratio_vs_hf_trainer": round(best["ours"] / hf_best, 3),
+        "ratio_fp32_vs_hf_trainer_fp32": round(best["ours_fp32"] / best["hf_fp32"], 3),
+        "all_runs": {k: [round(x, 1) for x in v] for k, v in runs.items()},
+        "setup": f"full fine-tune {SOURCE}, {len(items)} examples, batch {BATCH}, 1 epoch, best of {rounds}",
+    }
+    record("train", figures)
+    print(
+        f"train tokens/s: ours {figures['tokens_per_second']} vs HF Trainer "
+        f"{figures['hf_trainer_tokens_per_second']} -> ratio {figures['ratio_vs_hf_trainer']} (target >= 1.0)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
