@@ -45,25 +45,33 @@ def register(registry: kopf.OperatorRegistry, config: Config) -> None:
         settings.posting.reporting_component = "chatmodel-operator"
         memo.reconciler = Reconciler(config, Client(settings, logger))
 
+    # Async on purpose: kopf runs plain functions in a thread pool, which costs more than the work.
     @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="chatmodel_bodies")
-    def chatmodel_bodies(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
+    async def chatmodel_bodies(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
         return {_key(namespace, name): dict(body)}
 
     @kopf.index("batch", "v1", "jobs", labels=OURS, registry=registry, id="training_jobs")
-    def training_jobs(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> Any:
+    async def training_jobs(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> Any:
         return {_key(namespace, labels.get(NAME_LABEL)): observe.job(dict(body))}
 
     @kopf.index("apps", "v1", "deployments", labels=OURS, registry=registry, id="serving_deployments")
-    def serving_deployments(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> Any:
+    async def serving_deployments(
+        body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
+    ) -> Any:
         return {_key(namespace, labels.get(NAME_LABEL)): observe.deployment(dict(body))}
 
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, backoff=RETRY_SECONDS)
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, backoff=RETRY_SECONDS)
     @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, backoff=RETRY_SECONDS)
     async def chatmodel_changed(
-        body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any
+        body: kopf.Body, patch: kopf.Patch, namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any
     ) -> None:
-        await memo.reconciler.reconcile(dict(body), *_children(kwargs, _key(namespace, name)), fresh=True)
+        # Status goes out with kopf's own patch: one write, and no echo that looks like a new creation.
+        status = await memo.reconciler.reconcile(
+            dict(body), *_children(kwargs, _key(namespace, name)), fresh=True
+        )
+        if status is not None:
+            patch.status.update(status)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def chatmodel_deleted(
@@ -84,5 +92,5 @@ def register(registry: kopf.OperatorRegistry, config: Config) -> None:
         namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any
     ) -> None:
         key = _key(namespace, labels.get(NAME_LABEL))
-        for body in list(kwargs["chatmodel_bodies"].get(key, [])):
-            await memo.reconciler.reconcile(body, *_children(kwargs, key))
+        for cm_body in list(kwargs["chatmodel_bodies"].get(key, [])):
+            await memo.reconciler.reconcile(cm_body, *_children(kwargs, key))

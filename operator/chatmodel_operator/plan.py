@@ -155,8 +155,11 @@ def plan(
             out.create_only.append(job_obj)
     if servable:
         out.apply += serving_objects(cm, target, config)
-        kinds = {o["kind"] for o in out.apply}
-        out.delete += [r for r in _serving_refs(meta.deployment_name(cm, target)) if r.kind not in kinds]
+        # An HPA or PDB the spec no longer wants can only exist beside an existing Deployment, and only goes
+        # away after a spec change: checking just then saves two requests per ChatModel and reconcile.
+        if dep is not None and (generation is None or generation != prev.observed_generation):
+            kinds = {o["kind"] for o in out.apply}
+            out.delete += [r for r in _serving_refs(dep.name) if r.kind not in kinds]
     out.apply.append(service(cm, active or target, config))
     keep = {target, active} if servable else {active}
     for version, obs in deployments.items():

@@ -33,6 +33,10 @@ def _compact(status: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in status.items() if v is not None}
 
 
+def _of(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objs if o["kind"] == kind]
+
+
 def parse(body: Mapping[str, Any], status: Mapping[str, Any] | None) -> ChatModel:
     """The ChatModel with `status` in place of the body's; an unreadable status counts as none."""
     cm = ChatModel.model_validate({**body, "status": None})
@@ -55,6 +59,13 @@ class Reconciler:
         self._first_seen: dict[Key, float] = {}
         # Deleted ChatModels (key -> uid): a child event may still carry their last body.
         self._gone: dict[Key, str | None] = {}
+        # The child observations the last reconcile of each ChatModel acted on.
+        self._acted_on: dict[Key, set[JobObs | DeploymentObs]] = {}
+
+    def is_news(self, key: Key, obs: JobObs | DeploymentObs) -> bool:
+        """Whether a child's event tells the last reconcile something it did not know (most events are the
+        echo of our own writes; skipping those halves the work per ChatModel)."""
+        return obs not in self._acted_on.get(key, ())
 
     async def reconcile(
         self,
@@ -62,29 +73,34 @@ class Reconciler:
         jobs: Iterable[JobObs],
         deployments: Iterable[DeploymentObs],
         fresh: bool = False,
-    ) -> None:
-        """Reconcile one ChatModel. `fresh` bodies come from the ChatModel's own watch, not an index."""
+    ) -> dict[str, Any] | None:
+        """Reconcile one ChatModel. `fresh` bodies come from the ChatModel's own handler (not an index); then
+        the new status is returned for the caller to write (None when unchanged) instead of patched here."""
         key: Key = (body["metadata"].get("namespace") or "default", body["metadata"]["name"])
         if fresh:
             self._gone.pop(key, None)
         elif key in self._gone and self._gone[key] == body["metadata"].get("uid"):
-            return
+            return None
         self._first_seen.setdefault(key, asyncio.get_running_loop().time())
         async with self._locks[key]:
             if key in self._gone and self._gone[key] == body["metadata"].get("uid"):
-                return  # deleted while this reconcile waited
+                return None  # deleted while this reconcile waited
             with metrics.RECONCILE_SECONDS.time():
                 try:
-                    await self._reconcile(
-                        key, body, {j.version: j for j in jobs}, {d.version: d for d in deployments}
-                    )
+                    jobs_by, deps_by = {j.version: j for j in jobs}, {d.version: d for d in deployments}
+                    return await self._reconcile(key, body, jobs_by, deps_by, write=not fresh)
                 except Exception as e:
                     metrics.RECONCILE_ERRORS.labels(type(e).__name__).inc()
                     raise
 
     async def _reconcile(
-        self, key: Key, body: Mapping[str, Any], jobs: dict[str, JobObs], deps: dict[str, DeploymentObs]
-    ) -> None:
+        self,
+        key: Key,
+        body: Mapping[str, Any],
+        jobs: dict[str, JobObs],
+        deps: dict[str, DeploymentObs],
+        write: bool,
+    ) -> dict[str, Any] | None:
         previous = self._written.get(key) or body.get("status") or {}
         generation = body["metadata"].get("generation")
         try:
@@ -92,17 +108,25 @@ class Reconciler:
         except ValidationError as e:
             # The CRD normally refuses these; without it (or with an older CRD) say why here.
             status = {"phase": "Failed", "message": f"invalid spec: {e}", "observedGeneration": generation}
-            await self._write_status(key, body, previous, status)
-            return
+            return await self._write_status(key, body, previous, status, write)
         jobs = await self._record_results(key[0], jobs)
         p = plan(cm, jobs, deps, self.config, now(), generation)
+        created = []
         for obj in p.create_only:
-            await self.applier.apply(obj, create_only=True)
+            if await self.applier.apply(obj, create_only=True) == "created":
+                created.append(obj)
         for obj in p.apply:
-            await self.applier.apply(obj)
+            if await self.applier.apply(obj) == "created":
+                created.append(obj)
         for ref in p.delete:
             await self.applier.remove(key[0], ref)
-        await self._write_status(key, body, previous, p.status)
+        if any(o["kind"] in ("Job", "Deployment") for o in created):
+            # What was just created exists: say so now rather than in one more status write after its event.
+            jobs = {**jobs, **{j.version: j for j in map(observe.job, _of(created, "Job"))}}
+            deps = {**deps, **{d.version: d for d in map(observe.deployment, _of(created, "Deployment"))}}
+            p = plan(cm, jobs, deps, self.config, now(), generation)
+        self._acted_on[key] = {*jobs.values(), *deps.values()}
+        return await self._write_status(key, body, previous, p.status, write)
 
     async def _record_results(self, ns: str, jobs: dict[str, JobObs]) -> dict[str, JobObs]:
         """Copy a finished Job's termination message onto the Job, once: its pods may not last."""
@@ -118,13 +142,20 @@ class Reconciler:
         return out
 
     async def _write_status(
-        self, key: Key, body: Mapping[str, Any], previous: Mapping[str, Any], status: dict[str, Any]
-    ) -> None:
+        self,
+        key: Key,
+        body: Mapping[str, Any],
+        previous: Mapping[str, Any],
+        status: dict[str, Any],
+        write: bool,
+    ) -> dict[str, Any] | None:
+        """Patch the status (or return it for kopf to write) and post an Event when the phase changes."""
         if _compact(status) == _compact(previous):
-            return
-        await self.client.patch(
-            "chatmodel.dev/v1alpha1", "ChatModel", key[0], key[1], {"status": status}, sub="status"
-        )
+            return None
+        if write:
+            await self.client.patch(
+                "chatmodel.dev/v1alpha1", "ChatModel", key[0], key[1], {"status": status}, sub="status"
+            )
         self._written[key] = status
         phase, old = status["phase"], previous.get("phase")
         self.phases.set(key, phase)
@@ -135,6 +166,7 @@ class Reconciler:
             if phase == "Ready" and old != "Degraded":
                 seen = self._first_seen.get(key, asyncio.get_running_loop().time())
                 metrics.TIME_TO_READY.observe(asyncio.get_running_loop().time() - seen)
+        return status
 
     async def cleanup(
         self, body: Mapping[str, Any], jobs: Iterable[JobObs], deps: Iterable[DeploymentObs]
@@ -147,7 +179,7 @@ class Reconciler:
         async with self._locks[key]:  # let an in-flight reconcile finish first
             await self._delete_children(namespace, name, jobs, deps)
         self.phases.drop(key)
-        for store in (self._written, self._first_seen, self._locks):
+        for store in (self._written, self._first_seen, self._locks, self._acted_on):
             store.pop(key, None)  # type: ignore[attr-defined]
 
     async def _delete_children(

@@ -44,6 +44,10 @@ async def phase_is(c: Cluster, name: str, *phases: str) -> dict[str, Any] | None
     return st if st.get("phase") in phases else None
 
 
+async def event_posted(c: Cluster, reason: str, kind: str = "Normal") -> bool:
+    return any(r.data.get("reason") == reason and r.data.get("type") == kind for r in c.posts("/events"))
+
+
 async def make_ready(c: Cluster, deployment: str, replicas: int = 1) -> None:
     url = path("apps/v1", "deployments", NS, deployment, "status")
     await c.patch(url, {"status": {"replicas": replicas, "readyReplicas": replicas}})
@@ -94,8 +98,7 @@ async def test_base_model_gets_deployment_and_service_then_ready(cluster: Cluste
             "Progressing": "False",
         }
         assert st["observedGeneration"] == 1
-        reasons = [r.data.get("reason") for r in c.posts("/events")]
-        assert "Ready" in reasons  # an Event on the transition
+        await eventually(lambda: event_posted(c, "Ready"))  # an Event on each transition
 
 
 async def test_fine_tune_runs_the_job_first_then_serves_the_artifact(cluster: Cluster) -> None:
@@ -135,8 +138,7 @@ async def test_failed_job_gives_failed_with_its_reason(cluster: Cluster) -> None
         assert tuned["status"] == "False" and tuned["reason"] == "TrainingFailed"
         assert tuned["message"] == "dataset line 3: not valid JSON"
         assert await c.items(path("apps/v1", "deployments", NS)) == []
-        warnings = [r.data for r in c.posts("/events") if r.data.get("type") == "Warning"]
-        assert any(w["reason"] == "Failed" for w in warnings)
+        await eventually(lambda: event_posted(c, "Failed", "Warning"))
 
 
 async def test_serving_change_patches_and_model_change_makes_a_version(cluster: Cluster) -> None:
