@@ -13,6 +13,7 @@ generated model.py puts them first, so chatmodel_serving and torch come from the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -22,10 +23,11 @@ import sys
 import sysconfig
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from ..launch import free_port
+from ..launch import ServerProcess, free_port
 from .repo import SITE_DIRS_ENV
 
 
@@ -159,3 +161,18 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     os.execve(cmd[0], cmd, server_env())  # tritonserver becomes the process: signals reach it directly
     return 0  # not reached
+
+
+@contextlib.contextmanager
+def triton_front(
+    work: Path, front_args: list[str], model: str = "builtin://smollm2-135m", dtype: str = "auto"
+) -> Iterator[tuple[TritonProcess, ServerProcess]]:
+    """A generated repository, tritonserver on it and `chatmodel serve --backend` in front: the whole
+    Triton runtime on one machine (tests and benchmarks)."""
+    from .repo import write_repo
+
+    write_repo(model, work / "repo", dtype=dtype)
+    with TritonProcess(work / "repo", log_path=work / "triton.log") as triton:
+        args = ["--model", model, *front_args, "--backend", f"triton://{triton.grpc}"]
+        with ServerProcess(args, log_path=work / "front.log") as front:
+            yield triton, front
