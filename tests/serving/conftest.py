@@ -1,27 +1,44 @@
-"""One real `chatmodel serve` process on the built-in model for the API tests (float32, so greedy answers
-are bit-for-bit reproducible whatever the batch), with an API key file."""
+"""One real server on the built-in model for the API tests (float32, so greedy answers are bit-for-bit
+reproducible whatever the batch), with an API key file, once per runtime: `pytorch` is `chatmodel serve`
+itself; `triton` is tritonserver on a generated repository with `chatmodel serve --backend triton://` in
+front, so users see one API whichever runtime a ChatModel picks. CHATMODEL_TEST_RUNTIMES=pytorch runs one."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import openai
 import pytest
+
 from chatmodel_serving.launch import ServerProcess
 
 API_KEY = "test-key-0123456789"
 MODEL = "smollm2-135m"
+RUNTIMES = os.environ.get("CHATMODEL_TEST_RUNTIMES", "pytorch,triton").split(",")
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    d = tmp_path_factory.mktemp("server")
+@pytest.fixture(scope="session", params=RUNTIMES)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    runtime = request.param
+    d = tmp_path_factory.mktemp(f"server-{runtime}")
     keys = d / "keys"
     keys.write_text(f"# comment\nother-key\n{API_KEY}\n")
     args = ["--dtype", "float32", "--api-keys-file", str(keys), "--max-waiting-requests", "64"]
-    with ServerProcess(args, log_path=d / "server.log") as srv:
-        yield srv
+    if runtime == "pytorch":
+        with ServerProcess(args, log_path=d / "server.log") as srv:
+            yield srv
+        return
+    if importlib.util.find_spec("pytriton") is None:
+        pytest.skip("tritonserver comes from nvidia-pytriton (the triton extra), not installed")
+    from chatmodel_serving.triton.server import triton_front
+
+    with triton_front(d, args, dtype="float32") as (_, front):
+        yield front
 
 
 @pytest.fixture(scope="session")
@@ -31,8 +48,9 @@ def client(server: ServerProcess) -> openai.OpenAI:
 
 @pytest.fixture(scope="session")
 def tokenizer():  # the same tokenizer the server uses, to count tokens independently
-    from chatmodel_serving.models import resolve_source
     from transformers import AutoTokenizer
+
+    from chatmodel_serving.models import resolve_source
 
     return AutoTokenizer.from_pretrained(resolve_source("builtin://smollm2-135m"))
 
