@@ -6,6 +6,7 @@ import asyncio
 import collections
 import dataclasses
 import datetime
+import json
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -61,6 +62,8 @@ class Reconciler:
         self._gone: dict[Key, str | None] = {}
         # The child observations the last reconcile of each ChatModel acted on.
         self._acted_on: dict[Key, set[JobObs | DeploymentObs]] = {}
+        # ...and the spec it acted on: with both unchanged, a reconcile would change nothing.
+        self._spec_seen: dict[Key, str] = {}
 
     def is_news(self, key: Key, obs: JobObs | DeploymentObs) -> bool:
         """Whether a child's event tells the last reconcile something it did not know (most events are the
@@ -101,6 +104,12 @@ class Reconciler:
         deps: dict[str, DeploymentObs],
         write: bool,
     ) -> dict[str, Any] | None:
+        spec_seen = json.dumps([body["metadata"].get("uid"), body.get("spec")], sort_keys=True, default=str)
+        if self._spec_seen.get(key) == spec_seen and self._acted_on.get(key) == {
+            *jobs.values(),
+            *deps.values(),
+        }:
+            return None  # a repeated trigger (kopf re-delivers events; children echo our own writes)
         previous = self._written.get(key) or body.get("status") or {}
         generation = body["metadata"].get("generation")
         try:
@@ -126,6 +135,7 @@ class Reconciler:
             deps = {**deps, **{d.version: d for d in map(observe.deployment, _of(created, "Deployment"))}}
             p = plan(cm, jobs, deps, self.config, now(), generation)
         self._acted_on[key] = {*jobs.values(), *deps.values()}
+        self._spec_seen[key] = spec_seen
         return await self._write_status(key, body, previous, p.status, write)
 
     async def _record_results(self, ns: str, jobs: dict[str, JobObs]) -> dict[str, JobObs]:
@@ -179,7 +189,7 @@ class Reconciler:
         async with self._locks[key]:  # let an in-flight reconcile finish first
             await self._delete_children(namespace, name, jobs, deps)
         self.phases.drop(key)
-        for store in (self._written, self._first_seen, self._locks, self._acted_on):
+        for store in (self._written, self._first_seen, self._locks, self._acted_on, self._spec_seen):
             store.pop(key, None)  # type: ignore[attr-defined]
 
     async def _delete_children(
