@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from operator_kmock import Cluster, declare, eventually, operator, path
+from prometheus_client import REGISTRY
 
 from chatmodel_operator.spec import ChatModel, model_version
 
@@ -74,8 +75,14 @@ async def finish_job(c: Cluster, job: str, ok: bool, message: str) -> None:
     await c.patch(path("batch/v1", "jobs", NS, job, "status"), {"status": job_status})
 
 
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 async def test_base_model_gets_deployment_and_service_then_ready(cluster: Cluster) -> None:
     c = cluster
+    ready_before = sample("chatmodel_operator_time_to_ready_seconds_count")
+    reconciles_before = sample("chatmodel_operator_reconcile_duration_seconds_count")
     v = version("bot", {})
     dep_url = path("apps/v1", "deployments", NS, f"bot-{v}")
     async with operator(c.k):
@@ -99,6 +106,10 @@ async def test_base_model_gets_deployment_and_service_then_ready(cluster: Cluste
         }
         assert st["observedGeneration"] == 1
         await eventually(lambda: event_posted(c, "Ready"))  # an Event on each transition
+        # Operator metrics: time to Ready observed once, reconciles timed, the model counted as Ready.
+        assert sample("chatmodel_operator_time_to_ready_seconds_count") == ready_before + 1
+        assert sample("chatmodel_operator_reconcile_duration_seconds_count") > reconciles_before
+        assert sample("chatmodel_operator_chatmodels", phase="Ready") >= 1
 
 
 async def test_fine_tune_runs_the_job_first_then_serves_the_artifact(cluster: Cluster) -> None:
