@@ -30,6 +30,8 @@ from typing import IO
 from ..launch import ServerProcess, free_port
 from .repo import SITE_DIRS_ENV
 
+STUB = "triton_python_backend_stub"
+
 
 class TritonNotInstalled(RuntimeError):
     pass
@@ -46,24 +48,37 @@ def pytriton_root() -> Path:
 
 
 def backends_dir() -> Path:
-    """The backend folder, with the python backend stub for this interpreter in place."""
+    """The backend folder, with the python backend stub for this interpreter in place: in the wheel's own
+    folder, or, where that is read-only (a container image), in a copy under the chatmodel cache."""
     root = pytriton_root() / "tritonserver"
-    python_backend = root / "backends" / "python"
-    stub = python_backend / "triton_python_backend_stub"
-    if not stub.exists():
-        version = f"{sys.version_info.major}.{sys.version_info.minor}"
-        source = root / "python_backend_stubs" / version / stub.name
-        if not source.is_file():
-            raise TritonNotInstalled(f"nvidia-pytriton ships no python backend stub for Python {version}")
-        tmp = stub.with_name(f".{stub.name}.{os.getpid()}")
-        shutil.copy2(source, tmp)
-        tmp.replace(stub)  # atomic: a concurrent launcher never sees half a binary
-    return root / "backends"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    source = root / "python_backend_stubs" / version / STUB
+    if not source.is_file():
+        raise TritonNotInstalled(f"nvidia-pytriton ships no python backend stub for Python {version}")
+    backends = root / "backends"
+    if not os.access(backends / "python", os.W_OK) and not (backends / "python" / STUB).exists():
+        from ..models import cache_dir
+
+        private = cache_dir() / "triton-backends"
+        shutil.copytree(backends, private, dirs_exist_ok=True)
+        backends = private
+    _place(source, backends / "python" / STUB)
+    return backends
+
+
+def _place(source: Path, target: Path) -> None:
+    if target.exists():
+        return
+    tmp = target.with_name(f".{target.name}.{os.getpid()}")
+    shutil.copy2(source, tmp)
+    tmp.replace(target)  # atomic: a concurrent launcher never sees half a binary
 
 
 def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
-    libs = [str(sysconfig.get_config_var("LIBDIR")), env.get("LD_LIBRARY_PATH", "")]
+    # The wheel's bundled libraries too: a stub copied out of the wheel loses its relative RPATH.
+    bundled = pytriton_root().parent / "nvidia_pytriton.libs"
+    libs = [str(sysconfig.get_config_var("LIBDIR")), str(bundled), env.get("LD_LIBRARY_PATH", "")]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libs if p)
     # The stub's interpreter is isolated (it ignores PYTHONPATH): the generated model.py adds these
     # site folders itself, .pth files included, so an editable install of chatmodel_serving is found.
