@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from chatmodel_operator.builders import serving, triton
 from chatmodel_operator.builders.meta import Obj
-from chatmodel_operator.builders.serving import deployment, hpa, pdb, service
+from chatmodel_operator.builders.serving import hpa, pdb
 from chatmodel_operator.builders.storage import artifact_pvc
 from chatmodel_operator.builders.training import training_job
 from chatmodel_operator.config import Config
 from chatmodel_operator.spec import ChatModel, model_version
+
+
+def _runtime(cm: ChatModel):  # the module whose deployment() and service() build this runtime's objects
+    return triton if cm.spec.serving.runtime == "triton" else serving
+
+
+def deployment(cm: ChatModel, version: str, config: Config) -> Obj:
+    return _runtime(cm).deployment(cm, version, config)
+
+
+def service(cm: ChatModel, version: str | None, config: Config) -> Obj:
+    return _runtime(cm).service(cm, version, config)
 
 
 def serving_objects(cm: ChatModel, version: str, config: Config) -> list[Obj]:
