@@ -14,7 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("chatmodel_serving.train.cli", "fine-tune a model on a JSONL dataset"),
     "run": ("chatmodel_serving.run_cmd", "run a ChatModel manifest locally: fine-tune, then serve"),
     "triton-repo": ("chatmodel_serving.triton.repo", "write a Triton model repository that runs our engine"),
-    "triton-server": ("chatmodel_serving.triton.server", "run the bundled tritonserver on a model repository"),
+    "triton-server": ("chatmodel_serving.triton.server", "run the bundled tritonserver on a repository"),
     "render": (
         "chatmodel_operator.render",
         "print every Kubernetes object the operator creates for a manifest",
