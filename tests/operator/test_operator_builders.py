@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from chatmodel_operator import builders
 from chatmodel_operator.builders import all_objects, serving_objects, training_objects
 from chatmodel_operator.builders.serving import API_KEYS_FILE, deployment, service
 from chatmodel_operator.config import Config
@@ -178,5 +179,5 @@ def test_images_come_from_config() -> None:
     assert cfg.namespaces == ("a", "b") and cfg.drain_seconds == 7
     assert container(deployment(chatmodel({}), "v", cfg))["image"] == "reg/rt:1"
     triton = chatmodel({"serving": {"runtime": "triton"}})
-    assert container(deployment(triton, "v", cfg))["image"] == "reg/tr:1"
-    assert container(deployment(triton, "v", cfg))["args"][0] == "triton"
+    pod = builders.deployment(triton, "v", cfg)["spec"]["template"]["spec"]
+    assert {c["name"]: c["image"] for c in pod["containers"]}["triton"] == "reg/tr:1"
