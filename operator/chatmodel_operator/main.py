@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import kopf
 
 from chatmodel_operator import handlers, metrics
@@ -14,12 +16,23 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
     return registry
 
 
+def add_login(registry: kopf.OperatorRegistry) -> None:
+    """In-cluster service account, else a kubeconfig; kopf's own readers, no client library needed.
+    (A registry of our own does not get kopf's default login handlers.)"""
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 def main() -> None:
     config = Config.from_env()
+    registry = build_registry(config)
+    add_login(registry)
     metrics.serve(config.metrics_port)
     kopf.configure(verbose=False)
     kopf.run(
-        registry=build_registry(config),
+        registry=registry,
         clusterwide=not config.namespaces,
         namespaces=config.namespaces,
         # One replica (the install Deployment uses Recreate), so no peering CRD is needed.
