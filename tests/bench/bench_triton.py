@@ -1,6 +1,7 @@
 """Triton runtime benchmark: the same requests through the same openai client to `chatmodel serve` (the
 PyTorch runtime) and to `chatmodel serve --backend triton://` in front of tritonserver running the same
-engine, one runtime at a time, same run. Writes the `triton` section of bench-results.json; the target is
+engine, same run: single requests alternate between the runtimes (latency), then each takes N concurrent
+streams alone (throughput). Writes the `triton` section of bench-results.json; the target is
 `latency_ratio_vs_pytorch` <= 1.15 (DESIGN.md §6).
 
     python tests/bench/bench_triton.py [--quick]
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from load import run_streams
+from load import Run, run_streams
 from results import record
 
 from chatmodel_serving.launch import ServerProcess
@@ -37,25 +38,43 @@ def runtime(kind: str, work: Path) -> Iterator[ServerProcess]:
             yield front
 
 
-def measure(url: str, latency_rounds: int, streams: int, max_tokens: int) -> dict:
-    run_streams(url, NAME, 2, max_tokens=8)  # warm-up: first-call costs are not the runtime's speed
-    single = run_streams(url, NAME, 1, max_tokens=max_tokens, rounds=latency_rounds).summary()
-    loaded = run_streams(url, NAME, streams, max_tokens=max_tokens).summary()
-    return {"single": single, "concurrent": loaded}
+def latencies(urls: dict[str, str], rounds: int, max_tokens: int) -> dict[str, dict]:
+    """Single requests, alternating runtimes round by round (the idle one costs nothing), so load from
+    elsewhere on a shared machine falls on both alike."""
+    runs: dict[str, list] = {k: [] for k in urls}
+    for r in range(rounds):
+        order = list(urls) if r % 2 == 0 else list(reversed(urls))
+        for kind in order:
+            runs[kind].append(run_streams(urls[kind], NAME, 1, max_tokens=max_tokens))
+    out = {}
+    for kind, rs in runs.items():
+        merged = Run(1, sum(x.tokens for x in rs), sum(x.seconds for x in rs), [], [])
+        merged.ttfts = [t for x in rs for t in x.ttfts]
+        merged.latencies = [t for x in rs for t in x.latencies]
+        out[kind] = merged.summary()
+    return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="fewer, shorter requests")
     a = ap.parse_args()
-    rounds, streams, max_tokens = (3, 8, 32) if a.quick else (5, 32, 64)
+    rounds, streams, max_tokens = (4, 8, 32) if a.quick else (10, 32, 64)
     work = Path(tempfile.mkdtemp(prefix="bench-triton-"))
     (work / "triton").mkdir()
-    results = {}
-    for kind in ("pytorch", "triton"):
-        with runtime(kind, work) as srv:
-            results[kind] = measure(srv.url, rounds, streams, max_tokens)
-        print(kind, results[kind], flush=True)
+    with runtime("pytorch", work) as pytorch, runtime("triton", work) as triton:
+        urls = {"pytorch": pytorch.url, "triton": triton.url}
+        for url in urls.values():
+            run_streams(url, NAME, 2, max_tokens=8)  # warm-up: first-call costs are not the runtime's speed
+        single = latencies(urls, rounds, max_tokens)
+        results = {
+            kind: {
+                "single": single[kind],
+                "concurrent": run_streams(url, NAME, streams, max_tokens).summary(),
+            }
+            for kind, url in urls.items()
+        }
+    print(results, flush=True)
     p, t = results["pytorch"], results["triton"]
     figures = {
         "max_tokens": max_tokens,

@@ -8,7 +8,6 @@ response per delta when `stream` is true, one response otherwise; the last one c
 from __future__ import annotations
 
 import json
-import logging
 import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -20,7 +19,6 @@ from ..engine import Engine, EngineStats, EngineStoppedError, Event, QueueFullEr
 from ..models import load_model
 from . import contract
 
-log = logging.getLogger("chatmodel.triton")
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
