@@ -125,7 +125,7 @@ class _Sequence:
             self.finish_reason = "length"
         end = len(text)
         if self.finish_reason is None:
-            end -= self.hold  # a stop string may still be forming
+            end = max(self.sent, end - self.hold)  # a stop string may still be forming
             while end > self.sent and text[end - 1] == "\ufffd":  # an incomplete UTF-8 character
                 end -= 1
         delta, self.sent = text[self.sent : end], max(self.sent, end)
