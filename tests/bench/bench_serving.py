@@ -18,10 +18,11 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from chatmodel_serving.launch import ServerProcess, free_port
-from chatmodel_serving.models import resolve_source
 from load import PROMPTS, run_streams
 from results import record
+
+from chatmodel_serving.launch import ServerProcess, free_port
+from chatmodel_serving.models import resolve_source
 
 MODEL = "builtin://smollm2-135m"
 

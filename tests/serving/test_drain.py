@@ -9,6 +9,7 @@ import time
 
 import httpx
 import openai
+
 from chatmodel_serving.launch import ServerProcess
 
 MODEL = "smollm2-135m"
