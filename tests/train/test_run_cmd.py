@@ -72,10 +72,10 @@ def test_train_only_runs_once_then_reuses(
     path = manifest(tmp_path, spec)
     args = ["run", str(path), "--work-dir", str(tmp_path / "artifacts"), "--train-only"]
     assert main(args) == 0
-    folder = Path(capsys.readouterr().out.strip())
+    folder = Path(capsys.readouterr().out.splitlines()[-1])  # after the JSON progress lines
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["steps"] == 1 and (folder / "adapter_config.json").is_file()
     started = (folder / "metrics.json").stat().st_mtime_ns
     assert main(args) == 0  # same recipe and data: reused, not retrained
-    assert Path(capsys.readouterr().out.strip()) == folder
+    assert Path(capsys.readouterr().out.splitlines()[-1]) == folder
     assert (folder / "metrics.json").stat().st_mtime_ns == started
