@@ -315,35 +315,10 @@ def create_app(state: ServerState) -> FastAPI:
         prompt = chat_prompt(served, req)
         params = sampling_params(served, req, req.requested_max_tokens(), len(prompt), "messages")
         jobs = [(prompt, _with_seed(params, i)) for i in range(req.n)]
-        rid, created = new_id("chatcmpl"), now()
+        rid = new_id("chatcmpl")
         if state.log_prompts:
             log.info("prompt", extra={"request_id": rid, "messages": [m.model_dump() for m in req.messages]})
-        if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return await _stream(
-                state,
-                served,
-                jobs,
-                rid,
-                created,
-                "chat.completion.chunk",
-                include_usage,
-                lambda i, text: {"index": i, "delta": {"content": text}, "logprobs": None},
-                lambda i: {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None},
-            )
-        texts, reasons, completion = await collect(state, served, jobs)
-        choices = [
-            {"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None, "finish_reason": r}
-            for i, (t, r) in enumerate(zip(texts, reasons, strict=True))
-        ]
-        return {
-            "id": rid,
-            "object": "chat.completion",
-            "created": created,
-            "model": served.name,
-            "choices": choices,
-            "usage": usage(len(prompt), completion),
-        }
+        return await answer(state, served, req, jobs, len(prompt), rid, CHAT)
 
     @app.post("/v1/completions", response_model=None)
     async def completions(req: CompletionRequest, request: Request) -> Any:
@@ -354,37 +329,65 @@ def create_app(state: ServerState) -> FastAPI:
         for prompt in prompts:
             params = sampling_params(served, req, req.requested_max_tokens(), len(prompt), "prompt")
             jobs += [(prompt, _with_seed(params, i)) for i in range(req.n)]
-        rid, created = new_id("cmpl"), now()
-        prompt_tokens = sum(len(p) for p in prompts)
-        if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return await _stream(
-                state,
-                served,
-                jobs,
-                rid,
-                created,
-                "text_completion",
-                include_usage,
-                lambda i, text: {"index": i, "text": text, "logprobs": None},
-                None,
-                prompt_tokens=prompt_tokens,
-            )
-        texts, reasons, completion = await collect(state, served, jobs)
-        choices = [
-            {"index": i, "text": t, "logprobs": None, "finish_reason": r}
-            for i, (t, r) in enumerate(zip(texts, reasons, strict=True))
-        ]
-        return {
-            "id": rid,
-            "object": "text_completion",
-            "created": created,
-            "model": served.name,
-            "choices": choices,
-            "usage": usage(prompt_tokens, completion),
-        }
+        return await answer(state, served, req, jobs, sum(len(p) for p in prompts), new_id("cmpl"), TEXT)
 
     return RequestLog(app)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How one endpoint's responses look: the only difference between chat and text completions."""
+
+    object: str
+    chunk_object: str
+    choice: Callable[[int, str, str], dict[str, Any]]  # (index, text, finish_reason) of a whole answer
+    delta: Callable[[int, str], dict[str, Any]]  # (index, text) of a streamed piece
+    opening: Callable[[int], dict[str, Any]] | None = None  # the first streamed chunk per choice
+
+
+CHAT = Shape(
+    "chat.completion",
+    "chat.completion.chunk",
+    lambda i, t, r: {
+        "index": i,
+        "message": {"role": "assistant", "content": t},
+        "logprobs": None,
+        "finish_reason": r,
+    },
+    lambda i, t: {"index": i, "delta": {"content": t}, "logprobs": None},
+    lambda i: {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None},
+)
+TEXT = Shape(
+    "text_completion",
+    "text_completion",
+    lambda i, t, r: {"index": i, "text": t, "logprobs": None, "finish_reason": r},
+    lambda i, t: {"index": i, "text": t, "logprobs": None},
+)
+
+
+async def answer(
+    state: ServerState,
+    served: ServedModel,
+    req: SamplingFields,
+    jobs: list[tuple[list[int], SamplingParams]],
+    prompt_tokens: int,
+    rid: str,
+    shape: Shape,
+) -> Any:
+    created = now()
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return await _stream(state, served, jobs, rid, created, shape, include_usage, prompt_tokens)
+    texts, reasons, completion = await collect(state, served, jobs)
+    choices = [shape.choice(i, t, r) for i, (t, r) in enumerate(zip(texts, reasons, strict=True))]
+    return {
+        "id": rid,
+        "object": shape.object,
+        "created": created,
+        "model": served.name,
+        "choices": choices,
+        "usage": usage(prompt_tokens, completion),
+    }
 
 
 def _with_seed(params: SamplingParams, i: int) -> SamplingParams:
@@ -400,31 +403,36 @@ async def _stream(
     jobs: list[tuple[list[int], SamplingParams]],
     rid: str,
     created: int,
-    obj: str,
+    shape: Shape,
     include_usage: bool,
-    delta: Callable[[int, str], dict[str, Any]],
-    opening: Callable[[int], dict[str, Any]] | None,
-    prompt_tokens: int | None = None,
+    prompt_tokens: int,
 ) -> Response:
     events = generate(state, served, jobs)
 
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
         return sse(
-            {"id": rid, "object": obj, "created": created, "model": served.name, "choices": choices, **extra}
+            {
+                "id": rid,
+                "object": shape.chunk_object,
+                "created": created,
+                "model": served.name,
+                "choices": choices,
+                **extra,
+            }
         )
 
     async def body(first: tuple[int, Event] | None) -> AsyncIterator[bytes]:
         completion = 0
         try:
-            if opening:
+            if shape.opening:
                 for i in range(len(jobs)):
-                    yield chunk([opening(i)])
+                    yield chunk([shape.opening(i)])
             pending = [first] if first else []
             async for index, ev in _chain(pending, events):
                 if ev.finish_reason == "error":
                     yield sse(ApiError(500, f"generation failed: {ev.error}", "server_error").body())
                     break
-                c = delta(index, ev.text)
+                c = shape.delta(index, ev.text)
                 if ev.finish_reason:
                     completion += ev.completion_tokens
                     c["finish_reason"] = ev.finish_reason
@@ -434,8 +442,7 @@ async def _stream(
                     c["finish_reason"] = None
                 yield chunk([c])
             if include_usage:
-                p = prompt_tokens if prompt_tokens is not None else len(jobs[0][0])
-                yield chunk([], usage=usage(p, completion))
+                yield chunk([], usage=usage(prompt_tokens, completion))
             yield b"data: [DONE]\n\n"
         finally:
             await events.aclose()  # type: ignore[attr-defined]

@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import IO
+from typing import IO, Self
 
 
 def free_port() -> int:
@@ -19,50 +19,44 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class ServerProcess:
-    """`with ServerProcess(["--model", src]) as srv:` … srv.url is http://127.0.0.1:PORT/v1."""
+class ReadyProcess:
+    """A child process that counts as started once a URL answers 200; stopped with SIGTERM (then SIGKILL).
+    Subclasses say what to run and where readiness is."""
 
-    def __init__(
-        self,
-        args: list[str],
-        port: int | None = None,
-        log_path: Path | None = None,
-        env: dict[str, str] | None = None,
-        ready_timeout: float = 300.0,
-    ):
-        self.port = port or free_port()
-        self.args = args
+    what = "process"
+
+    def __init__(self, log_path: Path | None = None, ready_timeout: float = 300.0):
         self.log_path = log_path
-        self.env = {**os.environ, **(env or {})}
         self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ)
 
     @property
-    def url(self) -> str:
-        return f"{self.base}/v1"
+    def ready_url(self) -> str:
+        raise NotImplementedError
 
-    def start(self) -> ServerProcess:
-        cmd = [sys.executable, "-m", "chatmodel_serving.cli", "serve", "--port", str(self.port), *self.args]
+    def start(self) -> Self:
         self._log = open(self.log_path, "wb") if self.log_path else None  # noqa: SIM115
         out = self._log or subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=out, env=self.env)
+        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=out, env=self.environment())
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; log: {self.log_path}")
+                raise RuntimeError(f"{self.what} exited with {self.proc.returncode}; log: {self.log_path}")
             try:
-                with urllib.request.urlopen(f"{self.base}/ready", timeout=2) as r:
+                with urllib.request.urlopen(self.ready_url, timeout=2) as r:
                     if r.status == 200:
                         return self
             except OSError:
                 time.sleep(0.25)
         self.stop()
-        raise TimeoutError(f"server not ready after {self.ready_timeout}s; log: {self.log_path}")
+        raise TimeoutError(f"{self.what} not ready after {self.ready_timeout}s; log: {self.log_path}")
 
     def stop(self, timeout: float = 60.0) -> int | None:
         if self.proc is None:
@@ -76,10 +70,48 @@ class ServerProcess:
                 self.proc.wait()
         if self._log:
             self._log.close()
+            self._log = None
         return self.proc.returncode
 
-    def __enter__(self) -> ServerProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ServerProcess(ReadyProcess):
+    """`with ServerProcess(["--model", src]) as srv:` … srv.url is http://127.0.0.1:PORT/v1."""
+
+    what = "chatmodel serve"
+
+    def __init__(
+        self,
+        args: list[str],
+        port: int | None = None,
+        log_path: Path | None = None,
+        env: dict[str, str] | None = None,
+        ready_timeout: float = 300.0,
+    ):
+        super().__init__(log_path, ready_timeout)
+        self.port = port or free_port()
+        self.args = args
+        self.env = {**os.environ, **(env or {})}
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "chatmodel_serving.cli", "serve", "--port", str(self.port), *self.args]
+
+    def environment(self) -> dict[str, str]:
+        return self.env
+
+    @property
+    def ready_url(self) -> str:
+        return f"{self.base}/ready"
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}/v1"

@@ -18,16 +18,12 @@ import importlib.util
 import os
 import shutil
 import site
-import subprocess
 import sys
 import sysconfig
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
-from ..launch import ServerProcess, free_port
+from ..launch import ReadyProcess, ServerProcess, free_port
 from .repo import SITE_DIRS_ENV
 
 STUB = "triton_python_backend_stub"
@@ -100,14 +96,25 @@ def server_command(repo: Path, http_port: int, grpc_port: int, metrics_port: int
     ]
 
 
-class TritonProcess:
+class TritonProcess(ReadyProcess):
     """`with TritonProcess(repo) as t:` starts tritonserver and waits for /v2/health/ready."""
 
+    what = "tritonserver"
+
     def __init__(self, repo: Path, log_path: Path | None = None, ready_timeout: float = 300.0):
-        self.repo, self.log_path, self.ready_timeout = repo, log_path, ready_timeout
+        super().__init__(log_path, ready_timeout)
+        self.repo = repo
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+
+    def command(self) -> list[str]:
+        return server_command(self.repo, self.http_port, self.grpc_port, self.metrics_port)
+
+    def environment(self) -> dict[str, str]:
+        return server_env()
+
+    @property
+    def ready_url(self) -> str:
+        return f"http://{self.http}/v2/health/ready"
 
     @property
     def http(self) -> str:
@@ -120,44 +127,6 @@ class TritonProcess:
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
-
-    def start(self) -> TritonProcess:
-        cmd = server_command(self.repo, self.http_port, self.grpc_port, self.metrics_port)
-        self._log = open(self.log_path, "wb") if self.log_path else None  # noqa: SIM115
-        out = self._log or subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=out, env=server_env())
-        deadline = time.monotonic() + self.ready_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"tritonserver exited with {self.proc.returncode}; log: {self.log_path}")
-            try:
-                with urllib.request.urlopen(f"http://{self.http}/v2/health/ready", timeout=2) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.25)
-        self.stop()
-        raise TimeoutError(f"tritonserver not ready after {self.ready_timeout}s; log: {self.log_path}")
-
-    def stop(self, timeout: float = 60.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self._log:
-            self._log.close()
-        return self.proc.returncode
-
-    def __enter__(self) -> TritonProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
