@@ -51,6 +51,13 @@ bench-triton: install
 bench-train: install
 	$(PY) tests/bench/bench_train.py
 
+# A smoke run of every benchmark (small counts, no peers where they take minutes): CI checks they start.
+bench-quick: install
+	$(PY) tests/bench/bench_serving.py --quick
+	$(PY) tests/bench/bench_train.py --rounds 1 --hf-modes bf16
+	$(PY) tests/bench/bench_triton.py --quick
+	$(PY) tests/bench/bench_operator.py --count 50
+
 # Every benchmark; each writes its section of bench-results.json and the table in bench-results.md.
 bench: bench-serving bench-train bench-triton bench-operator
 

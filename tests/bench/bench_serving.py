@@ -53,6 +53,31 @@ def sequential_generate(folder: Path, prompts: list[str], max_tokens: int) -> fl
     return tokens / seconds
 
 
+def copy_bandwidth_gb_s(size_mb: int = 512, repeats: int = 5) -> float:
+    """Memory bandwidth as a large tensor copy sees it (bytes read + written), best of a few."""
+    import torch
+
+    src = torch.ones(size_mb * 2**20 // 4)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.numel() * 4 / best / 1e9
+
+
+def weight_bytes(folder: Path) -> float:
+    """Bytes of weights one decode step reads at batch 1, in the serving dtype `auto` picks."""
+    import torch
+
+    from chatmodel_serving.models import pick_dtype
+
+    fp32_bytes = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+    itemsize = torch.empty(0, dtype=pick_dtype("auto", torch.device("cpu"))).element_size()
+    return fp32_bytes / 4 * itemsize
+
+
 def peer_transformers_serve(folder: Path, streams: int, max_tokens: int) -> dict:
     port = free_port()
     log = Path(tempfile.gettempdir()) / "bench-transformers-serve.log"
@@ -112,6 +137,12 @@ def main() -> int:
             s = run_streams(srv.url, "m", streams, max_tokens=max_tokens, rounds=2 if streams == 1 else 1)
             figures[f"ours_{streams}"] = s.summary()
             print(f"  {streams:>2} streams: {s.summary()}", flush=True)
+    # Batch-1 decode against the memory-bandwidth limit: each token reads every weight once.
+    bandwidth = copy_bandwidth_gb_s()
+    bound = bandwidth * 1e9 / weight_bytes(folder)
+    figures["copy_bandwidth_gb_s"] = round(bandwidth, 1)
+    figures["batch1_bandwidth_bound_tokens_per_second"] = round(bound, 1)
+    figures["batch1_fraction_of_bandwidth_bound"] = round(figures["ours_1"]["tokens_per_second"] / bound, 3)
     ours = figures[f"ours_{high}"]
     figures[f"ratio_vs_sequential_{high}"] = round(ours["tokens_per_second"] / seq, 2)
 
