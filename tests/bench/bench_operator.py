@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import socket
 import subprocess
@@ -24,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "tests" / "operator")]
-RESULTS = ROOT / "bench-results.json"
+sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "tests" / "operator"), str(ROOT / "tests" / "bench")]
+from results import record  # noqa: E402
+
 NS = "bench"
+IDLE_SECONDS = 10.0
 
 
 # ---- the three roles -----------------------------------------------------------------------------
@@ -173,11 +174,14 @@ async def drive(url: str, count: int, operator_pid: int, timeout: float) -> dict
         seconds = time.monotonic() - start
         await asyncio.sleep(2)  # let the last status patches land
         cpu_after, peak = proc_stats(operator_pid)
+        await asyncio.sleep(IDLE_SECONDS)  # converged: what does watching cost?
+        cpu_idle, _ = proc_stats(operator_pid)
     return {
         "seconds": seconds,
         "create_seconds": created,
         "cpu_seconds": cpu_after - cpu_before,
         "peak_rss_mb": peak,
+        "idle_cpu_percent": 100 * (cpu_idle - cpu_after) / IDLE_SECONDS,
     }
 
 
@@ -193,12 +197,6 @@ def measure(count: int, trivial: bool, timeout: float) -> dict[str, float]:
         for p in (op, emu):
             p.terminate()
             p.wait(10)
-
-
-def merge_results(figures: dict[str, Any]) -> None:
-    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    data["operator"] = figures
-    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def main() -> int:
@@ -228,6 +226,7 @@ def main() -> int:
         "cpu_seconds": round(ours["cpu_seconds"], 2),
         "cpu_ms_per_chatmodel": round(1000 * ours["cpu_seconds"] / n, 2),
         "peak_rss_mb": round(ours["peak_rss_mb"], 1),
+        "idle_cpu_percent": round(ours["idle_cpu_percent"], 2),
     }
     if not args.skip_baseline:
         base = measure(n, trivial=True, timeout=args.timeout)
@@ -245,7 +244,7 @@ def main() -> int:
         print(
             f"CPU ratio vs the trivial kopf operator: {figures['cpu_ratio_vs_kopf_baseline']} (target <= 2.0)"
         )
-    merge_results(figures)
+    record("operator", figures)
     return 0
 
 
