@@ -15,6 +15,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from chatmodel_serving.triton import contract
+from chatmodel_serving.triton.client import infer_inputs
 
 from .conftest import MODEL, UNARY
 
@@ -29,12 +30,7 @@ def inputs(module, prompt: str, max_tokens: int = 12, stream: bool | None = None
     ]
     if stream is not None:
         arrays.append((contract.STREAM, np.array([stream])))
-    out = []
-    for t, a in arrays:
-        i = module.InferInput(t.name, list(a.shape), t.client_type)
-        i.set_data_from_numpy(a)
-        out.append(i)
-    return out
+    return infer_inputs(module, arrays)
 
 
 def text(result) -> str:

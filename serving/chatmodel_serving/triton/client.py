@@ -69,9 +69,14 @@ def request_inputs(prompt: list[int], params: SamplingParams) -> list[grpcclient
         arrays.append((contract.STOP, np.array([s.encode() for s in params.stop], dtype=np.object_)))
     if params.seed is not None:
         arrays.append((contract.SEED, np.array([params.seed], dtype=np.int64)))
+    return infer_inputs(grpcclient, arrays)
+
+
+def infer_inputs(module: Any, arrays: list[tuple[contract.Tensor, np.ndarray]]) -> list[Any]:
+    """Triton InferInputs for `module` (tritonclient.grpc or tritonclient.http) from (tensor, array) pairs."""
     inputs = []
     for tensor, array in arrays:
-        i = grpcclient.InferInput(tensor.name, list(array.shape), tensor.client_type)
+        i = module.InferInput(tensor.name, list(array.shape), tensor.client_type)
         i.set_data_from_numpy(array)
         inputs.append(i)
     return inputs
