@@ -8,15 +8,11 @@ from chatmodel_operator.builders import meta
 from chatmodel_operator.builders.meta import Obj
 from chatmodel_operator.builders.sources import Mounts
 from chatmodel_operator.config import Config
+from chatmodel_operator.signals import signals
 from chatmodel_operator.spec import ChatModel, Serving
 
 API_KEYS_DIR = "/etc/chatmodel/api-keys"
 API_KEYS_FILE = f"{API_KEYS_DIR}/keys"
-# The HPA reads these per-pod metrics through a Prometheus adapter; the names are the runtime's.
-POD_METRICS = {
-    "requestsWaiting": "chatmodel_num_requests_waiting",
-    "requestsRunning": "chatmodel_num_requests_running",
-}
 
 
 @dataclass(frozen=True)
@@ -186,7 +182,7 @@ def _hpa_metric(sv: Serving) -> Obj:
     return {
         "type": "Pods",
         "pods": {
-            "metric": {"name": POD_METRICS[sv.autoscaling.metric]},
+            "metric": {"name": signals(sv.runtime).for_metric(sv.autoscaling.metric)},
             "target": {"type": "AverageValue", "averageValue": str(target)},
         },
     }
