@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import IGNORE_INDEX, Tokenized
+from .distributed import SINGLE, World
 
 
 def epoch_batches(
@@ -99,19 +100,27 @@ def evaluate(
     pad_id: int,
     device: torch.device,
     dtype: torch.dtype | None,
+    world: World = SINGLE,
 ) -> float:
-    """Mean loss per answer token over the whole set."""
+    """Mean loss per answer token over the whole set. Under torchrun each rank scores its shard of every
+    batch and the sums are added up; every rank runs the same number of forwards (a rank with an empty
+    shard scores a stand-in it does not count) so that sharded models can gather their weights."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     order = sorted(range(len(data)), key=lambda i: len(data[i]))
-    for start in range(0, len(order), batch_size):
-        batch = to_device(collate([data[i] for i in order[start : start + batch_size]], pad_id), device)
+    step = batch_size * world.size
+    for start in range(0, len(order), step):
+        mine = world.shard(order[start : start + step])
+        ids = mine or order[start : start + 1]
+        batch = to_device(collate([data[i] for i in ids], pad_id), device)
         with autocast(dtype, device):
             loss, n = loss_sum(model, batch)
-        total += float(loss)
-        count += n
+        if mine:
+            total += float(loss)
+            count += n
     model.train(was_training)
+    total, count = world.sum(total, count)
     return total / max(count, 1)
 
 

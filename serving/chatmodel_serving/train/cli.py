@@ -144,18 +144,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"chatmodel train: {exc}", file=sys.stderr)
         write_termination_message(termination, f"error: {exc}")
         return 2
+    from .distributed import from_env
     from .trainer import ResumeError, train
 
+    world = from_env()
+    who = f"rank {world.rank}: " if world.distributed else ""  # which worker failed, for the operator
     try:
         result = train(config, json_lines={"auto": None, "bar": False, "json": True}[args.progress])
     except (DataError, FileExistsError, ResumeError, ValueError) as exc:
-        print(f"chatmodel train: {exc}", file=sys.stderr)
-        write_termination_message(termination, f"error: {exc}")
+        print(f"chatmodel train: {who}{exc}", file=sys.stderr)
+        write_termination_message(termination, f"error: {who}{exc}")
         return 2
     except Exception as exc:
         log.exception("training failed")
-        write_termination_message(termination, f"error: {exc.__class__.__name__}: {exc}")
+        write_termination_message(termination, f"error: {who}{exc.__class__.__name__}: {exc}")
         return 1
+    if not world.main:  # the result is rank 0's to report
+        return 0
     write_termination_message(termination, summary(result.metrics))
     m = result.metrics
     print(

@@ -10,19 +10,24 @@ from typing import Any, TextIO
 
 
 class Progress:
-    def __init__(self, total_steps: int, initial_step: int = 0, json_lines: bool | None = None) -> None:
+    def __init__(
+        self, total_steps: int, initial_step: int = 0, json_lines: bool | None = None, quiet: bool = False
+    ) -> None:
+        self.quiet = quiet  # torchrun workers other than rank 0: one progress stream per run is enough
         self.total = total_steps
         self.initial = initial_step
         self.started = time.perf_counter()
         self.json_lines = not sys.stderr.isatty() if json_lines is None else json_lines
         self.out: TextIO = sys.stdout
         self.bar: Any = None
-        if not self.json_lines:
+        if not self.json_lines and not quiet:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True)
 
     def _emit(self, record: dict[str, Any]) -> None:
+        if self.quiet:
+            return
         line = json.dumps(record)
         if self.bar is not None:
             self.bar.write(line)
@@ -36,6 +41,8 @@ class Progress:
         return round((time.perf_counter() - self.started) / done * (self.total - step), 1)
 
     def step(self, step: int, epoch: float, loss: float, lr: float, tokens_per_second: float) -> None:
+        if self.quiet:
+            return
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_second:.0f}", refresh=False)
             self.bar.update(step - self.bar.n)

@@ -1,5 +1,9 @@
 """The fine-tuning loop: full or LoRA, AdamW with warmup and linear decay, gradient accumulation and
-clipping, evaluation before/after each epoch with early stopping, checkpoints and --resume."""
+clipping, evaluation before/after each epoch with early stopping, checkpoints and --resume.
+
+Under torchrun the same loop runs on every rank (see distributed.py): each rank trains on its shard
+of every global batch through DistributedDataParallel, and rank 0 alone writes checkpoints and the
+artifact while the others wait."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import logging
 import math
 import shutil
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,7 @@ from .batches import (
 from .checkpoint import LoopState
 from .config import TrainConfig
 from .data import IGNORE_INDEX, Tokenized, load_examples, split_examples, tokenize_examples
+from .distributed import World, from_env, start, stop
 from .progress import Progress
 
 log = logging.getLogger("chatmodel.train")
@@ -100,6 +106,18 @@ def answer_count(item: Tokenized) -> int:
     return sum(1 for label in item.labels[1:] if label != IGNORE_INDEX)
 
 
+class LossModule(torch.nn.Module):
+    """loss_sum as a module's forward: DistributedDataParallel reduces gradients only for work done
+    inside its wrapped module's forward."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return loss_sum(self.model, batch)[0]
+
+
 class Run:
     """One training run; state that a checkpoint restores lives in `self.state`."""
 
@@ -108,6 +126,7 @@ class Run:
         self.output = config.output.resolve()
         self.json_lines = json_lines  # None: JSON lines unless stderr is a terminal
         self.best: dict[str, torch.Tensor] | None = None
+        self.world = World()
 
     def prepare(self) -> None:
         cfg = self.config
@@ -119,8 +138,9 @@ class Run:
             train_examples, val_examples = split_examples(train_examples, cfg.validation_split, cfg.seed)
         self.fingerprint = cfg.fingerprint()
         torch.manual_seed(cfg.seed)
-        self.device = pick_device(cfg.device)
-        loaded = load_model(cfg.base_model, dtype="float32", device=cfg.device)
+        device = self.world.device(cfg.device)
+        self.device = pick_device(device)
+        loaded = load_model(cfg.base_model, dtype="float32", device=device)
         self.tokenizer = loaded.tokenizer
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.train_data, self.train_stats = tokenize_examples(
@@ -145,6 +165,7 @@ class Run:
         self.total = self.per_epoch * cfg.epochs
         if cfg.max_steps:
             self.total = min(self.total, cfg.max_steps)
+        self.train_module = self.wrap_distributed()
         self.optimizer = make_optimizer(self.model, cfg)
         self.scheduler = make_scheduler(self.optimizer, self.total, cfg.warmup_ratio)
         self.state = LoopState(self.fingerprint)
@@ -160,9 +181,23 @@ class Run:
             self.total,
         )
 
+    def wrap_distributed(self) -> torch.nn.Module:
+        module = LossModule(self.model)
+        if not self.world.distributed:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids)
+
+    def no_sync(self, last: bool) -> AbstractContextManager[Any]:
+        """Gradient accumulation: reduce across ranks once, after the last micro-batch."""
+        if last or not self.world.distributed:
+            return nullcontext()
+        return self.train_module.no_sync()  # type: ignore[operator]
+
     def restore_checkpoint(self) -> None:
         folder = self.config.checkpoints
-        checkpoint.clean_temporaries(folder)
         latest = checkpoint.latest(folder) if self.config.resume else None
         if latest is None:
             return
@@ -178,8 +213,9 @@ class Run:
         log.info("resumed from %s at step %d of %d", latest, state.step, self.total)
 
     def eval_loss(self) -> float:
+        cfg = self.config
         return evaluate(
-            self.model, self.val_data, self.config.batch_size, self.pad_id, self.device, self.dtype
+            self.model, self.val_data, cfg.batch_size, self.pad_id, self.device, self.dtype, self.world
         )
 
     def record_eval(self, epoch: float) -> None:
@@ -199,16 +235,26 @@ class Run:
             log.info("eval loss has not improved for %d evaluations: stopping early", patience)
 
     def train_step(self, group: list[list[int]]) -> tuple[float, int, int]:
-        """One optimizer step over `group` micro-batches; loss averaged per answer token."""
+        """One optimizer step over `group` micro-batches; loss averaged per answer token of the global batch.
+        Token counts are global (all ranks); DDP averages gradients over ranks, so each rank scales its
+        summed loss by world size / answer tokens and the result equals the single-process gradient."""
+        world = self.world
         answer_tokens = sum(self.answer_counts[i] for batch in group for i in batch)
         loss_total, tokens = 0.0, 0
-        for batch_ids in group:
-            batch = to_device(collate([self.train_data[i] for i in batch_ids], self.pad_id), self.device)
-            with autocast(self.dtype, self.device):
-                loss, _ = loss_sum(self.model, batch)
-            (loss / answer_tokens).backward()
-            loss_total += float(loss.detach())
+        for n, batch_ids in enumerate(group):
+            mine = world.shard(batch_ids)
+            # A rank with nothing left in a short last batch still joins the gradient reduction.
+            weight = world.size / answer_tokens if mine else 0.0
+            ids = mine or batch_ids[:1]
+            batch = to_device(collate([self.train_data[i] for i in ids], self.pad_id), self.device)
+            with self.no_sync(last=n == len(group) - 1):
+                with autocast(self.dtype, self.device):
+                    loss = self.train_module(batch)
+                (loss * weight).backward()
+            if mine:
+                loss_total += float(loss.detach())
             tokens += sum(self.lengths[i] for i in batch_ids)
+        (loss_total,) = world.sum(loss_total)
         if self.config.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(
                 [p for p in self.model.parameters() if p.requires_grad], self.config.max_grad_norm
@@ -259,8 +305,12 @@ class Run:
                     break
 
     def save_checkpoint(self) -> None:
-        best = self.best if self.state.best_step != self.state.step else None
-        checkpoint.save(self.config.checkpoints, self.model, self.optimizer, self.scheduler, self.state, best)
+        if self.world.main:  # the weights and optimizer state are the same on every rank
+            best = self.best if self.state.best_step != self.state.step else None
+            checkpoint.save(
+                self.config.checkpoints, self.model, self.optimizer, self.scheduler, self.state, best
+            )
+        self.world.barrier()
 
     def finish(self, started: float) -> dict[str, Any]:
         cfg, st = self.config, self.state
@@ -286,6 +336,7 @@ class Run:
             "train_seconds": round(st.train_seconds, 3),
             "train_tokens_per_second": st.train_tokens / st.train_seconds if st.train_seconds else 0.0,
             "wall_seconds": round(time.perf_counter() - started, 3),
+            "world_size": self.world.size,
             "train_examples": len(self.train_data),
             "validation_examples": len(self.val_data) if self.eval_on == "validation" else 0,
             "eval_on": self.eval_on,
@@ -301,6 +352,14 @@ class Run:
         }
 
     def run(self) -> TrainResult:
+        self.world = from_env()
+        start(self.world, self.world.device(self.config.device))
+        try:
+            return self.run_here()
+        finally:
+            stop(self.world)
+
+    def run_here(self) -> TrainResult:
         started = time.perf_counter()
         cfg = self.config
         done = read_metrics(self.output) if self.output.exists() else None
@@ -310,9 +369,12 @@ class Run:
         if self.output.exists() and not cfg.overwrite:
             raise FileExistsError(f"output {self.output} exists; pass --overwrite to replace it")
         self.prepare()
-        clean_stale_staging(self.output)
+        if self.world.main:
+            clean_stale_staging(self.output)
+            checkpoint.clean_temporaries(self.config.checkpoints)
+        self.world.barrier()  # nobody reads the checkpoint folder while rank 0 tidies it
         self.restore_checkpoint()
-        self.progress = Progress(self.total, self.state.step, self.json_lines)
+        self.progress = Progress(self.total, self.state.step, self.json_lines, quiet=not self.world.main)
         try:
             if self.state.eval_loss_before is None:
                 self.state.eval_loss_before = self.eval_loss()
@@ -321,6 +383,9 @@ class Run:
         finally:
             self.progress.close()
         metrics = self.finish(started)
+        if not self.world.main:
+            self.world.barrier()  # rank 0 is publishing
+            return TrainResult(self.output, metrics)
         publish(
             self.model,
             self.tokenizer,
@@ -332,6 +397,7 @@ class Run:
         )
         if not cfg.keep_checkpoints:
             shutil.rmtree(cfg.checkpoints, ignore_errors=True)
+        self.world.barrier()
         return TrainResult(self.output, metrics)
 
 
