@@ -120,8 +120,8 @@ def evaluate(
             total += float(loss)
             count += n
     model.train(was_training)
-    total, count = world.sum(total, count)
-    return total / max(count, 1)
+    summed, tokens = world.sum(total, count)
+    return summed / max(tokens, 1)
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
