@@ -29,6 +29,7 @@ PLURALS = {
     "HorizontalPodAutoscaler": "horizontalpodautoscalers",
     "PodDisruptionBudget": "poddisruptionbudgets",
     "ChatModel": "chatmodels",
+    "TrainJob": "trainjobs",
 }
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
 

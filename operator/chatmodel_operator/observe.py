@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from chatmodel_operator.builders.meta import DOMAIN, VERSION_LABEL
+from chatmodel_operator.builders.meta import COMPLETION_INDEX_ANNOTATION, DOMAIN, VERSION_LABEL
 
 # The trainer's termination message, copied onto the Job once it finishes (pods may be gone later).
 RESULT_ANNOTATION = f"{DOMAIN}/result"
@@ -64,15 +64,47 @@ def deployment(body: dict[str, Any]) -> DeploymentObs:
     )
 
 
-def termination_message(pods: list[dict[str, Any]]) -> str | None:
-    """The newest terminated container's message among a Job's pods."""
-    found: list[tuple[str, str]] = []
+_GENERIC_REASONS = ("Error", "Completed")
+
+
+@dataclass(frozen=True)
+class _Ended:
+    finished_at: str
+    index: str | None  # the node, in an Indexed Job
+    exit_code: int
+    text: str
+
+
+def _ended(pods: list[dict[str, Any]]) -> list[_Ended]:
+    out = []
     for pod in pods:
+        index = ((pod.get("metadata") or {}).get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION)
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
             term = (cs.get("state") or {}).get("terminated") or {}
-            if term.get("message"):
-                found.append((term.get("finishedAt") or "", term["message"].strip()))
-    return max(found)[1] if found else None
+            message, reason = (term.get("message") or "").strip(), term.get("reason") or ""
+            if reason in _GENERIC_REASONS or reason in message:
+                reason = ""
+            text = ": ".join(t for t in (reason, message) if t)  # e.g. "OOMKilled" with no message
+            if text:
+                out.append(_Ended(term.get("finishedAt") or "", index, int(term.get("exitCode") or 0), text))
+    return out
+
+
+def termination_message(pods: list[dict[str, Any]]) -> str | None:
+    """What the trainer said. One pod: its newest terminated container's message. Several nodes (an
+    Indexed Job): rank 0's result (node 0 runs rank 0, the only rank that writes one on success), or
+    else the first node to fail, named (the other nodes mostly fail because it went away)."""
+    ended = _ended(pods)
+    if not ended:
+        return None
+    if all(e.index is None for e in ended):
+        return max(ended, key=lambda e: e.finished_at).text
+    results = [e for e in ended if e.index == "0" and e.exit_code == 0]
+    if results:
+        return max(results, key=lambda e: e.finished_at).text
+    failures = [e for e in ended if e.exit_code != 0] or ended
+    first = min(failures, key=lambda e: e.finished_at)
+    return f"node {first.index}: {first.text}"
 
 
 @dataclass(frozen=True)

@@ -149,10 +149,10 @@ def plan(
 
     out = Plan()
     if cm.spec.fine_tune is not None:
-        pvc, job_obj = training_objects(cm, target, config)
+        pvc, *workload = training_objects(cm, target, config)
         out.create_only.append(pvc)
         if job is None:
-            out.create_only.append(job_obj)
+            out.create_only += workload
     if servable:
         out.apply += serving_objects(cm, target, config)
         # An HPA or PDB the spec no longer wants can only exist beside an existing Deployment, and only goes
@@ -180,7 +180,9 @@ def plan(
     )
     versions = _versions(cm, prev, target_status, active, now)
     kept = {v["name"] for v in versions}
-    out.delete += [Ref("batch/v1", "Job", j.name) for v, j in jobs.items() if v not in kept]
+    for v, j in jobs.items():
+        if v not in kept:  # the Job and, if it spanned nodes, its rendezvous Service (same name)
+            out.delete += [Ref("batch/v1", "Job", j.name), Ref("v1", "Service", j.name)]
 
     serving = deployments.get(active) if active else None
     want = max(cm.spec.serving.replicas.min, 1)

@@ -116,10 +116,17 @@ class Resources(_Model):
 
 
 class TrainingResources(Resources):
-    """Compute for the training pod."""
+    """Compute for the training pods: `gpu`, `cpu` and `memory` are per node."""
 
     cpu: str = Field("2", pattern=QUANTITY_PATTERN, description="CPU request, e.g. 500m or 2.")
     memory: str = Field("4Gi", pattern=QUANTITY_PATTERN, description="Memory request and limit, e.g. 8Gi.")
+    nodes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Nodes (one pod each) the fine-tune spans with torchrun; more than 1 needs "
+        "spec.storage.accessMode ReadWriteMany. With gpu 0 the nodes train on CPUs (gloo).",
+    )
 
 
 class Toleration(_Model):
@@ -162,6 +169,18 @@ class FineTune(Placement):
         86400, ge=60, le=604800, description="Wall-clock limit of the training Job, in seconds."
     )
     image: str | None = Field(None, description="Trainer image; defaults to the operator's runtime image.")
+    engine: Literal["job", "kubeflow"] = Field(
+        "job",
+        description="job: a batch/v1 Job (an Indexed Job plus a headless Service across nodes); "
+        "kubeflow: a Kubeflow Trainer TrainJob on the torch-distributed ClusterTrainingRuntime.",
+    )
+    queue_name: str | None = Field(
+        None,
+        pattern=NAME_PATTERN,
+        max_length=63,
+        description="Kueue LocalQueue: the training workload is created suspended with the "
+        "kueue.x-k8s.io/queue-name label, and Kueue admits all its pods at once.",
+    )
 
 
 class Replicas(_Model):
@@ -269,6 +288,18 @@ class ChatModelSpec(_Model):
             "|| self.serving.runtime != 'triton'",
             "spec.serving.runtime triton serves merged weights only: use fineTune.method full",
             lambda s: s.fine_tune is None or s.fine_tune.method != "lora" or s.serving.runtime != "triton",
+        ),
+        Rule(
+            "!has(self.fineTune) || !has(self.fineTune.resources) || !has(self.fineTune.resources.nodes) "
+            "|| self.fineTune.resources.nodes == 1 || (has(self.storage) && has(self.storage.accessMode) "
+            "&& self.storage.accessMode == 'ReadWriteMany')",
+            "spec.fineTune.resources.nodes > 1 needs spec.storage.accessMode ReadWriteMany: "
+            "every node mounts the artifact volume",
+            lambda s: (
+                s.fine_tune is None
+                or s.fine_tune.resources.nodes == 1
+                or s.storage.access_mode == "ReadWriteMany"
+            ),
         ),
     )
     base_model: ModelSource = Field(default_factory=ModelSource, description="The model to start from.")

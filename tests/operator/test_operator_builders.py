@@ -62,7 +62,10 @@ def test_training_job() -> None:
     pvc, job = training_objects(cm, v, CFG)
     assert pvc["metadata"]["name"] == "bot-artifacts"
     c = container(job)
-    args = c["args"]
+    # Two GPUs on one node: the unchanged CLI under torchrun, one worker per GPU.
+    assert c["command"] == ["torchrun"]
+    assert c["args"][:4] == ["--standalone", "--nproc-per-node=2", "--no-python", "chatmodel"]
+    args = c["args"][4:]
     assert args[0] == "train"
     assert arg(args, "--base-model") == "/sources/models/smollm"
     assert arg(args, "--data") == "/sources/data/train.jsonl"

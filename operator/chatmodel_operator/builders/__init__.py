@@ -6,7 +6,7 @@ from chatmodel_operator.builders import serving, triton
 from chatmodel_operator.builders.meta import Obj
 from chatmodel_operator.builders.serving import hpa, pdb
 from chatmodel_operator.builders.storage import artifact_pvc
-from chatmodel_operator.builders.training import training_job
+from chatmodel_operator.builders.training import training_workload
 from chatmodel_operator.config import Config
 from chatmodel_operator.spec import ChatModel, model_version
 
@@ -29,7 +29,8 @@ def serving_objects(cm: ChatModel, version: str, config: Config) -> list[Obj]:
 
 
 def training_objects(cm: ChatModel, version: str, config: Config) -> list[Obj]:
-    return [artifact_pvc(cm), training_job(cm, version, config)]
+    """The artifact PVC first, then what trains the version (Job [+ rendezvous Service] or TrainJob)."""
+    return [artifact_pvc(cm), *training_workload(cm, version, config)]
 
 
 def all_objects(cm: ChatModel, config: Config) -> list[Obj]:

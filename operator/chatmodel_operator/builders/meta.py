@@ -16,6 +16,8 @@ MANAGED_BY = "chatmodel-operator"
 ARTIFACTS_MOUNT = "/artifacts"
 CACHE_MOUNT = "/cache"
 GPU_RESOURCE = "nvidia.com/gpu"
+# Where the Job controller keeps an Indexed Job pod's index (JOB_COMPLETION_INDEX is defined from it).
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 Obj = dict[str, Any]
 
