@@ -8,7 +8,11 @@ mode. The machine's cores are shared, so each configuration runs `--rounds` time
 the best run of each counts (the one least slowed by neighbours). Writes the `train` section of
 bench-results.json.
 
-    .venv/bin/python tests/bench/bench_train.py [--rounds 2]
+`train.ddp2_ratio_vs_single`: the same recipe through `chatmodel train` as two torchrun workers (DDP,
+gloo, 1 thread each, 2 examples per rank) ÷ one process with 2 threads, same global batch of 4, both
+as subprocesses on the same cores.
+
+    .venv/bin/python tests/bench/bench_train.py [--rounds 2] [--no-ddp]
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -62,6 +68,27 @@ def run_ours(workdir: Path, val: Path, dtype: str) -> float:
     return float(m["train_tokens"] / m["train_seconds"])
 
 
+def run_cli(workdir: Path, val: Path, workers: int) -> float:
+    """`chatmodel train` in a subprocess: `workers` torchrun workers of 1 thread, or (1) one process
+    with as many threads as the machine has cores (at most 2: the DDP run's total)."""
+    out = workdir / f"cli-{workers}-{time.monotonic_ns()}"
+    bin_dir = Path(sys.executable).parent
+    args = ["train", "--base-model", SOURCE, "--data", DATA, "--validation-data", str(val)]
+    args += ["--method", "full", "--epochs", "1", "--learning-rate", str(LR), "--batch-size", str(BATCH)]
+    args += ["--max-seq-length", str(MAX_LEN), "--save-steps", "0", "--seed", str(SEED), "--output", str(out)]
+    args += ["--progress", "json", "--termination-message-path", str(workdir / "termination")]
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    if workers > 1:
+        cmd = [str(bin_dir / "torchrun"), "--standalone", f"--nproc-per-node={workers}", "--no-python"]
+        env["OMP_NUM_THREADS"] = "1"
+    else:
+        cmd = []
+        env["OMP_NUM_THREADS"] = "2"
+    subprocess.run([*cmd, "chatmodel", *args], env=env, check=True, capture_output=True, timeout=1800)
+    m = json.loads((out / "metrics.json").read_text())
+    return float(m["train_tokens"] / m["train_seconds"])
+
+
 def run_hf(workdir: Path, items: list[Any], tokenizer: Any, bf16: bool) -> float:
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
@@ -104,6 +131,10 @@ def summarise(runs: dict[str, list[float]], examples: int, rounds: int) -> dict[
     if "ours_fp32" in best and "hf_fp32" in best:
         figures["tokens_per_second_fp32"] = round(best["ours_fp32"], 1)
         figures["ratio_fp32_vs_hf_trainer_fp32"] = round(best["ours_fp32"] / best["hf_fp32"], 3)
+    if best.get("ddp2") and best.get("single_cli"):
+        figures["ddp2_tokens_per_second"] = round(best["ddp2"], 1)
+        figures["single_2threads_tokens_per_second"] = round(best["single_cli"], 1)
+        figures["ddp2_ratio_vs_single"] = round(best["ddp2"] / best["single_cli"], 3)
     figures["all_runs"] = {k: [round(x, 1) for x in v] for k, v in runs.items()}
     figures["setup"] = (
         f"full fine-tune {SOURCE}, {examples} examples, batch {BATCH}, 1 epoch, best of {rounds}"
@@ -118,6 +149,7 @@ def main() -> int:
     parser.add_argument(
         "--hf-modes", default="fp32,bf16", help="HF Trainer precisions to run (default: both)"
     )
+    parser.add_argument("--no-ddp", dest="ddp", action="store_false", help="skip the torchrun comparison")
     opts = parser.parse_args()
     items, tokenizer = tokenized()
     modes = opts.hf_modes.split(",")
@@ -134,6 +166,10 @@ def main() -> int:
             "hf_bf16": lambda: run_hf(workdir, items, tokenizer, bf16=True),
         }
         configs = {k: v for k, v in configs.items() if k in runs}
+        if opts.ddp:
+            configs["ddp2"] = lambda: run_cli(workdir, val, 2)
+            configs["single_cli"] = lambda: run_cli(workdir, val, 1)
+            runs["ddp2"], runs["single_cli"] = [], []
         if opts.fp32:
             configs["ours_fp32"] = lambda: run_ours(workdir, val, "float32")
             runs["ours_fp32"] = []
@@ -149,6 +185,12 @@ def main() -> int:
         f"train tokens/s: ours {figures['tokens_per_second']} vs HF Trainer "
         f"{figures['hf_trainer_tokens_per_second']} -> ratio {figures['ratio_vs_hf_trainer']} (target >= 1.0)"
     )
+    if "ddp2_ratio_vs_single" in figures:
+        print(
+            f"torchrun 2 workers x 1 thread {figures['ddp2_tokens_per_second']} vs 1 process x 2 threads "
+            f"{figures['single_2threads_tokens_per_second']} tokens/s "
+            f"-> ratio {figures['ddp2_ratio_vs_single']}"
+        )
     return 0
 
 
