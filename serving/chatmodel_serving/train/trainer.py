@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..models import cpu_supports_bf16, load_model, pick_device
+from ..models import cpu_supports_bf16, load_model, pick_device, resolve_source
 from . import checkpoint
 from .artifact import clean_stale_staging, publish, read_metrics
 from .batches import (
@@ -353,6 +353,10 @@ class Run:
 
     def run(self) -> TrainResult:
         self.world = from_env()
+        if self.world.distributed:
+            # A builtin model is converted into this node's cache first: once a process group exists,
+            # transformers' save_pretrained writes only on global rank 0, so other nodes would get none.
+            resolve_source(self.config.base_model)
         start(self.world, self.world.device(self.config.device))
         try:
             return self.run_here()
