@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -85,3 +87,42 @@ def test_ddp_artifact_answers_a_trained_question(ddp_model: tuple[Path, Path, Pa
         reply = loaded.model.generate(ids, max_new_tokens=40, do_sample=False)
     answer = tok.decode(reply[0, ids.shape[1] :], skip_special_tokens=True)
     assert TRAINED_FACT in answer, answer
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and its descendants (torchrun starts its workers in sessions of their own)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    kids = [int(c) for c in children.read_text().split()] if children.exists() else []
+    os.kill(pid, signal.SIGSTOP)  # no restarts while the workers go
+    for kid in kids:
+        kill_tree(kid)
+    os.kill(pid, signal.SIGKILL)
+
+
+def test_ddp_resumes_after_a_lost_pod(small_data: tuple[Path, Path], tmp_path: Path) -> None:
+    """The pod dies (all its workers killed) after the first checkpoint; the retried pod, same command
+    with --resume as the operator's Job gives it, continues from that checkpoint and finishes."""
+    train, val = small_data
+    out, log = tmp_path / "model", tmp_path / "first.log"
+    args = ["train", "--data", str(train), "--validation-data", str(val), "--method", "lora"]
+    args += ["--epochs", "2", "--batch-size", "4", "--max-seq-length", "128", "--save-steps", "1"]
+    args += ["--output", str(out), "--progress", "json", "--resume"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node=2", "--no-python", "chatmodel", *args]
+    with log.open("w") as sink:
+        first = subprocess.Popen(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            checkpoints = tmp_path / ".model.checkpoints"
+            deadline = time.monotonic() + 600
+            while not list(checkpoints.glob("checkpoint-*/state.json")) and first.poll() is None:
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.2)
+        finally:
+            kill_tree(first.pid)  # the whole pod at once: launcher and both workers
+            first.wait()
+    assert not out.exists(), "killed before the end: nothing published"
+    torchrun(args, tmp_path / "second.log")
+    text = (tmp_path / "second.log").read_text()
+    assert "resumed from" in text, text[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == metrics["total_steps"] == 4 and metrics["world_size"] == 2
