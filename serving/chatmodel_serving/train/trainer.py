@@ -165,6 +165,12 @@ class Run:
         self.total = self.per_epoch * cfg.epochs
         if cfg.max_steps:
             self.total = min(self.total, cfg.max_steps)
+        if cfg.batch_size < self.world.size:
+            log.warning(
+                "global batch %d is smaller than %d workers: some run stand-ins each step",
+                cfg.batch_size,
+                self.world.size,
+            )
         self.train_module = self.wrap_distributed()
         self.optimizer = make_optimizer(self.model, cfg)
         self.scheduler = make_scheduler(self.optimizer, self.total, cfg.warmup_ratio)
