@@ -5,7 +5,7 @@ prompt and padding positions never need it)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -101,10 +101,13 @@ def evaluate(
     device: torch.device,
     dtype: torch.dtype | None,
     world: World = SINGLE,
+    forward: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
 ) -> float:
     """Mean loss per answer token over the whole set. Under torchrun each rank scores its shard of every
     batch and the sums are added up; every rank runs the same number of forwards (a rank with an empty
-    shard scores a stand-in it does not count) so that sharded models can gather their weights."""
+    shard scores a stand-in it does not count) so that sharded models can gather their weights.
+    `forward` (a batch's summed loss) replaces loss_sum(model, ...) where the model must be entered
+    through a wrapper (FSDP)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -115,7 +118,8 @@ def evaluate(
         ids = mine or order[start : start + 1]
         batch = to_device(collate([data[i] for i in ids], pad_id), device)
         with autocast(dtype, device):
-            loss, n = loss_sum(model, batch)
+            loss = forward(batch) if forward else loss_sum(model, batch)[0]
+        n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
         if mine:
             total += float(loss)
             count += n

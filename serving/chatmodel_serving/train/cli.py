@@ -83,6 +83,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no-group-by-length", dest="group_by_length", action="store_false", help="plain shuffled batches")
     add("--system-prompt", help="system prompt added to examples that have none")
     add("--device", default=d.device, help="auto, cpu, cuda (default: %(default)s)")
+    add(
+        "--fsdp",
+        action="store_true",
+        help="under torchrun, shard a full fine-tune over the workers (FSDP2) instead of replicating it",
+    )
     add("--termination-message-path", type=Path, default=TERMINATION_LOG, help="(default: %(default)s)")
     add(
         "--progress",
@@ -127,6 +132,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         system_prompt=args.system_prompt,
         device=args.device,
         termination_message_path=args.termination_message_path,
+        fsdp=args.fsdp,
     )
 
 

@@ -51,6 +51,7 @@ class TrainConfig:
     system_prompt: str | None = None
     device: str = "auto"
     termination_message_path: Path | None = TERMINATION_LOG
+    fsdp: bool = False  # shard a full fine-tune over torchrun workers (FSDP2) instead of replicating it
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -60,6 +61,8 @@ class TrainConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1")
         if self.validation_data is not None and self.validation_split:
             self.validation_split = 0.0  # an explicit validation file wins over a split
+        if self.fsdp and self.method != "full":
+            raise ValueError("--fsdp shards a full fine-tune; LoRA trains few weights: leave it out")
         if self.learning_rate is None:
             self.learning_rate = DEFAULT_LEARNING_RATE[self.method]
 
@@ -79,7 +82,7 @@ class TrainConfig:
         """What a checkpoint must have been made with to be resumable: every setting that changes the
         trajectory, plus the data files' contents."""
         ignored = {"output", "checkpoint_dir", "resume", "overwrite", "keep_checkpoints", "merge_lora"}
-        ignored |= {"device", "termination_message_path", "data", "validation_data"}  # contents below
+        ignored |= {"device", "termination_message_path", "data", "validation_data", "fsdp"}  # contents below
         settings = {k: v for k, v in self.as_dict().items() if k not in ignored}
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
         for source in (self.data, self.validation_data):

@@ -84,6 +84,27 @@ def start(world: World, device: str) -> None:
     log.info("rank %d of %d joined the process group (%s)", world.rank, world.size, backend)
 
 
+def shard(model: torch.nn.Module, root: torch.nn.Module) -> None:
+    """FSDP2: parameters, gradients and optimizer state split over the workers. Each transformer block
+    is a unit of its own (gathered just before it runs, freed after), the rest (embeddings, which the
+    output layer shares, and the final norm) belongs to `root`."""
+    from torch.distributed.fsdp import fully_shard
+
+    for module in model.modules():
+        if type(module).__name__.endswith("DecoderLayer"):
+            fully_shard(module)
+    fully_shard(root)
+
+
+def full_state(module: torch.nn.Module, world: World) -> dict[str, torch.Tensor]:
+    """The whole state dict of a sharded module on rank 0's CPU ({} elsewhere); every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = get_model_state_dict(module, options=options)
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)} if world.main else {}
+
+
 def stop(world: World) -> None:
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()

@@ -34,7 +34,7 @@ from .batches import (
 from .checkpoint import LoopState
 from .config import TrainConfig
 from .data import IGNORE_INDEX, Tokenized, load_examples, split_examples, tokenize_examples
-from .distributed import World, from_env, start, stop
+from .distributed import World, from_env, full_state, shard, start, stop
 from .progress import Progress
 
 log = logging.getLogger("chatmodel.train")
@@ -187,9 +187,18 @@ class Run:
             self.total,
         )
 
+    @property
+    def sharded(self) -> bool:
+        return self.config.fsdp and self.world.distributed
+
     def wrap_distributed(self) -> torch.nn.Module:
         module = LossModule(self.model)
+        if self.config.fsdp and not self.world.distributed:
+            log.info("--fsdp ignored: one process (run under torchrun to shard)")
         if not self.world.distributed:
+            return module
+        if self.sharded:
+            shard(self.model, module)
             return module
         from torch.nn.parallel import DistributedDataParallel
 
@@ -198,6 +207,9 @@ class Run:
 
     def no_sync(self, last: bool) -> AbstractContextManager[Any]:
         """Gradient accumulation: reduce across ranks once, after the last micro-batch."""
+        if self.sharded:
+            self.train_module.set_requires_gradient_sync(last)  # type: ignore[operator]
+            return nullcontext()
         if last or not self.world.distributed:
             return nullcontext()
         return self.train_module.no_sync()  # type: ignore[operator]
@@ -206,6 +218,9 @@ class Run:
         folder = self.config.checkpoints
         latest = checkpoint.latest(folder) if self.config.resume else None
         if latest is None:
+            return
+        if self.sharded:  # checkpoints hold whole tensors; sharded ones are not written or read yet
+            log.warning("FSDP run: not resuming from %s; training from the start", latest)
             return
         state, self.best = checkpoint.restore(latest, self.model, self.optimizer, self.scheduler)
         if state.fingerprint != self.fingerprint:
@@ -220,8 +235,16 @@ class Run:
 
     def eval_loss(self) -> float:
         cfg = self.config
+        forward = self.train_module if self.sharded else None
         return evaluate(
-            self.model, self.val_data, cfg.batch_size, self.pad_id, self.device, self.dtype, self.world
+            self.model,
+            self.val_data,
+            cfg.batch_size,
+            self.pad_id,
+            self.device,
+            self.dtype,
+            self.world,
+            forward,
         )
 
     def record_eval(self, epoch: float) -> None:
@@ -311,6 +334,8 @@ class Run:
                     break
 
     def save_checkpoint(self) -> None:
+        if self.sharded:
+            return  # see restore_checkpoint
         if self.world.main:  # the weights and optimizer state are the same on every rank
             best = self.best if self.state.best_step != self.state.step else None
             checkpoint.save(
@@ -393,11 +418,12 @@ class Run:
         finally:
             self.progress.close()
         metrics = self.finish(started)
+        model = self.unsharded() if self.sharded else self.model
         if not self.world.main:
             self.world.barrier()  # rank 0 is publishing
             return TrainResult(self.output, metrics)
         publish(
-            self.model,
+            model,
             self.tokenizer,
             self.output,
             metrics,
@@ -409,6 +435,17 @@ class Run:
             shutil.rmtree(cfg.checkpoints, ignore_errors=True)
         self.world.barrier()
         return TrainResult(self.output, metrics)
+
+    def unsharded(self) -> Any:
+        """A plain copy of the sharded model on rank 0 (None elsewhere), for the artifact."""
+        state = full_state(self.train_module, self.world)
+        if not self.world.main:
+            return None
+        from transformers import AutoModelForCausalLM
+
+        plain = AutoModelForCausalLM.from_config(self.model.config)
+        plain.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+        return plain
 
 
 def train(config: TrainConfig, json_lines: bool | None = None) -> TrainResult:
