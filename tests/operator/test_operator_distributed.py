@@ -113,7 +113,8 @@ def strict(schema: Any) -> Any:
 
 @functools.cache
 def trainjob_schema(version: str) -> dict[str, Any]:
-    crd = yaml.load(SCHEMA.read_text(), Loader=yaml.CSafeLoader)  # 450 kB: the C loader, once
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # 450 kB: the C loader where built, once
+    crd = yaml.load(SCHEMA.read_text(), Loader=loader)
     (found,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
     schema: dict[str, Any] = found["schema"]["openAPIV3Schema"]
     return schema
