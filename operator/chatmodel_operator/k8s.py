@@ -28,6 +28,9 @@ PLURALS = {
     "Job": "jobs",
     "HorizontalPodAutoscaler": "horizontalpodautoscalers",
     "PodDisruptionBudget": "poddisruptionbudgets",
+    "ScaledObject": "scaledobjects",
+    "InferencePool": "inferencepools",
+    "HTTPRoute": "httproutes",
     "ChatModel": "chatmodels",
 }
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
@@ -146,6 +149,11 @@ class Applier:
         self._applied[key] = digest
         self._absent.discard(key)
         return outcome if outcome != "exists" else "unchanged"
+
+    async def scale(self, ns: str, name: str, replicas: int) -> None:
+        """Set a Deployment's replicas and forget it, so that a later apply checks it against the cluster."""
+        await self.client.patch("apps/v1", "Deployment", ns, name, {"spec": {"replicas": replicas}})
+        self._applied.pop(("Deployment", ns, name), None)
 
     async def remove(self, ns: str, ref: Ref) -> bool:
         """Delete unless known to be gone; True when something was deleted."""
