@@ -58,6 +58,20 @@ def diff(desired: Any, live: Any) -> Any:
     return None if desired == live else desired
 
 
+def _drop_selector_keys(desired: Obj, live: Obj, patch: Any) -> Any:
+    """A Service selector is the whole truth: a canary widens it by dropping the version key, which a merge
+    patch only does with an explicit null."""
+    if desired["kind"] != "Service":
+        return patch
+    want, have = desired["spec"]["selector"], (live.get("spec") or {}).get("selector") or {}
+    extra = {k: None for k in have if k not in want}
+    if not extra:
+        return patch
+    patch = patch or {}
+    patch.setdefault("spec", {}).setdefault("selector", {}).update(extra)
+    return patch
+
+
 def _key(obj: Obj) -> tuple[str, str, str]:
     m = obj["metadata"]
     return obj["kind"], m["namespace"], m["name"]
@@ -140,7 +154,7 @@ class Applier:
                 await self.client.create(obj)
                 outcome = "created"
             else:
-                patch = diff(obj, live)
+                patch = _drop_selector_keys(obj, live, diff(obj, live))
                 if patch is not None:
                     await self.client.patch(obj["apiVersion"], *key, patch)
                     outcome = "patched"
