@@ -1,0 +1,151 @@
+"""The PromQL the operator emits (KEDA's load signal, the canary live gate) against a real Prometheus
+scraping two real `chatmodel serve` processes, one per version, under load. Prometheus attaches the labels
+Kubernetes service discovery would (namespace, chatmodel, version), as docs/autoscaling.md configures it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import openai
+import pytest
+from operator_prom import SCRAPE_SECONDS, prometheus, query
+
+from chatmodel_operator import prometheus as operator_prometheus
+from chatmodel_operator import promql
+from chatmodel_operator.rollout import live_gate_failure
+from chatmodel_operator.spec import LiveGate
+from chatmodel_serving.launch import ServerProcess
+from chatmodel_serving.metrics import LATENCY_BUCKETS
+
+NS, NAME, MODEL = "team", "bot", "smollm2-135m"
+BATCH = 2  # --max-batch-size: with more concurrent requests than this, the rest wait
+WINDOW = 60
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ServerProcess]]:
+    d = tmp_path_factory.mktemp("promql")
+    args = ["--dtype", "float32", "--max-batch-size", str(BATCH), "--default-max-tokens", "16"]
+    procs = {v: ServerProcess(args, log_path=d / f"{v}.log") for v in ("v1", "v2")}
+    with ThreadPoolExecutor(2) as pool:  # both load the model at once
+        list(pool.map(lambda p: p.start(), procs.values()))
+    try:
+        yield procs
+    finally:
+        for p in procs.values():
+            p.stop()
+
+
+def client(srv: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=srv.url, api_key="none", max_retries=0, timeout=120)
+
+
+def ask(srv: ServerProcess, max_tokens: int = 4) -> float:
+    """One chat request that generates exactly max_tokens; its latency in seconds."""
+    start = time.monotonic()
+    client(srv).chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Count slowly."}],
+        max_tokens=max_tokens,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
+    return time.monotonic() - start
+
+
+def _quietly(fn: Callable[..., object], *args: object) -> None:
+    with contextlib.suppress(Exception):
+        fn(*args)
+
+
+def wait_scrapes(n: int = 3) -> None:
+    time.sleep(n * SCRAPE_SECONDS + 0.5)
+
+
+def bucket_bounds(seconds: float) -> tuple[float, float]:
+    """The latency bucket a value falls in (the histogram's resolution)."""
+    lower = 0.0
+    for upper in LATENCY_BUCKETS:
+        if seconds <= upper:
+            return lower, upper
+        lower = upper
+    return lower, float("inf")
+
+
+def test_operator_promql_on_two_real_servers(servers: dict[str, ServerProcess], tmp_path: Path) -> None:
+    v1, v2 = servers["v1"], servers["v2"]
+    targets = [
+        (f"127.0.0.1:{srv.port}", {"namespace": NS, "chatmodel": NAME, "version": version})
+        for version, srv in servers.items()
+    ]
+    with prometheus(tmp_path, targets) as url:
+        # A first request creates each server's API series; counters seen from 1 on count every later one.
+        ask(v1), ask(v2)
+        wait_scrapes()
+
+        # Load on v1: 3x its batch size in flight, so requests run and wait; v2 stays idle.
+        seen = {"running": 0.0, "waiting": 0.0, "v2_running": 0.0}
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.wait(0.3):
+                run = query(url, promql.load("pytorch", "requestsRunning", NS, NAME, "v1")) or 0.0
+                wait = query(url, promql.load("pytorch", "requestsWaiting", NS, NAME, "v1")) or 0.0
+                idle = query(url, promql.load("pytorch", "requestsRunning", NS, NAME, "v2")) or 0.0
+                seen["running"], seen["waiting"] = max(seen["running"], run), max(seen["waiting"], wait)
+                seen["v2_running"] = max(seen["v2_running"], idle)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        n_load = 3 * BATCH
+        try:
+            with ThreadPoolExecutor(n_load) as pool:
+                latencies = list(pool.map(lambda _: ask(v1, 8), range(n_load)))
+            wait_scrapes()
+        finally:
+            stop.set()
+            watcher.join()
+
+        # The KEDA signal: the batch was full and the rest waited, on v1 only.
+        assert seen["running"] == BATCH
+        assert 1 <= seen["waiting"] <= 2 * BATCH
+        assert seen["v2_running"] == 0
+
+        # The live gate's figures for v1: every request counted, none failed, p95 in the right bucket.
+        counted = query(url, promql.requests_in_window(NS, NAME, "v1", WINDOW))
+        assert counted is not None and n_load * 0.8 <= counted <= n_load * 1.3
+        assert query(url, promql.error_rate(NS, NAME, "v1", WINDOW)) == 0.0
+        p95 = query(url, promql.p95_latency(NS, NAME, "v1", WINDOW))
+        measured = sorted(latencies)[int(0.95 * (n_load - 1))]
+        lo, hi = bucket_bounds(measured)
+        assert p95 is not None and lo <= p95 <= hi, (p95, measured)
+
+        # v2 drains (SIGTERM) while a long request is in flight: new requests get 503, in two bursts
+        # a few scrapes apart (a counter series is only counted from its first scrape on).
+        # The long request outlasts the test (the fixture's second SIGTERM ends it): a daemon thread.
+        threading.Thread(target=lambda: _quietly(ask, v2, 2000), daemon=True).start()
+        time.sleep(1.0)
+        assert v2.proc is not None
+        v2.proc.send_signal(signal.SIGTERM)
+        for burst in range(2):
+            for _ in range(4):
+                with pytest.raises(openai.APIStatusError) as e:
+                    ask(v2)
+                assert e.value.status_code == 503
+            wait_scrapes(2)
+        errors = query(url, promql.error_rate(NS, NAME, "v2", WINDOW))
+        figures = asyncio.run(operator_prometheus.live_figures(url, NS, NAME, "v2", WINDOW))
+        assert errors is not None and 0.2 <= errors <= 1.0, errors
+        assert figures.error_rate == errors
+        gate = LiveGate(max_error_rate=0.05)
+        why = live_gate_failure(gate, figures)
+        assert why is not None and "maxErrorRate 0.05" in why
+        healthy = asyncio.run(operator_prometheus.live_figures(url, NS, NAME, "v1", WINDOW))
+        assert healthy.requests > 0 and live_gate_failure(gate, healthy) is None
