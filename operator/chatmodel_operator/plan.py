@@ -58,7 +58,10 @@ def gate_failure(gate: Gate | None, result: TrainResult, serving_loss: float | N
         and serving_loss is not None
         and (loss is None or loss > serving_loss + tolerance)
     ):
-        return f"eval loss {loss} is worse than the serving version's {serving_loss} by more than maxRegression {tolerance}"
+        return (
+            f"eval loss {loss} is worse than the serving version's {serving_loss} "
+            f"by more than maxRegression {tolerance}"
+        )
     return None
 
 
@@ -85,7 +88,7 @@ def _pinned_state(pin: str, record: VersionStatus | None) -> tuple[VersionState,
 
 
 def _source_of(cm: ChatModel, record: VersionStatus | None) -> ChatModel:
-    """The ChatModel as it was for a pinned version: its own base model (fine-tuned weights are on the PVC)."""
+    """The ChatModel as it was for a pinned version: its own base model (tuned weights are on the PVC)."""
     if record is None:
         return cm
     spec = cm.spec.model_copy(update={"base_model": ModelSource(source=record.base_model)})

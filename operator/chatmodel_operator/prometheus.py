@@ -16,9 +16,12 @@ TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 async def query(base_url: str, expr: str) -> float | None:
     """The value of an instant query that returns one sample; None for no data (or NaN: 0/0)."""
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
-        async with http.get(f"{base_url.rstrip('/')}/api/v1/query", params={"query": expr}) as resp:
-            body = await resp.json()
+    url = f"{base_url.rstrip('/')}/api/v1/query"
+    async with (
+        aiohttp.ClientSession(timeout=TIMEOUT) as http,
+        http.get(url, params={"query": expr}) as resp,
+    ):
+        body = await resp.json()
     if body.get("status") != "success":
         raise RuntimeError(f"Prometheus refused {expr!r}: {body.get('error')}")
     result = body["data"]["result"]

@@ -230,7 +230,7 @@ class Serving(Placement):
     rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
             "self.replicas.min > 0 || (has(self.autoscaling) && self.autoscaling.engine == 'KEDA')",
-            "spec.serving.replicas.min 0 needs spec.serving.autoscaling.engine KEDA (an HPA cannot scale to zero)",
+            "spec.serving.replicas.min 0 needs spec.serving.autoscaling.engine KEDA (HPAs stop at 1)",
             lambda s: s.replicas.min > 0 or s.autoscaling.engine == "KEDA",
         ),
         Rule(

@@ -25,7 +25,9 @@ CRDS = {
     ("inference.networking.k8s.io/v1", "InferencePool"): crd_schema(
         "inference.networking.k8s.io_inferencepools.yaml", "v1"
     ),
-    ("gateway.networking.k8s.io/v1", "HTTPRoute"): crd_schema("gateway.networking.k8s.io_httproutes.yaml", "v1"),
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): crd_schema(
+        "gateway.networking.k8s.io_httproutes.yaml", "v1"
+    ),
 }
 
 

@@ -95,3 +95,25 @@ def test_termination_message_and_result_parsing() -> None:
     assert parse_result('{"eval_loss": 0.5, "eval_loss_before": 1}').eval_loss_before == 1.0
     assert parse_result("CUDA out of memory").message == "CUDA out of memory"
     assert parse_result('{"error": "bad data"}').message == "bad data"
+
+
+def test_max_regression_compares_with_the_serving_version() -> None:
+    spec = {"fineTune": FT, "rollout": {"gate": {"maxRegression": 0.1}}}
+    v = model_version(cm(spec).spec)
+    history = {
+        "activeVersion": "old",
+        "versions": [{"name": "old", "baseModel": "b", "state": "Serving", "evalLoss": 1.0}],
+    }
+    old = DeploymentObs("old", "x-old", 1, 1)
+    worse = run(cm(spec, history), [done(v, '{"eval_loss": 1.2}')], [old])
+    assert worse.status["versions"][0]["state"] == "Rejected"
+    assert "maxRegression 0.1" in worse.message and "1.0" in worse.message
+    close = run(cm(spec, history), [done(v, '{"eval_loss": 1.05}')], [old])
+    assert close.status["versions"][0]["state"] == "Trained"
+
+
+def test_canary_replica_ratio() -> None:
+    from chatmodel_operator.rollout import canary_replicas
+
+    assert [canary_replicas(n, 10) for n in (1, 9, 18)] == [1, 1, 2]
+    assert canary_replicas(3, 50) == 3

@@ -134,7 +134,7 @@ def test_operator_promql_on_two_real_servers(servers: dict[str, ServerProcess], 
         time.sleep(1.0)
         assert v2.proc is not None
         v2.proc.send_signal(signal.SIGTERM)
-        for burst in range(2):
+        for _burst in range(2):
             for _ in range(4):
                 with pytest.raises(openai.APIStatusError) as e:
                     ask(v2)

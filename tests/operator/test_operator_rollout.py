@@ -14,7 +14,17 @@ import pytest
 from operator_kmock import Cluster, declare, eventually, operator, path
 from operator_prom import prometheus
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from test_operator_lifecycle import CM, FINE_TUNE, NS, event_posted, finish_job, make_ready, manifest, phase_is, status
+from test_operator_lifecycle import (
+    CM,
+    FINE_TUNE,
+    NS,
+    event_posted,
+    finish_job,
+    make_ready,
+    manifest,
+    phase_is,
+    status,
+)
 
 from chatmodel_operator.config import Config
 from chatmodel_operator.spec import ChatModel, model_version
@@ -139,7 +149,11 @@ class Exporter:
         self.registry = CollectorRegistry()
         self.http = Counter("chatmodel_http_requests", "", ["route", "code"], registry=self.registry)
         self.e2e = Histogram(
-            "chatmodel_e2e_request_latency_seconds", "", ["model"], registry=self.registry, buckets=(0.1, 1, 10)
+            "chatmodel_e2e_request_latency_seconds",
+            "",
+            ["model"],
+            registry=self.registry,
+            buckets=(0.1, 1, 10),
         )
         self.error_share = error_share
         self.port = free_port()
