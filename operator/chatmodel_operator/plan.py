@@ -95,7 +95,8 @@ def _source_of(cm: ChatModel, record: VersionStatus | None) -> ChatModel:
     return cm.model_copy(update={"spec": spec})
 
 
-def _serving_refs(name: str) -> list[Ref]:
+def serving_refs(name: str) -> list[Ref]:
+    """Every object one serving version may have (deleting an absent one, or an unknown kind, is a 404)."""
     return [
         Ref("apps/v1", "Deployment", name),
         Ref("autoscaling/v2", "HorizontalPodAutoscaler", name),
@@ -165,6 +166,68 @@ def _condition(
     return out
 
 
+def _with_rollout(v: VersionStatus, target: str, d: Decision, why: str) -> VersionStatus:
+    """The target's record with this reconcile's canary share, live figures and message."""
+    update: dict[str, Any] = {"message": why or (d.message if d.state in ("RolledBack", "Canary") else None)}
+    if d.started_at:
+        update["canary_started_at"] = d.started_at
+    if d.canary:
+        update["traffic_percent"] = d.percent
+    elif d.active == target:
+        update["traffic_percent"] = 100
+    elif d.state != "RolledBack":
+        update["traffic_percent"] = None
+    if d.figures:
+        f = d.figures
+        update.update(requests=f.requests, error_rate=f.error_rate, p95_latency_seconds=f.p95_latency_seconds)
+    return v.model_copy(update=update)
+
+
+def _retire(
+    out: Plan,
+    deployments: dict[str, DeploymentObs],
+    records: dict[str, VersionStatus],
+    kept: set[str],
+    live: set[str | None],
+) -> None:
+    """Versions without traffic: scaled to zero while in the history (a fast pinVersion), else deleted."""
+    for version, obs in deployments.items():
+        if version in live:
+            continue
+        rolled_back = version in records and records[version].state == "RolledBack"
+        if version in kept and not rolled_back:
+            if obs.desired_replicas != 0:
+                out.scale_to_zero.append(obs.name)
+                out.delete += [r for r in serving_refs(obs.name) if r.kind != "Deployment"]
+        else:
+            out.delete += serving_refs(obs.name)
+
+
+# Rollout decisions worth an Event (the others are steps of these).
+EVENT_REASONS = {"Canary", "Promoting", "RolledOut", "Pinned", "GateRejected", "LiveGateFailed"}
+WARNING_REASONS = {"GateRejected", "LiveGateFailed"}
+
+
+def _rollout_condition(
+    d: Decision, why: str, prev: ChatModelStatus
+) -> tuple[tuple[bool | None, str, str], tuple[str, str, str] | None]:
+    """The RolledOut condition's (status, reason, message), and an Event when its reason changes."""
+    ok = {"RolledOut": True, "Pinned": True, "LiveGateFailed": False}.get(d.reason)
+    if d.state == "Rejected":
+        ok, reason, message = False, "GateRejected", why
+    elif d.state == "Failed":
+        reason, message = "NotServable", why
+    elif d.state == "Training":
+        reason, message = "Training", why
+    else:
+        reason, message = d.reason, d.message or why
+    before = next((c.reason for c in prev.conditions if c.type == "RolledOut"), None)
+    event = None
+    if reason != before and reason in EVENT_REASONS:
+        event = ("Warning" if reason in WARNING_REASONS else "Normal", reason, message)
+    return (ok, reason, message), event
+
+
 def plan(
     cm: ChatModel,
     jobs: dict[str, JobObs],
@@ -222,7 +285,7 @@ def plan(
         ):
             kinds = {o["kind"] for o in objs}
             out.delete += [
-                r for r in _serving_refs(dep.name) if r.kind not in kinds and r.kind != "InferencePool"
+                r for r in serving_refs(dep.name) if r.kind not in kinds and r.kind != "InferencePool"
             ]
     out.apply.append(
         service(cm, None if d.canary and not cm.spec.serving.gateway else (d.active or target), config)
@@ -230,41 +293,23 @@ def plan(
     if cm.spec.serving.gateway is not None:
         out.apply += gateway_objects(cm, d.active or target, d.canary, d.percent, config)
 
-    target_status = VersionStatus(
-        name=target,
-        base_model=record.base_model if pin and record else cm.spec.base_model.source,
-        state=d.state,
-        fine_tuned=fine_tuned,
-        eval_loss=record.eval_loss if pin and record else result.eval_loss,
-        eval_loss_before=record.eval_loss_before if pin and record else result.eval_loss_before,
-        message=(why or (d.message if d.state in ("RolledBack", "Canary") else None)) or None,
-        created_at=record.created_at if record else None,
-        canary_started_at=d.started_at or (record.canary_started_at if record else None),
-        traffic_percent=d.percent
-        if d.canary
-        else (
-            100
-            if d.active == target
-            else (record.traffic_percent if record and d.state == "RolledBack" else None)
-        ),
-        error_rate=d.figures.error_rate if d.figures else (record.error_rate if record else None),
-        p95_latency_seconds=d.figures.p95_latency_seconds
-        if d.figures
-        else (record.p95_latency_seconds if record else None),
-        requests=d.figures.requests if d.figures else (record.requests if record else None),
-    )
+    if pin and record is not None:
+        target_status = record.model_copy(update={"state": d.state})
+    else:
+        fresh = VersionStatus(
+            name=target,
+            base_model=cm.spec.base_model.source,
+            state=d.state,
+            fine_tuned=fine_tuned,
+            eval_loss=result.eval_loss,
+            eval_loss_before=result.eval_loss_before,
+        )
+        # Keep what earlier reconciles recorded (createdAt, canary start, live figures).
+        target_status = record.model_copy(update=fresh.model_dump(exclude_unset=True)) if record else fresh
+    target_status = _with_rollout(target_status, target, d, why)
     versions = _versions(cm, prev, target_status, d, now)
     kept = {v.name for v in versions}
-    live_versions = {d.active, d.canary, target if d.target_replicas is not None else None}
-    for version, obs in deployments.items():
-        if version in live_versions:
-            continue
-        if version in kept and records.get(version, target_status).state != "RolledBack":
-            if obs.desired_replicas != 0:
-                out.scale_to_zero.append(obs.name)  # kept for a fast rollback (pinVersion)
-                out.delete += [r for r in _serving_refs(obs.name) if r.kind != "Deployment"]
-        else:
-            out.delete += _serving_refs(obs.name)
+    _retire(out, deployments, records, kept, {d.active, d.canary, target if d.target_replicas else None})
     out.delete += [Ref("batch/v1", "Job", j.name) for v, j in jobs.items() if v not in kept]
 
     phase, message = _phase(cm, target, d.state, job, dep, d, prev)
@@ -286,25 +331,8 @@ def plan(
             state, "Trained"
         )
         conditions.insert(1, cond("FineTuned", trained, reason, why))
-    rolled = {"RolledOut": True, "Pinned": True, "LiveGateFailed": False}.get(d.reason)
-    if d.state == "Rejected":
-        rolled, d_reason, d_msg = False, "GateRejected", why
-    elif d.state in ("Failed", "Training"):
-        d_reason, d_msg = d.state if d.state != "Failed" else "NotServable", why or message
-    else:
-        d_reason, d_msg = d.reason, d.message or message
-    conditions.append(cond("RolledOut", rolled, d_reason, d_msg))
-    previous_reason = next((c.reason for c in prev.conditions if c.type == "RolledOut"), None)
-    if d_reason != previous_reason and d_reason in (
-        "Canary",
-        "Promoting",
-        "RolledOut",
-        "LiveGateFailed",
-        "GateRejected",
-        "Pinned",
-    ):
-        kind = "Warning" if d_reason in ("LiveGateFailed", "GateRejected") else "Normal"
-        out.event = (kind, d_reason, d_msg)
+    rolled_out, out.event = _rollout_condition(d, why or message, prev)
+    conditions.append(cond("RolledOut", *rolled_out))
     endpoint = f"http://{meta.service_name(cm)}.{meta.namespace(cm)}.svc:{config.service_port}/v1"
     selector = meta.selector(cm, "serving", d.active or target)
     out.status = {

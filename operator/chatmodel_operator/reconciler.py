@@ -19,7 +19,7 @@ from chatmodel_operator.builders import meta
 from chatmodel_operator.config import Config
 from chatmodel_operator.k8s import Applier, Client
 from chatmodel_operator.observe import DeploymentObs, JobObs
-from chatmodel_operator.plan import Ref, plan
+from chatmodel_operator.plan import Ref, plan, serving_refs
 from chatmodel_operator.spec import ChatModel, ChatModelStatus
 
 Key = tuple[str, str]
@@ -222,14 +222,11 @@ class Reconciler:
     ) -> None:
         refs = [Ref("batch/v1", "Job", j.name) for j in jobs]
         for d in deps:
-            refs += [
-                Ref("apps/v1", "Deployment", d.name),
-                Ref("autoscaling/v2", "HorizontalPodAutoscaler", d.name),
-                Ref("policy/v1", "PodDisruptionBudget", d.name),
-            ]
+            refs += serving_refs(d.name)
         cm = ChatModel.model_validate({"metadata": {"name": name, "namespace": namespace}})
         refs += [
             Ref("v1", "Service", meta.service_name(cm)),
+            Ref("gateway.networking.k8s.io/v1", "HTTPRoute", meta.service_name(cm)),
             Ref("v1", "PersistentVolumeClaim", meta.pvc_name(cm)),
         ]
         self.applier.forget(namespace, name)
