@@ -31,10 +31,13 @@ async def query(base_url: str, expr: str) -> float | None:
     return None if math.isnan(value) else value
 
 
-async def live_figures(base_url: str, namespace: str, name: str, version: str, window_s: int) -> LiveFigures:
+async def live_figures(
+    base_url: str, runtime: str, namespace: str, name: str, version: str, window_s: int
+) -> LiveFigures:
     """Requests, error rate and p95 latency of one version's pods over the window."""
+    at = (runtime, namespace, name, version, window_s)
     return LiveFigures(
-        requests=await query(base_url, promql.requests_in_window(namespace, name, version, window_s)) or 0.0,
-        error_rate=await query(base_url, promql.error_rate(namespace, name, version, window_s)),
-        p95_latency_seconds=await query(base_url, promql.p95_latency(namespace, name, version, window_s)),
+        requests=await query(base_url, promql.requests_in_window(*at)) or 0.0,
+        error_rate=await query(base_url, promql.error_rate(*at)),
+        p95_latency_seconds=await query(base_url, promql.p95_latency(*at)),
     )

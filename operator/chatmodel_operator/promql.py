@@ -2,51 +2,47 @@
 
 Series are told apart by the labels Prometheus attaches at scrape time (docs/autoscaling.md gives the
 scrape config): `namespace`, `chatmodel` (pod label chatmodel.dev/name) and `version` (chatmodel.dev/version).
-Metric names come from signals.py only.
+Metric names and the runtime's own label matchers come from signals.py only.
 """
 
 from __future__ import annotations
 
 from chatmodel_operator.signals import signals
 
-# The OpenAI routes: probes and /metrics scrapes would dilute the error rate.
-API_ROUTES = "/v1/.*"
-HTTP_REQUESTS = "chatmodel_http_requests_total"
-E2E_LATENCY_BUCKET = "chatmodel_e2e_request_latency_seconds_bucket"
 
-
-def selector(namespace: str, name: str, version: str | None = None, **extra: str) -> str:
-    """A label matcher list; values of `extra` are written as given (so `code='=~"5.."'` works)."""
+def selector(namespace: str, name: str, version: str | None = None, *matchers: str) -> str:
+    """A label matcher list: the ChatModel's scrape labels, then any runtime matchers (e.g. code=~"5..")."""
     parts = [f'namespace="{namespace}"', f'chatmodel="{name}"']
     if version is not None:
         parts.append(f'version="{version}"')
-    parts += [f"{k}{v}" for k, v in extra.items()]
-    return "{" + ",".join(parts) + "}"
+    return "{" + ",".join([*parts, *matchers]) + "}"
 
 
-def request_rate(namespace: str, name: str, version: str, window_s: int) -> str:
-    sel = selector(namespace, name, version, route=f'=~"{API_ROUTES}"')
-    return f"sum(rate({HTTP_REQUESTS}{sel}[{window_s}s]))"
+def request_rate(runtime: str, namespace: str, name: str, version: str, window_s: int) -> str:
+    s = signals(runtime)
+    return f"sum(rate({s.http_requests}{selector(namespace, name, version, s.api_routes)}[{window_s}s]))"
 
 
-def requests_in_window(namespace: str, name: str, version: str, window_s: int) -> str:
-    sel = selector(namespace, name, version, route=f'=~"{API_ROUTES}"')
-    return f"sum(increase({HTTP_REQUESTS}{sel}[{window_s}s]))"
+def requests_in_window(runtime: str, namespace: str, name: str, version: str, window_s: int) -> str:
+    s = signals(runtime)
+    return f"sum(increase({s.http_requests}{selector(namespace, name, version, s.api_routes)}[{window_s}s]))"
 
 
-def error_rate(namespace: str, name: str, version: str, window_s: int) -> str:
+def error_rate(runtime: str, namespace: str, name: str, version: str, window_s: int) -> str:
     """Share of API answers with a 5xx code (no data when there was no traffic)."""
-    errors = selector(namespace, name, version, route=f'=~"{API_ROUTES}"', code='=~"5.."')
+    s = signals(runtime)
+    errors = selector(namespace, name, version, s.api_routes, s.server_errors)
     # `or vector(0)`: no 5xx series at all means zero errors, not "unknown".
     return (
-        f"(sum(rate({HTTP_REQUESTS}{errors}[{window_s}s])) or vector(0)) / "
-        f"{request_rate(namespace, name, version, window_s)}"
+        f"(sum(rate({s.http_requests}{errors}[{window_s}s])) or vector(0)) / "
+        f"{request_rate(runtime, namespace, name, version, window_s)}"
     )
 
 
-def p95_latency(namespace: str, name: str, version: str, window_s: int) -> str:
+def p95_latency(runtime: str, namespace: str, name: str, version: str, window_s: int) -> str:
+    bucket = signals(runtime).e2e_latency_bucket
     sel = selector(namespace, name, version)
-    return f"histogram_quantile(0.95, sum by (le) (rate({E2E_LATENCY_BUCKET}{sel}[{window_s}s])))"
+    return f"histogram_quantile(0.95, sum by (le) (rate({bucket}{sel}[{window_s}s])))"
 
 
 def load(runtime: str, metric: str, namespace: str, name: str, version: str, agg: str = "sum") -> str:

@@ -157,7 +157,12 @@ class Reconciler:
         ns = cm.metadata.namespace or "default"
         try:
             return await prometheus.live_figures(
-                self.config.prometheus_url, ns, cm.metadata.name, version, gate.window_seconds
+                self.config.prometheus_url,
+                cm.spec.serving.runtime,
+                ns,
+                cm.metadata.name,
+                version,
+                gate.window_seconds,
             )
         except Exception as e:  # an unreachable Prometheus must not stop the reconcile
             log.warning("live gate of %s/%s: Prometheus query failed: %s", ns, cm.metadata.name, e)

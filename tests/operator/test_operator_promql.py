@@ -24,7 +24,7 @@ from chatmodel_operator.spec import LiveGate
 from chatmodel_serving.launch import ServerProcess
 from chatmodel_serving.metrics import LATENCY_BUCKETS
 
-NS, NAME, MODEL = "team", "bot", "smollm2-135m"
+NS, NAME, MODEL, RUNTIME = "team", "bot", "smollm2-135m", "pytorch"
 BATCH = 2  # --max-batch-size: with more concurrent requests than this, the rest wait
 WINDOW = 60
 
@@ -96,9 +96,9 @@ def test_operator_promql_on_two_real_servers(servers: dict[str, ServerProcess], 
 
         def watch() -> None:
             while not stop.wait(0.3):
-                run = query(url, promql.load("pytorch", "requestsRunning", NS, NAME, "v1")) or 0.0
-                wait = query(url, promql.load("pytorch", "requestsWaiting", NS, NAME, "v1")) or 0.0
-                idle = query(url, promql.load("pytorch", "requestsRunning", NS, NAME, "v2")) or 0.0
+                run = query(url, promql.load(RUNTIME, "requestsRunning", NS, NAME, "v1")) or 0.0
+                wait = query(url, promql.load(RUNTIME, "requestsWaiting", NS, NAME, "v1")) or 0.0
+                idle = query(url, promql.load(RUNTIME, "requestsRunning", NS, NAME, "v2")) or 0.0
                 seen["running"], seen["waiting"] = max(seen["running"], run), max(seen["waiting"], wait)
                 seen["v2_running"] = max(seen["v2_running"], idle)
 
@@ -119,10 +119,10 @@ def test_operator_promql_on_two_real_servers(servers: dict[str, ServerProcess], 
         assert seen["v2_running"] == 0
 
         # The live gate's figures for v1: every request counted, none failed, p95 in the right bucket.
-        counted = query(url, promql.requests_in_window(NS, NAME, "v1", WINDOW))
+        counted = query(url, promql.requests_in_window(RUNTIME, NS, NAME, "v1", WINDOW))
         assert counted is not None and n_load * 0.8 <= counted <= n_load * 1.3
-        assert query(url, promql.error_rate(NS, NAME, "v1", WINDOW)) == 0.0
-        p95 = query(url, promql.p95_latency(NS, NAME, "v1", WINDOW))
+        assert query(url, promql.error_rate(RUNTIME, NS, NAME, "v1", WINDOW)) == 0.0
+        p95 = query(url, promql.p95_latency(RUNTIME, NS, NAME, "v1", WINDOW))
         measured = sorted(latencies)[int(0.95 * (n_load - 1))]
         lo, hi = bucket_bounds(measured)
         assert p95 is not None and lo <= p95 <= hi, (p95, measured)
@@ -140,12 +140,25 @@ def test_operator_promql_on_two_real_servers(servers: dict[str, ServerProcess], 
                     ask(v2)
                 assert e.value.status_code == 503
             wait_scrapes(2)
-        errors = query(url, promql.error_rate(NS, NAME, "v2", WINDOW))
-        figures = asyncio.run(operator_prometheus.live_figures(url, NS, NAME, "v2", WINDOW))
+        errors = query(url, promql.error_rate(RUNTIME, NS, NAME, "v2", WINDOW))
+        figures = asyncio.run(operator_prometheus.live_figures(url, RUNTIME, NS, NAME, "v2", WINDOW))
         assert errors is not None and 0.2 <= errors <= 1.0, errors
         assert figures.error_rate == errors
         gate = LiveGate(max_error_rate=0.05)
         why = live_gate_failure(gate, figures)
         assert why is not None and "maxErrorRate 0.05" in why
-        healthy = asyncio.run(operator_prometheus.live_figures(url, NS, NAME, "v1", WINDOW))
+        healthy = asyncio.run(operator_prometheus.live_figures(url, RUNTIME, NS, NAME, "v1", WINDOW))
         assert healthy.requests > 0 and live_gate_failure(gate, healthy) is None
+
+
+def test_vllm_queries_use_its_own_names_and_labels() -> None:
+    q = promql.error_rate("vllm", NS, NAME, "v9", 300)
+    assert q == (
+        '(sum(rate(http_requests_total{namespace="team",chatmodel="bot",version="v9",handler=~"/v1/.*",'
+        'status="5xx"}[300s])) or vector(0)) / sum(rate(http_requests_total{namespace="team",chatmodel="bot",'
+        'version="v9",handler=~"/v1/.*"}[300s]))'
+    )
+    assert "vllm:e2e_request_latency_seconds_bucket" in promql.p95_latency("vllm", NS, NAME, "v9", 300)
+    assert promql.load("vllm", "kvCacheUsage", NS, NAME, "v9") == (
+        'sum(vllm:kv_cache_usage_perc{namespace="team",chatmodel="bot",version="v9"}) * 100'
+    )
