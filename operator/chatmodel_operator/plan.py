@@ -186,16 +186,16 @@ def _with_rollout(v: VersionStatus, target: str, d: Decision, why: str) -> Versi
 def _retire(
     out: Plan,
     deployments: dict[str, DeploymentObs],
-    records: dict[str, VersionStatus],
-    kept: set[str],
+    versions: list[VersionStatus],
     live: set[str | None],
 ) -> None:
-    """Versions without traffic: scaled to zero while in the history (a fast pinVersion), else deleted."""
+    """Versions without traffic: scaled to zero while in the history (a fast pinVersion), else deleted
+    (a rolled-back version too: it never comes back under the same digest)."""
+    keep = {v.name for v in versions if v.state != "RolledBack"}
     for version, obs in deployments.items():
         if version in live:
             continue
-        rolled_back = version in records and records[version].state == "RolledBack"
-        if version in kept and not rolled_back:
+        if version in keep:
             if obs.desired_replicas != 0:
                 out.scale_to_zero.append(obs.name)
                 out.delete += [r for r in serving_refs(obs.name) if r.kind != "Deployment"]
@@ -309,7 +309,7 @@ def plan(
     target_status = _with_rollout(target_status, target, d, why)
     versions = _versions(cm, prev, target_status, d, now)
     kept = {v.name for v in versions}
-    _retire(out, deployments, records, kept, {d.active, d.canary, target if d.target_replicas else None})
+    _retire(out, deployments, versions, {d.active, d.canary, target if d.target_replicas else None})
     out.delete += [Ref("batch/v1", "Job", j.name) for v, j in jobs.items() if v not in kept]
 
     phase, message = _phase(cm, target, d.state, job, dep, d, prev)

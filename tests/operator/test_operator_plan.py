@@ -117,3 +117,36 @@ def test_canary_replica_ratio() -> None:
 
     assert [canary_replicas(n, 10) for n in (1, 9, 18)] == [1, 1, 2]
     assert canary_replicas(3, 50) == 3
+
+
+def test_canary_waits_for_figures_and_never_promotes_blind() -> None:
+    from chatmodel_operator.rollout import LiveFigures, needs_live_figures
+
+    spec = {
+        "serving": {"replicas": {"min": 3, "max": 3}},
+        "rollout": {"strategy": "Canary", "canaryPercent": 25, "analysisSeconds": 60, "liveGate": {}},
+    }
+    v = model_version(cm(spec).spec)
+    old = DeploymentObs("old", "x-old", 3, 3)
+    new = DeploymentObs(v, f"x-{v}", 1, 1, desired_replicas=1)
+    history = {"activeVersion": "old", "versions": [{"name": "old", "baseModel": "b", "state": "Serving"}]}
+    started = run(cm(spec, history), deps=[old, new])
+    top = started.status["versions"][0]
+    assert top["state"] == "Canary" and top["canaryStartedAt"] == NOW and top["trafficPercent"] == 25
+    assert next(o for o in started.apply if o["kind"] == "Deployment")["spec"]["replicas"] == 1
+    # Not due yet at NOW; due 60 s later, and with no figures it keeps waiting.
+    assert needs_live_figures(cm(spec, started.status), NOW) is None
+    later = "2026-01-01T00:01:00Z"
+    assert needs_live_figures(cm(spec, started.status), later) == v
+    waiting = plan(cm(spec, started.status), {}, {"old": old, v: new}, Config(), later, 4)
+    assert waiting.status["activeVersion"] == "old"
+    assert (
+        next(c for c in waiting.status["conditions"] if c["type"] == "RolledOut")["reason"]
+        == "WaitingForFigures"
+    )
+    failing = LiveFigures(requests=100, error_rate=0.0, p95_latency_seconds=99.0)
+    spec["rollout"]["liveGate"] = {"maxP95LatencySeconds": 30}
+    back = plan(cm(spec, started.status), {}, {"old": old, v: new}, Config(), later, 4, failing)
+    assert back.status["versions"][0]["state"] == "RolledBack"
+    assert "maxP95LatencySeconds 30" in back.status["conditions"][-1]["message"]
+    assert any(r.kind == "Deployment" and r.name == f"x-{v}" for r in back.delete)
