@@ -115,7 +115,7 @@ def test_operator_promql_on_two_real_servers(servers: dict[str, ServerProcess], 
 
         # The KEDA signal: the batch was full and the rest waited, on v1 only.
         assert seen["running"] == BATCH
-        assert 1 <= seen["waiting"] <= 2 * BATCH
+        assert 1 <= seen["waiting"] <= n_load  # all may queue for a moment before a step admits them
         assert seen["v2_running"] == 0
 
         # The live gate's figures for v1: every request counted, none failed, p95 in the right bucket.
