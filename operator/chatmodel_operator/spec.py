@@ -209,7 +209,8 @@ class Vllm(_Model):
 
     rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
-            f"!has(self.extraArgs) || self.extraArgs.all(a, !(a in [{_OWNED_CEL}]) && !({_OWNED_PREFIX_CEL}))",
+            "!has(self.extraArgs) || "
+            f"self.extraArgs.all(a, !(a in [{_OWNED_CEL}]) && !({_OWNED_PREFIX_CEL}))",
             "spec.serving.vllm.extraArgs may not set "
             + ", ".join(VLLM_OWNED_ARGS)
             + ": the operator sets them",

@@ -1,5 +1,5 @@
-"""`serving.runtime: vllm`: valid, restricted objects; the rendered vLLM arguments pinned; bad settings refused
-by the CRD and by the pydantic model with a message naming the field."""
+"""`serving.runtime: vllm`: valid, restricted objects; the rendered vLLM arguments pinned; bad settings
+refused by the CRD and by the pydantic model with a message naming the field."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pydantic import ValidationError
 from chatmodel_operator.builders import all_objects, deployment
 from chatmodel_operator.builders.vllm import CPU_IMAGE, GPU_IMAGE
 from chatmodel_operator.config import Config
-from chatmodel_operator.spec import ChatModel, load_manifest, model_version, parse_manifest
 from chatmodel_operator.signals import signals
+from chatmodel_operator.spec import ChatModel, load_manifest, model_version, parse_manifest
 
 K8S_VERSION = "1.37.0"
 SAMPLE = Path(__file__).parents[2] / "manifests/samples/vllm.yaml"
@@ -131,7 +131,7 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "gpu-util-above-1",
         {"runtime": "vllm", "resources": {"gpu": 1}, "vllm": {"gpuMemoryUtilization": 1.5}},
         "gpuMemoryUtilization",
-    ),  # noqa: E501
+    ),
     ("tiny-context", {"runtime": "vllm", "vllm": {"maxModelLen": 8}}, "maxModelLen"),
     ("too-many-args", {"runtime": "vllm", "vllm": {"extraArgs": ["--x"] * 65}}, "extraArgs"),
 ]
