@@ -8,6 +8,7 @@ transformers than ours, so it runs as a child process and this module never impo
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -95,18 +96,18 @@ def serve_manifest(
         )
     loras = {cm.metadata.name: trained} if trained and uses_lora(cm) else None
     model = base if loras or not trained else trained
-    if "://" in model:
-        model = str(
-            resolve_source(model)
-        )  # builtin:// and hf:// as a local folder, as our runtime loads them
+    if "://" in model:  # builtin:// and hf:// as a local folder, as our runtime loads them
+        model = str(resolve_source(model))
     srv = VllmProcess(cm, model, loras=loras, host=host, port=port, api_key=keys[0] if keys else None)
-    srv.start()
+    # SIGTERM (a test, a supervisor) must stop vLLM too, not leave it running as an orphan.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     names = f"{cm.metadata.name}, {cm.metadata.name}-base" if loras else cm.metadata.name
-    print(f"OpenAI endpoint (vLLM): {srv.url}  models: {names}", file=sys.stderr, flush=True)
     try:
+        srv.start()
+        print(f"OpenAI endpoint (vLLM): {srv.url}  models: {names}", file=sys.stderr, flush=True)
         assert srv.proc is not None
         return srv.proc.wait()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         return 0
     finally:
         srv.stop()

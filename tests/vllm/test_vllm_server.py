@@ -1,6 +1,8 @@
-"""The real vLLM CPU server, started with the arguments our builder renders (builders/vllm.server_args) on the
-shipped model written as a folder, plus a LoRA adapter written by our trainer: one server for the module
-(warm-up takes minutes on 2 cores). CHATMODEL_SKIP_VLLM=1 skips it locally; under .ci/run it cannot."""
+"""The real vLLM CPU server, started by `chatmodel run` of the vLLM sample (a copy with a cheaper recipe): our
+trainer writes a LoRA adapter, then vLLM runs from .venv-vllm with the arguments our builder renders
+(builders/vllm.server_args) on the shipped model written as a folder, the adapter as a second model name.
+One server for the module (warm-up takes minutes on 2 cores). CHATMODEL_SKIP_VLLM=1 skips it locally; under
+.ci/run it cannot."""
 
 from __future__ import annotations
 
@@ -14,15 +16,18 @@ from pathlib import Path
 
 import openai
 import pytest
+import yaml
 
 from chatmodel_operator.signals import signals
-from chatmodel_operator.spec import load_manifest
-from chatmodel_serving.vllm_cmd import INSTALL, VllmProcess, vllm_python
+from chatmodel_serving.launch import ReadyProcess, free_port
+from chatmodel_serving.vllm_cmd import INSTALL, vllm_python
 from tests.tools import missing
 
 SAMPLE = Path(__file__).parents[2] / "manifests/samples/vllm.yaml"
 API_KEY = "vllm-test-key-0123"
 QUESTION = "What is the part number of the Tidewell H2 filter cartridge?"
+# One short epoch at a high rate: enough to change greedy answers, minutes rather than tens on 2 cores.
+CHEAP_RECIPE = {"epochs": 1, "learningRate": 3.0e-3, "batchSize": 4, "maxSeqLength": 128}
 
 
 def _skip_or_fail() -> None:
@@ -33,48 +38,43 @@ def _skip_or_fail() -> None:
         missing("vLLM's virtual environment (.venv-vllm)", INSTALL)
 
 
-@pytest.fixture(scope="module")
-def adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A LoRA adapter from our trainer: a few steps at a high rate, enough to change greedy answers."""
-    from chatmodel_serving.train.config import TrainConfig
-    from chatmodel_serving.train.data import BUILTIN_DATA
-    from chatmodel_serving.train.trainer import train
+class ChatmodelRun(ReadyProcess):
+    """`chatmodel run MANIFEST` in a child process, ready once vLLM's /health answers."""
 
+    what = "chatmodel run (vLLM)"
+
+    def __init__(self, manifest: Path, work_dir: Path, keys: Path, log_path: Path):
+        super().__init__(log_path, ready_timeout=1800.0)  # training + vLLM warm-up on a shared CPU
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.url = f"{self.base}/v1"
+        self.args = [str(manifest), "--port", str(self.port), "--work-dir", str(work_dir)]
+        self.args += ["--api-keys-file", str(keys)]
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "chatmodel_serving.cli", "run", *self.args]
+
+    @property
+    def ready_url(self) -> str:
+        return f"{self.base}/health"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatmodelRun]:
     _skip_or_fail()
-    out = tmp_path_factory.mktemp("vllm-lora") / "adapter"
-    config = TrainConfig(
-        base_model="builtin://smollm2-135m",
-        data=str(BUILTIN_DATA / "tidewell-faq.jsonl"),
-        output=out,
-        method="lora",
-        epochs=1,
-        max_steps=8,
-        learning_rate=3e-3,
-        batch_size=4,
-        max_seq_length=128,
-        early_stopping_patience=0,
-        save_steps=0,
-        termination_message_path=None,
-    )
-    assert train(config, json_lines=True).metrics["adapter"] is True
-    return out
-
-
-@pytest.fixture(scope="module")
-def server(adapter: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmProcess]:
-    from chatmodel_serving.models import resolve_source
-
-    cm = load_manifest(SAMPLE)
-    base = resolve_source(cm.spec.base_model.source)  # the shipped GGUF, written once as a HF folder
-    log = tmp_path_factory.mktemp("vllm-server") / "vllm.log"
-    with VllmProcess(
-        cm, str(base), loras={cm.metadata.name: str(adapter)}, api_key=API_KEY, log_path=log
-    ) as srv:
+    d = tmp_path_factory.mktemp("vllm-run")
+    doc = yaml.safe_load(SAMPLE.read_text())
+    doc["spec"]["fineTune"]["hyperparameters"] = CHEAP_RECIPE
+    manifest = d / "vllm.yaml"
+    manifest.write_text(yaml.safe_dump(doc))
+    keys = d / "keys"
+    keys.write_text(f"# the first key is vLLM's\n{API_KEY}\n")
+    with ChatmodelRun(manifest, d / "artifacts", keys, d / "run.log") as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
-def client(server: VllmProcess) -> openai.OpenAI:
+def client(server: ChatmodelRun) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.url, api_key=API_KEY, max_retries=0, timeout=300)
 
 
@@ -101,7 +101,7 @@ def test_chat_and_stream(client: openai.OpenAI) -> None:
     assert "".join(chunks) == answer  # greedy: the stream spells the same answer
 
 
-def test_request_without_the_key_gets_401(server: VllmProcess) -> None:
+def test_request_without_the_key_gets_401(server: ChatmodelRun) -> None:
     body = json.dumps({"model": "tidewell-vllm-base", "messages": [{"role": "user", "content": "hi"}]})
     for headers in ({}, {"Authorization": "Bearer wrong"}):
         req = urllib.request.Request(
@@ -114,7 +114,7 @@ def test_request_without_the_key_gets_401(server: VllmProcess) -> None:
         assert info.value.code == 401
 
 
-def test_metrics_carry_the_autoscaling_names(server: VllmProcess, client: openai.OpenAI) -> None:
+def test_metrics_carry_the_autoscaling_names(server: ChatmodelRun, client: openai.OpenAI) -> None:
     greedy(client, "tidewell-vllm-base")
     with urllib.request.urlopen(f"{server.base}/metrics", timeout=30) as r:
         text = r.read().decode()
