@@ -111,13 +111,13 @@ def _vllm_model(source: str) -> str:
     return source[len("hf://") :] if source.startswith("hf://") else source
 
 
-def deployment(cm: ChatModel, version: str, config: Config) -> Obj:
-    obj = serving.deployment(cm, version, config)
+def deployment(cm: ChatModel, version: str, config: Config, fine_tuned: bool | None = None) -> Obj:
+    obj = serving.deployment(cm, version, config, fine_tuned)
     pod = obj["spec"]["template"]["spec"]
     container = pod["containers"][0]
     model = container["args"][container["args"].index("--model") + 1]
     loras = None
-    if uses_lora(cm):
+    if uses_lora(cm) and fine_tuned is not False:
         # The PVC is mounted already (the artifact of `version`); vLLM loads the base and the adapters.
         loras = lora_modules(cm, version, meta.artifact_path)
         model = _base_model_path(cm, container, pod["volumes"])
