@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from chart_render import render_objects
 from operator_kmock import Cluster, declare, eventually, operator, path
 from test_operator_lifecycle import CM, FINE_TUNE, NS, finish_job, make_ready, manifest, phase_is, version
 

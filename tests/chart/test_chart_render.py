@@ -130,7 +130,11 @@ def test_cluster_rbac_is_the_declared_list() -> None:
     assert not any("*" in part for grant in grants(role) for part in grant)
     binding = one(objs, "ClusterRoleBinding")
     assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": one(objs, "ServiceAccount")["metadata"]["name"], "namespace": NAMESPACE}
+        {
+            "kind": "ServiceAccount",
+            "name": one(objs, "ServiceAccount")["metadata"]["name"],
+            "namespace": NAMESPACE,
+        }
     ]
     assert kinds(objs, "Role") == []
 
@@ -157,7 +161,7 @@ def test_metrics_off_drops_the_service_and_scrape_annotations() -> None:
     objs = render_objects(MATRIX["metrics-off"])
     assert kinds(objs, "Service") == [] and kinds(objs, "ConfigMap") == []
     assert "annotations" not in one(objs, "Deployment")["spec"]["template"]["metadata"]
-    with pytest.raises(helm_python.HelmRenderError, match="metrics.enabled"):
+    with pytest.raises(helm_python.HelmRenderError, match=r"metrics\.enabled"):
         render({"metrics": {"enabled": False}, "serviceMonitor": {"enabled": True}})
 
 
