@@ -6,10 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from chart_render import ROOT, render_objects
 from operator_kmock import Cluster, declare, eventually, operator, path
+from test_chart_render import grants
 from test_operator_lifecycle import CM, FINE_TUNE, NS, finish_job, make_ready, manifest, phase_is, version
 
 from chatmodel_operator import rbac
+from chatmodel_operator.builders import all_objects
+from chatmodel_operator.config import Config
+from chatmodel_operator.spec import load_manifests
 
 Triple = tuple[str, str, str]
 
@@ -95,8 +100,23 @@ async def test_rbac_allows_every_request_and_nothing_unused(kmock: Any) -> None:
     declare(kmock)
     c = Cluster(kmock)
     await lifecycle(c)
-    ours = {(g, res, verb) for g, res, verb in requested(kmock) if True}
-    print(sorted(ours))
+    ours = requested(kmock)
     declared = rbac.grants()
     assert ours - declared == set(), "requests the declared RBAC does not allow"
     assert declared - ours == set(), "declared permissions the operator never used"
+    # ...and the chart grants exactly the declared list, in either scope.
+    (role,) = [o for o in render_objects() if o["kind"] == "ClusterRole"]
+    assert grants(role) == declared
+    scoped = render_objects({"rbac": {"scope": "namespaced"}, "watchNamespaces": [NS]})
+    assert set().union(*(grants(o) for o in scoped if o["kind"] in ("Role", "ClusterRole"))) == declared
+
+
+def test_every_kind_the_builders_emit_has_a_row() -> None:
+    """A new child kind without its row would fail here before it fails in a cluster."""
+    plurals = rbac.plurals()
+    for sample in sorted((ROOT / "manifests" / "samples").glob("*.yaml")):
+        for cm in load_manifests(sample):
+            for obj in all_objects(cm, Config()):
+                group = obj["apiVersion"].rpartition("/")[0]
+                for verb in ("create", "delete"):
+                    assert (group, plurals[obj["kind"]], verb) in rbac.grants(), (sample.name, obj["kind"])
