@@ -26,6 +26,7 @@ class Access:
     why: str
     kind: str = ""  # set for kinds the operator's client addresses (k8s.PLURALS)
     cluster_scoped: bool = False  # needs a ClusterRole even when the operator watches named namespaces
+    admission_only: bool = False  # checked by an admission plugin on another request, never requested
 
 
 ACCESS: tuple[Access, ...] = (
@@ -35,6 +36,9 @@ ACCESS: tuple[Access, ...] = (
     # The ChatModels: kopf watches them and patches its progress annotations and the status in one write.
     Access("chatmodel.dev", "chatmodels", (*WATCH, "patch"), "kopf handlers and annotations", "ChatModel"),
     Access("chatmodel.dev", "chatmodels/status", ("patch",), "status of ChatModels"),
+    # Children carry ownerReferences with blockOwnerDeletion; where the OwnerReferencesPermissionEnforcement
+    # admission plugin runs (OpenShift enables it), that needs update on the owner's finalizers.
+    Access("chatmodel.dev", "chatmodels/finalizers", ("update",), "blockOwnerDeletion", admission_only=True),
     # Children: the operator diffs and applies them; Jobs and Deployments are also watched (kopf indexes).
     # Jobs: created once, watched, and annotated with the trainer's result (patch).
     Access("batch", "jobs", (*WATCH, *CREATE_ONLY, "patch"), "fine-tune Jobs", "Job"),
