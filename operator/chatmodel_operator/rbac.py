@@ -27,12 +27,15 @@ class Access:
     kind: str = ""  # set for kinds the operator's client addresses (k8s.PLURALS)
     cluster_scoped: bool = False  # needs a ClusterRole even when the operator watches named namespaces
     admission_only: bool = False  # checked by an admission plugin on another request, never requested
+    modes: tuple[str, ...] = ("cluster", "namespaced")  # the chart's rbac.scope values that need the row
 
 
 ACCESS: tuple[Access, ...] = (
-    # kopf: watches CRDs to notice its resources appearing or going. (It watches namespaces only for glob
-    # patterns in CHATMODEL_NAMESPACES, which the chart does not support: names are exact.)
+    # kopf: watches CRDs to notice its resources appearing or going; serving named namespaces, it also
+    # watches namespaces for them appearing or going (refused, kopf retries for ~1 min at every start and
+    # then assumes they exist).
     Access("apiextensions.k8s.io", "customresourcedefinitions", WATCH, "kopf resource discovery", "", True),
+    Access("", "namespaces", WATCH, "kopf namespace observation", "", True, modes=("namespaced",)),
     # The ChatModels: kopf watches them and patches its progress annotations and the status in one write.
     Access("chatmodel.dev", "chatmodels", (*WATCH, "patch"), "kopf handlers and annotations", "ChatModel"),
     Access("chatmodel.dev", "chatmodels/status", ("patch",), "status of ChatModels"),
@@ -64,18 +67,28 @@ def grants(access: Iterable[Access] = ACCESS) -> set[tuple[str, str, str]]:
     return {(a.group, a.resource, v) for a in access for v in a.verbs}
 
 
-def rules(cluster_scoped: bool | None = None) -> list[dict[str, list[str]]]:
-    """Kubernetes PolicyRules, one per (group, verbs) with its resources; None means every row."""
+def in_mode(mode: str) -> list[Access]:
+    """The rows an operator installed with rbac.scope=`mode` needs."""
+    return [a for a in ACCESS if mode in a.modes]
+
+
+def rules(access: Iterable[Access]) -> list[dict[str, list[str]]]:
+    """Kubernetes PolicyRules, one per (group, verbs) with its resources."""
     merged: dict[tuple[str, tuple[str, ...]], list[str]] = {}
-    for a in ACCESS:
-        if cluster_scoped is None or a.cluster_scoped == cluster_scoped:
-            merged.setdefault((a.group, tuple(sorted(a.verbs))), []).append(a.resource)
+    for a in access:
+        merged.setdefault((a.group, tuple(sorted(a.verbs))), []).append(a.resource)
     return [
         {"apiGroups": [group], "resources": sorted(resources), "verbs": list(verbs)}
         for (group, verbs), resources in sorted(merged.items())
     ]
 
 
-# The chart's rule files: cluster (everything, one ClusterRole); with rbac.scope=namespaced, cluster-scoped
-# (the ClusterRole) and namespaced (a Role in each watched namespace).
-SCOPES = {"cluster": None, "cluster-scoped": True, "namespaced": False}
+def chart_rules() -> dict[str, list[dict[str, list[str]]]]:
+    """The chart's rule files: `cluster` is the one ClusterRole of rbac.scope=cluster; with
+    rbac.scope=namespaced, `cluster-scoped` is the ClusterRole and `namespaced` the Role in each namespace."""
+    namespaced = in_mode("namespaced")
+    return {
+        "cluster": rules(in_mode("cluster")),
+        "cluster-scoped": rules(a for a in namespaced if a.cluster_scoped),
+        "namespaced": rules(a for a in namespaced if not a.cluster_scoped),
+    }

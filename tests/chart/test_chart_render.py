@@ -126,7 +126,7 @@ def test_custom_images_reach_the_operator_config() -> None:
 def test_cluster_rbac_is_the_declared_list() -> None:
     objs = render_objects()
     role = one(objs, "ClusterRole")
-    assert grants(role) == rbac.grants()
+    assert grants(role) == rbac.grants(rbac.in_mode("cluster"))
     assert not any("*" in part for grant in grants(role) for part in grant)
     binding = one(objs, "ClusterRoleBinding")
     assert binding["subjects"] == [
@@ -146,10 +146,12 @@ def test_namespaced_rbac_has_roles_per_namespace_and_only_cluster_reads_cluster_
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert sorted(b["metadata"]["namespace"] for b in kinds(objs, "RoleBinding")) == ["team-a", "team-b"]
     cluster = grants(one(objs, "ClusterRole"))
-    assert cluster == rbac.grants(a for a in rbac.ACCESS if a.cluster_scoped)
-    assert {resource for _, resource, _ in cluster} == {"customresourcedefinitions"}
+    needed = rbac.in_mode("namespaced")
+    assert cluster == rbac.grants(a for a in needed if a.cluster_scoped)
+    assert {resource for _, resource, _ in cluster} == {"customresourcedefinitions", "namespaces"}
+    assert {verb for _, _, verb in cluster} == {"list", "watch"}  # read-only cluster-wide
     for role in roles:
-        assert grants(role) | cluster == rbac.grants()
+        assert grants(role) | cluster == rbac.grants(needed)
 
 
 def test_namespaced_rbac_without_namespaces_is_refused() -> None:
