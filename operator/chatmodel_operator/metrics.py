@@ -27,6 +27,9 @@ CHATMODELS = Gauge("chatmodel_operator_chatmodels", "ChatModels by phase.", ["ph
 
 for _phase in PHASES:
     CHATMODELS.labels(_phase).set(0)
+# Exported at 0 from the start: increase() over a series born at 1 would miss the first failed Job.
+for _outcome in ("Succeeded", "Failed"):
+    TRAINING_JOBS.labels(_outcome)
 
 
 class PhaseTracker:

@@ -10,6 +10,7 @@ import pytest
 from chart_render import ROOT, render_objects
 from kmock._internal import parsing as kmock_parsing
 from operator_kmock import Cluster, declare, eventually, operator, path
+from prometheus_client import REGISTRY
 from rbac_proxy import RbacProxy, authorization_request
 from test_chart_render import grants
 from test_operator_lifecycle import CM, FINE_TUNE, NS, finish_job, make_ready, manifest, phase_is, version
@@ -49,6 +50,12 @@ def requests(emulator: Any) -> list[tuple[str | None, Triple]]:
 
 def requested(emulator: Any) -> set[Triple]:
     return {triple for _, triple in requests(emulator)}
+
+
+def finished_jobs(outcome: str) -> float:
+    value = REGISTRY.get_sample_value("chatmodel_operator_training_jobs_finished_total", {"outcome": outcome})
+    assert value is not None, "exported at 0 before any Job finishes"
+    return value
 
 
 async def restored(c: Cluster, url: str, change: dict[str, Any]) -> bool:
@@ -107,7 +114,10 @@ async def lifecycle(c: Cluster) -> None:
 async def test_rbac_allows_every_request_and_nothing_unused(kmock: Any) -> None:
     declare(kmock)
     c = Cluster(kmock)
+    failed_jobs = finished_jobs("Failed")
     await lifecycle(c)
+    # The alert ChatModelFineTuneJobFailing reads this counter: one failed Job, counted once.
+    assert finished_jobs("Failed") == failed_jobs + 1
     ours = requested(kmock)
     declared = rbac.grants(rbac.in_mode("cluster"))
     assert ours - declared == set(), "requests the declared RBAC does not allow"
