@@ -175,9 +175,10 @@ async def test_namespaced_scope_is_enough_for_an_operator_watching_one_namespace
     await c.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
     async with proxy.serve() as url, operator(c.k, Config(namespaces=(NS,)), server=url):
         await c.create(CM, manifest("solo", {}))
-        await eventually(lambda: c.get(path("apps/v1", "deployments", NS, f"solo-{v}")))
+        # Longer waits: kopf first lists namespaces, then starts its watches there (slow on a busy machine).
+        await eventually(lambda: c.get(path("apps/v1", "deployments", NS, f"solo-{v}")), timeout=45)
         await make_ready(c, f"solo-{v}")
-        await eventually(lambda: phase_is(c, "solo", "Ready"))
+        await eventually(lambda: phase_is(c, "solo", "Ready"), timeout=45)
     assert proxy.denied == set()
     # The proxy does refuse: Role grants stop at their namespace, and nothing grants secrets.
     assert not proxy.allowed("other", ("apps", "deployments", "create"))
