@@ -50,6 +50,10 @@ ACCESS: tuple[Access, ...] = (
     Access("", "persistentvolumeclaims", CREATE_ONLY, "the artifact volume", "PersistentVolumeClaim"),
     Access("autoscaling", "horizontalpodautoscalers", APPLY, "autoscaling", "HorizontalPodAutoscaler"),
     Access("policy", "poddisruptionbudgets", APPLY, "disruption budgets", "PodDisruptionBudget"),
+    # KEDA autoscaling and Gateway API Inference Extension routing, when a ChatModel asks for them.
+    Access("keda.sh", "scaledobjects", APPLY, "KEDA autoscaling", "ScaledObject"),
+    Access("inference.networking.k8s.io", "inferencepools", APPLY, "gateway routing", "InferencePool"),
+    Access("gateway.networking.k8s.io", "httproutes", APPLY, "gateway routing", "HTTPRoute"),
     # A finished training pod's termination message (the trainer's result).
     Access("", "pods", ("list",), "training results", "Pod"),
     # kopf posts Events on phase changes (core v1 events).

@@ -21,6 +21,13 @@ from chatmodel_operator.config import Config
 from chatmodel_operator.spec import load_manifests
 
 Triple = tuple[str, str, str]
+EDGE = {
+    "serving": {
+        "replicas": {"min": 1, "max": 3},
+        "autoscaling": {"engine": "KEDA", "metric": "requestsWaiting", "target": 4},
+        "gateway": {"name": "inference-gateway", "endpointPicker": "edge-epp"},
+    }
+}
 
 
 VERB_OF_METHOD = {"GET": "get", "POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
@@ -65,6 +72,12 @@ async def restored(c: Cluster, url: str, change: dict[str, Any]) -> bool:
 
 async def lifecycle(c: Cluster) -> None:
     v1 = version("m", FINE_TUNE)
+    ve = version("edge", EDGE)
+    edge_urls = [
+        path("keda.sh/v1alpha1", "scaledobjects", NS, f"edge-{ve}"),
+        path("inference.networking.k8s.io/v1", "inferencepools", NS, f"edge-{ve}"),
+        path("gateway.networking.k8s.io/v1", "httproutes", NS, "edge"),
+    ]
     async with operator(c.k):
         await c.create(CM, manifest("m", FINE_TUNE))
         await eventually(lambda: c.get(path("batch/v1", "jobs", NS, f"m-{v1}-train")))
@@ -76,6 +89,10 @@ async def lifecycle(c: Cluster) -> None:
         await c.patch(f"{CM}/m", {"spec": {"serving": {"replicas": {"min": 2, "max": 4}}}})
         await eventually(lambda: c.get(path("policy/v1", "poddisruptionbudgets", NS, f"m-{v1}")))
         await eventually(lambda: c.get(path("autoscaling/v2", "horizontalpodautoscalers", NS, f"m-{v1}")))
+        # KEDA autoscaling and Gateway routing bring their own kinds.
+        await c.create(CM, manifest("edge", EDGE))
+        for url in edge_urls:
+            await eventually(lambda url=url: c.get(url))
         # A failing fine-tune posts a Warning and Failed.
         vb = version("bad", FINE_TUNE)
         await c.create(CM, manifest("bad", FINE_TUNE))
@@ -88,6 +105,9 @@ async def lifecycle(c: Cluster) -> None:
         path("apps/v1", "deployments", NS, f"m-{v1}"): {"spec": {"revisionHistoryLimit": 7}},
         path("autoscaling/v2", "horizontalpodautoscalers", NS, f"m-{v1}"): {"spec": {"maxReplicas": 9}},
         path("policy/v1", "poddisruptionbudgets", NS, f"m-{v1}"): {"spec": {"maxUnavailable": 2}},
+        edge_urls[0]: {"spec": {"maxReplicaCount": 9}},
+        edge_urls[1]: {"spec": {"targetPorts": [{"number": 1}]}},
+        edge_urls[2]: {"spec": {"parentRefs": [{"name": "other-gateway"}]}},
     }
     for url, change in drift.items():
         await c.patch(url, change)
@@ -106,9 +126,16 @@ async def lifecycle(c: Cluster) -> None:
         async def gone(url: str) -> bool:
             return await c.get(url) is None
 
-        await eventually(lambda: gone(path("apps/v1", "deployments", NS, f"m-{v1}")))
+        async def parked(url: str) -> bool:  # the old version, scaled to zero and kept for rollback
+            return ((await c.get(url)) or {}).get("spec", {}).get("replicas") == 0
+
+        await eventually(lambda: parked(path("apps/v1", "deployments", NS, f"m-{v1}")))
         await c.delete(f"{CM}/m")
+        await c.delete(f"{CM}/edge")
+        for url in edge_urls:
+            await eventually(lambda url=url: gone(url))
         await eventually(lambda: gone(path("v1", "persistentvolumeclaims", NS, "m-artifacts")))
+        await eventually(lambda: gone(path("apps/v1", "deployments", NS, f"m-{v1}")))
 
 
 async def test_rbac_allows_every_request_and_nothing_unused(kmock: Any) -> None:

@@ -34,7 +34,11 @@ MATRIX: dict[str, dict[str, Any]] = {
         "podMonitor": {"enabled": True},
         "prometheusRule": {"enabled": True},
     },
-    "custom-images": {"images": CUSTOM_IMAGES, "imagePullSecrets": [{"name": "regcred"}]},
+    "custom-images": {
+        "images": CUSTOM_IMAGES,
+        "imagePullSecrets": [{"name": "regcred"}],
+        "prometheusUrl": "http://prometheus.monitoring:9090",
+    },
 }
 
 
@@ -118,6 +122,7 @@ def test_custom_images_reach_the_operator_config() -> None:
         CUSTOM_IMAGES["triton"],
     )
     assert config.image_pull_policy == "Always"
+    assert config.prometheus_url == "http://prometheus.monitoring:9090"
     pod = one(objs, "Deployment")["spec"]["template"]["spec"]
     assert pod["containers"][0]["image"] == CUSTOM_IMAGES["operator"]
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]

@@ -20,6 +20,7 @@ BAD: dict[str, tuple[dict[str, Any], str]] = {
     "typo in a key": ({"replicas": 1}, "'replicas' not allowed"),
     "namespace glob": ({"watchNamespaces": ["team-*"]}, "/watchNamespaces/0"),
     "empty image": ({"images": {"runtime": ""}}, "/images/runtime"),
+    "prometheus URL without scheme": ({"prometheusUrl": "prometheus:9090"}, "/prometheusUrl"),
     "5xx ratio above 1": ({"prometheusRule": {"http5xxRatio": 5}}, "/prometheusRule/http5xxRatio"),
 }
 
