@@ -101,6 +101,8 @@ $(WHEELHOUSE)/.complete: $(STAMP) $(shell git ls-files pyproject.toml requiremen
 	rm -rf $(WHEELHOUSE) && mkdir -p $(WHEELHOUSE)
 	$(PIP) download --no-deps -d $(WHEELHOUSE) torch==2.13.0 pip $(MODEL_WHEEL)
 	$(PIP) wheel -c requirements/constraints.txt -w $(WHEELHOUSE) '.[operator,serving,train,triton]'
+	# Copied into each build: a changed wheel changes the layer cache key (bind mounts do not) and is verified.
+	cd $(WHEELHOUSE) && sha256sum *.whl > SHA256SUMS
 	touch $@
 
 # A Debian bookworm base (python3 3.11) made with debootstrap and stripped of apt, dpkg, perl and docs;
