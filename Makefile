@@ -59,14 +59,17 @@ bench-train: install
 	$(PY) tests/bench/bench_train.py
 
 # A smoke run of every benchmark (small counts, no peers where they take minutes): CI checks they start.
+# Its figures go to bench-results-quick.json, never over a real run's.
+bench-quick: export BENCH_RESULTS := bench-results-quick.json
 bench-quick: install
 	$(PY) tests/bench/bench_serving.py --quick
 	$(PY) tests/bench/bench_train.py --rounds 1 --hf-modes bf16
 	$(PY) tests/bench/bench_triton.py --quick
 	$(PY) tests/bench/bench_operator.py --count 50
 
-# Every benchmark; each writes its section of bench-results.json and the table in bench-results.md.
-bench: bench-serving bench-train bench-triton bench-operator
+# Every benchmark in one timed run: bench-results.json, the table in bench-results.md, targets printed last.
+bench: install
+	$(PY) tests/bench/run_all.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info bench-results.json bench-results.md

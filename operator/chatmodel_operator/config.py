@@ -26,6 +26,10 @@ class Config:
     # Non-root identity for every pod (restricted Pod Security Standard); fsGroup makes PVCs writable.
     run_as_user: int = 1000
     service_port: int = 8000
+    # Prometheus HTTP API for the canary live gate and KEDA triggers (e.g. http://prometheus.monitoring:9090).
+    prometheus_url: str = ""
+    # How often a ChatModel with a canary in progress is re-checked (the live gate is time-based).
+    rollout_check_seconds: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -39,6 +43,8 @@ class Config:
                 values[f.name] = tuple(n.strip() for n in raw.split(",") if n.strip())
             elif f.type in ("int", int):
                 values[f.name] = int(raw)
+            elif f.type in ("float", float):
+                values[f.name] = float(raw)
             else:
                 values[f.name] = raw
         return cls(**values)  # type: ignore[arg-type]

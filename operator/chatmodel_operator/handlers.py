@@ -73,6 +73,18 @@ def register(registry: kopf.OperatorRegistry, config: Config) -> None:
         if status is not None:
             patch.status.update(status)
 
+    def canary_running(status: kopf.Status, **_: Any) -> bool:
+        return any(v.get("state") == "Canary" for v in status.get("versions") or [])
+
+    # A canary is judged after spec.rollout.analysisSeconds: time, not an event, moves it on.
+    @kopf.timer(
+        GROUP, VERSION, PLURAL, registry=registry, interval=config.rollout_check_seconds, when=canary_running
+    )
+    async def rollout_check(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+        key = _key(namespace, name)
+        for cm_body in list(kwargs["chatmodel_bodies"].get(key, [])):
+            await memo.reconciler.reconcile(cm_body, *_children(kwargs, key))
+
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def chatmodel_deleted(
         event: kopf.RawEvent,

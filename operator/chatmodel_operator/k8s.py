@@ -28,6 +28,9 @@ PLURALS = {
     "Job": "jobs",
     "HorizontalPodAutoscaler": "horizontalpodautoscalers",
     "PodDisruptionBudget": "poddisruptionbudgets",
+    "ScaledObject": "scaledobjects",
+    "InferencePool": "inferencepools",
+    "HTTPRoute": "httproutes",
     "ChatModel": "chatmodels",
 }
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
@@ -53,6 +56,20 @@ def diff(desired: Any, live: Any) -> Any:
     if isinstance(desired, list) and isinstance(live, list) and len(desired) == len(live):
         return None if all(diff(d, x) is None for d, x in zip(desired, live, strict=True)) else desired
     return None if desired == live else desired
+
+
+def _drop_selector_keys(desired: Obj, live: Obj, patch: Any) -> Any:
+    """A Service selector is the whole truth: a canary widens it by dropping the version key, which a merge
+    patch only does with an explicit null."""
+    if desired["kind"] != "Service":
+        return patch
+    want, have = desired["spec"]["selector"], (live.get("spec") or {}).get("selector") or {}
+    extra = {k: None for k in have if k not in want}
+    if not extra:
+        return patch
+    patch = patch or {}
+    patch.setdefault("spec", {}).setdefault("selector", {}).update(extra)
+    return patch
 
 
 def _key(obj: Obj) -> tuple[str, str, str]:
@@ -137,7 +154,7 @@ class Applier:
                 await self.client.create(obj)
                 outcome = "created"
             else:
-                patch = diff(obj, live)
+                patch = _drop_selector_keys(obj, live, diff(obj, live))
                 if patch is not None:
                     await self.client.patch(obj["apiVersion"], *key, patch)
                     outcome = "patched"
@@ -146,6 +163,11 @@ class Applier:
         self._applied[key] = digest
         self._absent.discard(key)
         return outcome if outcome != "exists" else "unchanged"
+
+    async def scale(self, ns: str, name: str, replicas: int) -> None:
+        """Set a Deployment's replicas and forget it, so that a later apply checks it against the cluster."""
+        await self.client.patch("apps/v1", "Deployment", ns, name, {"spec": {"replicas": replicas}})
+        self._applied.pop(("Deployment", ns, name), None)
 
     async def remove(self, ns: str, ref: Ref) -> bool:
         """Delete unless known to be gone; True when something was deleted."""

@@ -27,6 +27,7 @@ class DeploymentObs:
     name: str
     replicas: int
     ready_replicas: int
+    desired_replicas: int | None = None  # spec.replicas; None while an autoscaler owns it
 
 
 def _condition(status: dict[str, Any], kind: str) -> dict[str, Any] | None:
@@ -61,6 +62,7 @@ def deployment(body: dict[str, Any]) -> DeploymentObs:
         name=meta.get("name", ""),
         replicas=int(status.get("replicas") or spec.get("replicas") or 0),
         ready_replicas=int(status.get("readyReplicas") or 0),
+        desired_replicas=spec.get("replicas"),
     )
 
 

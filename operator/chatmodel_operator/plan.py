@@ -1,18 +1,25 @@
 """The reconcile decision, as a pure function: (ChatModel, observed children) -> objects to apply,
-objects to delete, and the new status. handlers.py only carries it out."""
+objects to delete, and the new status. handlers.py only carries it out; rollout.py decides traffic."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from chatmodel_operator.builders import meta, service, serving_objects, training_objects
+from chatmodel_operator import rollout
+from chatmodel_operator.builders import gateway_objects, meta, service, serving_objects, training_objects
 from chatmodel_operator.builders.meta import Obj
 from chatmodel_operator.config import Config
 from chatmodel_operator.observe import DeploymentObs, JobObs, TrainResult, parse_result
-from chatmodel_operator.spec import ChatModel, ChatModelStatus, Gate, VersionStatus, model_version
-
-VersionState = Literal["Training", "Trained", "Failed", "Rejected", "Serving", "Retired"]
+from chatmodel_operator.rollout import Decision, LiveFigures, VersionState
+from chatmodel_operator.spec import (
+    ChatModel,
+    ChatModelStatus,
+    Gate,
+    ModelSource,
+    VersionStatus,
+    model_version,
+)
 
 
 @dataclass(frozen=True)
@@ -27,12 +34,16 @@ class Plan:
     apply: list[Obj] = field(default_factory=list)  # created, or patched where they differ
     create_only: list[Obj] = field(default_factory=list)  # Jobs and PVCs: created once, never patched
     delete: list[Ref] = field(default_factory=list)
+    scale_to_zero: list[str] = field(
+        default_factory=list
+    )  # Deployments of retired versions kept for rollback
     status: dict[str, Any] = field(default_factory=dict)
     phase: str = "Pending"
     message: str = ""
+    event: tuple[str, str, str] | None = None  # (type, reason, message) of a rollout decision
 
 
-def gate_failure(gate: Gate | None, result: TrainResult) -> str | None:
+def gate_failure(gate: Gate | None, result: TrainResult, serving_loss: float | None = None) -> str | None:
     """Why a trained version may not serve, or None."""
     if gate is None:
         return None
@@ -41,67 +52,99 @@ def gate_failure(gate: Gate | None, result: TrainResult) -> str | None:
         return f"eval loss {loss} is above the gate's maxEvalLoss {gate.max_eval_loss}"
     if gate.require_improvement and (loss is None or before is None or loss >= before):
         return f"eval loss {loss} does not improve on the base model's {before}"
+    tolerance = gate.max_regression
+    if (
+        tolerance is not None
+        and serving_loss is not None
+        and (loss is None or loss > serving_loss + tolerance)
+    ):
+        return (
+            f"eval loss {loss} is worse than the serving version's {serving_loss} "
+            f"by more than maxRegression {tolerance}"
+        )
     return None
 
 
-def _target_state(cm: ChatModel, job: JobObs | None, result: TrainResult) -> tuple[VersionState, str]:
+def _target_state(
+    cm: ChatModel, job: JobObs | None, result: TrainResult, serving_loss: float | None
+) -> tuple[VersionState, str]:
     if cm.spec.fine_tune is None:
         return "Trained", ""
     if job is None or job.state == "Running":
         return "Training", ""
     if job.state == "Failed":
         return "Failed", result.message or job.reason or "the training Job failed"
-    rejected = gate_failure(cm.spec.rollout.gate, result)
+    rejected = gate_failure(cm.spec.rollout.gate, result, serving_loss)
     return ("Rejected", rejected) if rejected else ("Trained", "")
 
 
-def _serving_refs(name: str) -> list[Ref]:
+SERVABLE = ("Trained", "Canary", "Serving", "Retired", "RolledBack")
+
+
+def _pinned_state(pin: str, record: VersionStatus | None) -> tuple[VersionState, str]:
+    if record is None or record.state not in SERVABLE:
+        return "Failed", f"spec.rollout.pinVersion {pin} is not a servable version in status.versions"
+    return "Trained", ""
+
+
+def _source_of(cm: ChatModel, record: VersionStatus | None) -> ChatModel:
+    """The ChatModel as it was for a pinned version: its own base model (tuned weights are on the PVC)."""
+    if record is None:
+        return cm
+    spec = cm.spec.model_copy(update={"base_model": ModelSource(source=record.base_model)})
+    return cm.model_copy(update={"spec": spec})
+
+
+def serving_refs(name: str) -> list[Ref]:
+    """Every object one serving version may have (deleting an absent one, or an unknown kind, is a 404)."""
     return [
         Ref("apps/v1", "Deployment", name),
         Ref("autoscaling/v2", "HorizontalPodAutoscaler", name),
+        Ref("keda.sh/v1alpha1", "ScaledObject", name),
         Ref("policy/v1", "PodDisruptionBudget", name),
+        Ref("inference.networking.k8s.io/v1", "InferencePool", name),
     ]
 
 
 def _phase(
-    cm: ChatModel, state: VersionState, job: JobObs | None, dep: DeploymentObs | None, active: str | None,
-    prev: ChatModelStatus,
+    cm: ChatModel, target: str, state: VersionState, job: JobObs | None, dep: DeploymentObs | None,
+    d: Decision, prev: ChatModelStatus,
 ) -> tuple[str, str]:  # fmt: skip
-    target = model_version(cm.spec)
-    if state in ("Failed", "Rejected"):
-        return ("Degraded" if active else "Failed"), ""
+    if state in ("Failed", "Rejected", "RolledBack"):
+        return ("Degraded" if d.active else "Failed"), ""
     if state == "Training":
         return (
             ("FineTuning", f"training version {target}") if job else ("Pending", "starting the training Job")
         )
-    want = max(cm.spec.serving.replicas.min, 1)
+    if state == "Canary":
+        return "Ready", d.message
+    want = cm.spec.serving.replicas.min
     if dep is None:
         return ("Deploying" if cm.spec.fine_tune else "Pending"), f"creating the Deployment of {target}"
-    if dep.ready_replicas >= want:
+    if dep.ready_replicas >= want and d.active == target:
         return "Ready", f"version {target} serves with {dep.ready_replicas} ready replicas"
     if prev.phase in ("Ready", "Degraded") and prev.active_version == target and dep.ready_replicas < want:
         return "Degraded", f"{dep.ready_replicas} of {want} replicas ready"
-    return "Deploying", f"{dep.ready_replicas} of {want} replicas ready"
+    return "Deploying", f"{dep.ready_replicas} of {max(want, 1)} replicas ready"
 
 
 def _versions(
-    cm: ChatModel, prev: ChatModelStatus, target: VersionStatus, active: str | None, now: str
-) -> list[dict[str, Any]]:
-    """Target first, then earlier versions (Serving or Retired), trimmed to the history limit."""
-    out = [target]
+    cm: ChatModel, prev: ChatModelStatus, target: VersionStatus, d: Decision, now: str
+) -> list[VersionStatus]:
+    """Target first, then earlier versions, trimmed to the history limit (the serving ones always kept)."""
+    out = [target if target.created_at else target.model_copy(update={"created_at": now})]
     for v in prev.versions:
         if v.name == target.name:
             continue
-        state: VersionState = (
-            "Serving" if v.name == active else ("Retired" if v.state == "Serving" else v.state)
-        )
+        state: VersionState = v.state
+        if v.name == d.active:
+            state = "Serving"
+        elif v.state in ("Serving", "Canary"):
+            state = "Retired"
         out.append(v.model_copy(update={"state": state}))
-    if target.created_at is None:
-        out[0] = target.model_copy(update={"created_at": now})
     keep = out[: cm.spec.rollout.history_limit]
-    if active and all(v.name != active for v in keep):
-        keep += [v for v in out if v.name == active]
-    return [v.model_dump(by_alias=True, exclude_none=True) for v in keep]
+    keep += [v for v in out[len(keep) :] if v.name in (d.active, d.canary)]
+    return keep
 
 
 def _condition(
@@ -123,6 +166,68 @@ def _condition(
     return out
 
 
+def _with_rollout(v: VersionStatus, target: str, d: Decision, why: str) -> VersionStatus:
+    """The target's record with this reconcile's canary share, live figures and message."""
+    update: dict[str, Any] = {"message": why or (d.message if d.state in ("RolledBack", "Canary") else None)}
+    if d.started_at:
+        update["canary_started_at"] = d.started_at
+    if d.canary:
+        update["traffic_percent"] = d.percent
+    elif d.active == target:
+        update["traffic_percent"] = 100
+    elif d.state != "RolledBack":
+        update["traffic_percent"] = None
+    if d.figures:
+        f = d.figures
+        update.update(requests=f.requests, error_rate=f.error_rate, p95_latency_seconds=f.p95_latency_seconds)
+    return v.model_copy(update=update)
+
+
+def _retire(
+    out: Plan,
+    deployments: dict[str, DeploymentObs],
+    versions: list[VersionStatus],
+    live: set[str | None],
+) -> None:
+    """Versions without traffic: scaled to zero while in the history (a fast pinVersion), else deleted
+    (a rolled-back version too: it never comes back under the same digest)."""
+    keep = {v.name for v in versions if v.state != "RolledBack"}
+    for version, obs in deployments.items():
+        if version in live:
+            continue
+        if version in keep:
+            if obs.desired_replicas != 0:
+                out.scale_to_zero.append(obs.name)
+                out.delete += [r for r in serving_refs(obs.name) if r.kind != "Deployment"]
+        else:
+            out.delete += serving_refs(obs.name)
+
+
+# Rollout decisions worth an Event (the others are steps of these).
+EVENT_REASONS = {"Canary", "Promoting", "RolledOut", "Pinned", "GateRejected", "LiveGateFailed"}
+WARNING_REASONS = {"GateRejected", "LiveGateFailed"}
+
+
+def _rollout_condition(
+    d: Decision, why: str, prev: ChatModelStatus
+) -> tuple[tuple[bool | None, str, str], tuple[str, str, str] | None]:
+    """The RolledOut condition's (status, reason, message), and an Event when its reason changes."""
+    ok = {"RolledOut": True, "Pinned": True, "LiveGateFailed": False}.get(d.reason)
+    if d.state == "Rejected":
+        ok, reason, message = False, "GateRejected", why
+    elif d.state == "Failed":
+        reason, message = "NotServable", why
+    elif d.state == "Training":
+        reason, message = "Training", why
+    else:
+        reason, message = d.reason, d.message or why
+    before = next((c.reason for c in prev.conditions if c.type == "RolledOut"), None)
+    event = None
+    if reason != before and reason in EVENT_REASONS:
+        event = ("Warning" if reason in WARNING_REASONS else "Normal", reason, message)
+    return (ok, reason, message), event
+
+
 def plan(
     cm: ChatModel,
     jobs: dict[str, JobObs],
@@ -130,86 +235,114 @@ def plan(
     config: Config,
     now: str,
     generation: int | None = None,
+    live: LiveFigures | None = None,
 ) -> Plan:
     prev = cm.status or ChatModelStatus()
-    target = model_version(cm.spec)
-    job = jobs.get(target)
+    records = {v.name: v for v in prev.versions}
+    spec_version = model_version(cm.spec)
+    pin = cm.spec.rollout.pin_version
+    target = pin or spec_version
+    record = records.get(target)
+    stable = (
+        prev.active_version if prev.active_version in deployments and prev.active_version != target else None
+    )
+    stable_loss = records[stable].eval_loss if stable in records else None
+    job = None if pin else jobs.get(target)
     result = parse_result(job.result) if job else TrainResult()
-    state, why = _target_state(cm, job, result)
-    servable = state == "Trained"
-    dep = deployments.get(target) if servable else None
-
-    # Traffic goes to the target once it has a ready pod; until then the previous version keeps serving.
-    if dep is not None and dep.ready_replicas > 0:
-        active: str | None = target
-    elif prev.active_version in deployments and prev.active_version != target:
-        active = prev.active_version
+    if pin:
+        state, why = _pinned_state(pin, record)
+        fine_tuned = bool(record and record.fine_tuned)
     else:
-        active = None
+        state, why = _target_state(cm, job, result, stable_loss)
+        fine_tuned = cm.spec.fine_tune is not None
+    dep = deployments.get(target)
+    want = cm.spec.serving.replicas.min
+    d = rollout.decide(cm, target, state, record, stable, dep, max(want, 1), now, live)
 
     out = Plan()
-    if cm.spec.fine_tune is not None:
+    if cm.spec.fine_tune is not None and not pin:
         pvc, job_obj = training_objects(cm, target, config)
         out.create_only.append(pvc)
         if job is None:
             out.create_only.append(job_obj)
-    if servable:
-        out.apply += serving_objects(cm, target, config)
-        # An HPA or PDB the spec no longer wants can only exist beside an existing Deployment, and only goes
-        # away after a spec change: checking just then saves two requests per ChatModel and reconcile.
-        if dep is not None and (generation is None or generation != prev.observed_generation):
-            kinds = {o["kind"] for o in out.apply}
-            out.delete += [r for r in _serving_refs(dep.name) if r.kind not in kinds]
-    out.apply.append(service(cm, active or target, config))
-    keep = {target, active} if servable else {active}
-    for version, obs in deployments.items():
-        if version not in keep:
-            out.delete += _serving_refs(obs.name)
-
-    phase, message = _phase(cm, state, job, dep, active, prev)
-    message = why or message
-    prior = next((v for v in prev.versions if v.name == target), None)
-    target_status = VersionStatus(
-        name=target,
-        base_model=cm.spec.base_model.source,
-        state="Serving" if active == target else state,
-        eval_loss=result.eval_loss,
-        eval_loss_before=result.eval_loss_before,
-        message=why or None,
-        created_at=prior.created_at if prior else None,
+    if d.target_replicas is not None:
+        canary = d.target_replicas != max(want, 1)
+        restore = dep is not None and dep.desired_replicas == 0
+        source = _source_of(cm, record) if pin else cm
+        objs = serving_objects(
+            source,
+            target,
+            config,
+            fine_tuned,
+            canary_replicas=d.target_replicas if canary else None,
+            restore=restore,
+        )
+        out.apply += objs
+        # An HPA, ScaledObject or PDB the spec no longer wants can only exist beside an existing Deployment,
+        # and only goes away after a spec change or a canary promotion: check just then.
+        if dep is not None and (
+            generation != prev.observed_generation or canary or d.state != (record.state if record else None)
+        ):
+            kinds = {o["kind"] for o in objs}
+            out.delete += [
+                r for r in serving_refs(dep.name) if r.kind not in kinds and r.kind != "InferencePool"
+            ]
+    out.apply.append(
+        service(cm, None if d.canary and not cm.spec.serving.gateway else (d.active or target), config)
     )
-    versions = _versions(cm, prev, target_status, active, now)
-    kept = {v["name"] for v in versions}
+    if cm.spec.serving.gateway is not None:
+        out.apply += gateway_objects(cm, d.active or target, d.canary, d.percent, config)
+
+    if pin and record is not None:
+        target_status = record.model_copy(update={"state": d.state})
+    else:
+        fresh = VersionStatus(
+            name=target,
+            base_model=cm.spec.base_model.source,
+            state=d.state,
+            fine_tuned=fine_tuned,
+            eval_loss=result.eval_loss,
+            eval_loss_before=result.eval_loss_before,
+        )
+        # Keep what earlier reconciles recorded (createdAt, canary start, live figures).
+        target_status = record.model_copy(update=fresh.model_dump(exclude_unset=True)) if record else fresh
+    target_status = _with_rollout(target_status, target, d, why)
+    versions = _versions(cm, prev, target_status, d, now)
+    kept = {v.name for v in versions}
+    _retire(out, deployments, versions, {d.active, d.canary, target if d.target_replicas else None})
     out.delete += [Ref("batch/v1", "Job", j.name) for v, j in jobs.items() if v not in kept]
 
-    serving = deployments.get(active) if active else None
-    want = max(cm.spec.serving.replicas.min, 1)
+    phase, message = _phase(cm, target, d.state, job, dep, d, prev)
+    message = why or message
+    serving = deployments.get(d.active) if d.active else None
     ft = cm.spec.fine_tune
 
     def cond(kind: str, ok: bool | None, reason: str, msg: str = message) -> dict[str, Any]:
         return _condition(kind, ok, reason, msg, prev, now, generation)
 
     conditions = [
-        cond("Ready", active is not None, "Serving" if active else phase),
-        cond("Available", dep is not None and dep.ready_replicas >= want, phase),
-        cond("Progressing", phase in ("Pending", "FineTuning", "Deploying"), phase),
+        cond("Ready", d.active is not None, "Serving" if d.active else phase),
+        cond("Available", dep is not None and dep.ready_replicas >= want and d.active == target, phase),
+        cond("Progressing", phase in ("Pending", "FineTuning", "Deploying") or d.canary is not None, phase),
     ]
-    if ft is not None:
+    if ft is not None and not pin:
         trained = {"Training": None, "Failed": False, "Rejected": False}.get(state, True)
         reason = {"Training": "Training", "Failed": "TrainingFailed", "Rejected": "GateRejected"}.get(
             state, "Trained"
         )
         conditions.insert(1, cond("FineTuned", trained, reason, why))
+    rolled_out, out.event = _rollout_condition(d, why or message, prev)
+    conditions.append(cond("RolledOut", *rolled_out))
     endpoint = f"http://{meta.service_name(cm)}.{meta.namespace(cm)}.svc:{config.service_port}/v1"
-    selector = meta.selector(cm, "serving", active or target)
+    selector = meta.selector(cm, "serving", d.active or target)
     out.status = {
         "phase": phase,
         "message": message,
         "observedGeneration": generation,
-        "activeVersion": active,
+        "activeVersion": d.active,
         "targetVersion": target,
-        "versions": versions,
-        "endpoint": endpoint if active else None,
+        "versions": [v.model_dump(by_alias=True, exclude_none=True) for v in versions],
+        "endpoint": endpoint if d.active else None,
         "replicas": serving.replicas if serving else 0,
         "readyReplicas": serving.ready_replicas if serving else 0,
         "selector": ",".join(f"{k}={v}" for k, v in selector.items()),

@@ -14,12 +14,12 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from chatmodel_operator import metrics, observe
+from chatmodel_operator import metrics, observe, prometheus, rollout
 from chatmodel_operator.builders import meta
 from chatmodel_operator.config import Config
 from chatmodel_operator.k8s import Applier, Client
 from chatmodel_operator.observe import DeploymentObs, JobObs
-from chatmodel_operator.plan import Ref, plan
+from chatmodel_operator.plan import Ref, plan, serving_refs
 from chatmodel_operator.spec import ChatModel, ChatModelStatus
 
 Key = tuple[str, str]
@@ -105,12 +105,14 @@ class Reconciler:
         write: bool,
     ) -> dict[str, Any] | None:
         spec_seen = json.dumps([body["metadata"].get("uid"), body.get("spec")], sort_keys=True, default=str)
-        if self._spec_seen.get(key) == spec_seen and self._acted_on.get(key) == {
-            *jobs.values(),
-            *deps.values(),
-        }:
-            return None  # a repeated trigger (kopf re-delivers events; children echo our own writes)
         previous = self._written.get(key) or body.get("status") or {}
+        canary = any(v.get("state") == "Canary" for v in previous.get("versions") or [])
+        if (
+            not canary  # a canary's live gate is time-based: the rollout timer must get through
+            and self._spec_seen.get(key) == spec_seen
+            and self._acted_on.get(key) == {*jobs.values(), *deps.values()}
+        ):
+            return None  # a repeated trigger (kopf re-delivers events; children echo our own writes)
         generation = body["metadata"].get("generation")
         try:
             cm = parse(body, previous)
@@ -119,7 +121,9 @@ class Reconciler:
             status = {"phase": "Failed", "message": f"invalid spec: {e}", "observedGeneration": generation}
             return await self._write_status(key, body, previous, status, write)
         jobs = await self._record_results(key[0], jobs)
-        p = plan(cm, jobs, deps, self.config, now(), generation)
+        at = now()
+        live = await self._live_figures(cm, at)
+        p = plan(cm, jobs, deps, self.config, at, generation, live)
         created = []
         for obj in p.create_only:
             if await self.applier.apply(obj, create_only=True) == "created":
@@ -129,14 +133,40 @@ class Reconciler:
                 created.append(obj)
         for ref in p.delete:
             await self.applier.remove(key[0], ref)
+        for name in p.scale_to_zero:
+            await self.applier.scale(key[0], name, 0)
+        if p.event is not None:
+            kind, reason, message = p.event
+            kopf.event(kopf.Body(dict(body)), type=kind, reason=reason, message=message)  # type: ignore[arg-type]
         if any(o["kind"] in ("Job", "Deployment") for o in created):
             # What was just created exists: say so now rather than in one more status write after its event.
             jobs = {**jobs, **{j.version: j for j in map(observe.job, _of(created, "Job"))}}
             deps = {**deps, **{d.version: d for d in map(observe.deployment, _of(created, "Deployment"))}}
-            p = plan(cm, jobs, deps, self.config, now(), generation)
+            p = plan(cm, jobs, deps, self.config, at, generation, live)
         self._acted_on[key] = {*jobs.values(), *deps.values()}
         self._spec_seen[key] = spec_seen
         return await self._write_status(key, body, previous, p.status, write)
+
+    async def _live_figures(self, cm: ChatModel, at: str) -> rollout.LiveFigures | None:
+        """Prometheus' figures for a canary whose live gate is due; None when none is, or on no answer (the
+        canary then waits, and says so in its condition)."""
+        version = rollout.needs_live_figures(cm, at)
+        gate = cm.spec.rollout.live_gate
+        if version is None or gate is None or not self.config.prometheus_url:
+            return None
+        ns = cm.metadata.namespace or "default"
+        try:
+            return await prometheus.live_figures(
+                self.config.prometheus_url,
+                cm.spec.serving.runtime,
+                ns,
+                cm.metadata.name,
+                version,
+                gate.window_seconds,
+            )
+        except Exception as e:  # an unreachable Prometheus must not stop the reconcile
+            log.warning("live gate of %s/%s: Prometheus query failed: %s", ns, cm.metadata.name, e)
+            return None
 
     async def _record_results(self, ns: str, jobs: dict[str, JobObs]) -> dict[str, JobObs]:
         """Copy a finished Job's termination message onto the Job, once: its pods may not last."""
@@ -197,14 +227,11 @@ class Reconciler:
     ) -> None:
         refs = [Ref("batch/v1", "Job", j.name) for j in jobs]
         for d in deps:
-            refs += [
-                Ref("apps/v1", "Deployment", d.name),
-                Ref("autoscaling/v2", "HorizontalPodAutoscaler", d.name),
-                Ref("policy/v1", "PodDisruptionBudget", d.name),
-            ]
+            refs += serving_refs(d.name)
         cm = ChatModel.model_validate({"metadata": {"name": name, "namespace": namespace}})
         refs += [
             Ref("v1", "Service", meta.service_name(cm)),
+            Ref("gateway.networking.k8s.io/v1", "HTTPRoute", meta.service_name(cm)),
             Ref("v1", "PersistentVolumeClaim", meta.pvc_name(cm)),
         ]
         self.applier.forget(namespace, name)

@@ -170,19 +170,36 @@ class Replicas(_Model):
     rules: ClassVar[tuple[Rule, ...]] = (
         Rule("self.min <= self.max", "spec.serving.replicas.min must be <= max", lambda r: r.min <= r.max),
     )
-    min: int = Field(1, ge=0, le=100, description="Fewest replicas (0 parks the model; the HPA floor is 1).")
+    min: int = Field(
+        1, ge=0, le=100, description="Fewest replicas; 0 scales to zero through KEDA (an HPA's floor is 1)."
+    )
     max: int = Field(1, ge=1, le=100, description="Most replicas; above min an HPA is created.")
 
 
 class Autoscaling(_Model):
-    """What the HorizontalPodAutoscaler tracks when max > min."""
+    """What the autoscaler tracks when max > min (or min is 0)."""
 
-    metric: Literal["requestsWaiting", "requestsRunning", "cpu"] = Field(
-        "requestsWaiting",
-        description="requestsWaiting/requestsRunning use the runtime's Prometheus metrics (via an adapter); "
-        "cpu uses CPU utilisation.",
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "!(self.metric in ['cpu', 'kvCacheUsage']) || self.target <= 100",
+            "spec.serving.autoscaling.target is a percentage (1-100) for cpu and kvCacheUsage",
+            lambda a: a.metric not in ("cpu", "kvCacheUsage") or a.target <= 100,
+        ),
     )
-    target: int = Field(4, ge=1, le=1000, description="Target per pod: requests, or CPU percent for cpu.")
+    metric: Literal["requestsWaiting", "requestsRunning", "kvCacheUsage", "cpu"] = Field(
+        "requestsWaiting",
+        description="requestsWaiting/requestsRunning/kvCacheUsage read the runtime's Prometheus metrics "
+        "(HPA: via prometheus-adapter; KEDA: PromQL); cpu uses CPU utilisation.",
+    )
+    target: int = Field(
+        4, ge=1, le=1000, description="Target per pod: requests, or a percent for kvCacheUsage and cpu."
+    )
+    engine: Literal["HPA", "KEDA"] = Field(
+        "HPA", description="HPA: an autoscaling/v2 HPA; KEDA: a ScaledObject with a Prometheus trigger."
+    )
+    scale_down_stabilization_seconds: int = Field(
+        300, ge=0, le=3600, description="Load must stay low this long before replicas are removed."
+    )
 
 
 class Generation(_Model):
@@ -192,8 +209,36 @@ class Generation(_Model):
     temperature: float = Field(0.7, ge=0.0, le=2.0, description="Default sampling temperature.")
 
 
+class Gateway(_Model):
+    """Gateway API Inference Extension routing: an InferencePool per serving version and an HTTPRoute."""
+
+    name: str = Field(
+        pattern=NAME_PATTERN, max_length=253, description="The Gateway the HTTPRoute attaches to."
+    )
+    namespace: str | None = Field(None, description="The Gateway's namespace; empty is the ChatModel's.")
+    endpoint_picker: str = Field(
+        pattern=NAME_PATTERN,
+        max_length=253,
+        description="Service of the endpoint picker (EPP) the InferencePools delegate pod choice to.",
+    )
+    endpoint_picker_port: int = Field(9002, ge=1, le=65535, description="The endpoint picker's gRPC port.")
+
+
 class Serving(Placement):
     """How the model is served."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "self.replicas.min > 0 || (has(self.autoscaling) && self.autoscaling.engine == 'KEDA')",
+            "spec.serving.replicas.min 0 needs spec.serving.autoscaling.engine KEDA (HPAs stop at 1)",
+            lambda s: s.replicas.min > 0 or s.autoscaling.engine == "KEDA",
+        ),
+        Rule(
+            "!has(self.autoscaling) || self.autoscaling.engine != 'KEDA' || self.autoscaling.metric != 'cpu'",
+            "spec.serving.autoscaling: engine KEDA scales on a Prometheus metric, not cpu",
+            lambda s: s.autoscaling.engine != "KEDA" or s.autoscaling.metric != "cpu",
+        ),
+    )
 
     runtime: Literal["pytorch", "triton"] = Field("pytorch", description="Serving runtime.")
     replicas: Replicas = Field(default_factory=Replicas, description="Replica bounds.")
@@ -210,6 +255,9 @@ class Serving(Placement):
     shm_size: str = Field("1Gi", pattern=QUANTITY_PATTERN, description="Size of the /dev/shm memory volume.")
     image: str | None = Field(None, description="Serving image; defaults to the operator's runtime image.")
     env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables.")
+    gateway: Gateway | None = Field(
+        None, description="Route through a Gateway with an InferencePool; canary weights go in the HTTPRoute."
+    )
 
 
 class SecretKeyRef(_Model):
@@ -232,17 +280,46 @@ class Gate(_Model):
     require_improvement: bool = Field(
         False, description="Refuse versions whose eval loss is not below the base model's."
     )
+    max_regression: float | None = Field(
+        None,
+        ge=0.0,
+        description="Refuse versions whose eval loss exceeds the serving version's by more than this.",
+    )
+
+
+class LiveGate(_Model):
+    """Checked on the canary's own pods (Prometheus) before it gets all the traffic."""
+
+    max_error_rate: float = Field(0.01, ge=0.0, le=1.0, description="Highest share of 5xx responses.")
+    max_p95_latency_seconds: float | None = Field(
+        None, gt=0.0, description="Highest p95 end-to-end request latency, in seconds."
+    )
+    min_requests: int = Field(
+        1, ge=0, description="Requests the canary must have answered in the window before it is judged."
+    )
+    window_seconds: int = Field(300, ge=10, le=86400, description="PromQL range the figures cover.")
 
 
 class Rollout(_Model):
     """How traffic moves to a new version."""
 
-    strategy: Literal["replace", "canary"] = Field(
-        "replace", description="replace switches traffic once the new version is ready."
+    strategy: Literal["Replace", "Canary"] = Field(
+        "Replace",
+        description="Replace: the new version becomes Ready, then takes all traffic. Canary: canaryPercent "
+        "first, then all of it once analysisSeconds pass and the live gate holds.",
     )
     canary_percent: int = Field(10, ge=1, le=99, description="New version share (canary).")
+    analysis_seconds: int = Field(
+        300, ge=0, le=86400, description="How long a canary serves before the live gate decides."
+    )
     gate: Gate | None = Field(None, description="Quality gate for fine-tuned versions.")
-    history_limit: int = Field(3, ge=1, le=20, description="Versions kept in status and training Jobs kept.")
+    live_gate: LiveGate | None = Field(None, description="Error rate and latency gate during a canary.")
+    pin_version: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{10}$",
+        description="Serve this version (a digest from status.versions) instead of the spec's: a rollback.",
+    )
+    history_limit: int = Field(3, ge=1, le=20, description="Versions kept (status, Deployments, Jobs).")
 
 
 class Storage(_Model):
@@ -298,13 +375,21 @@ class VersionStatus(_Model):
 
     name: str = Field(description="Version name: the content digest.")
     base_model: str = Field(description="Base model source of this version.")
-    state: Literal["Training", "Trained", "Failed", "Rejected", "Serving", "Retired"] = Field(
-        description="Lifecycle state of this version."
-    )
+    state: Literal[
+        "Training", "Trained", "Failed", "Rejected", "Canary", "Serving", "Retired", "RolledBack"
+    ] = Field(description="Lifecycle state of this version.")
+    fine_tuned: bool | None = Field(None, description="Whether it serves fine-tuned weights (artifacts PVC).")
     eval_loss: float | None = Field(None, description="Eval loss after fine-tuning.")
     eval_loss_before: float | None = Field(None, description="Eval loss of the base model.")
     message: str | None = Field(None, description="Why the version failed or was rejected.")
     created_at: str | None = Field(None, description="When the operator first saw this version.")
+    canary_started_at: str | None = Field(None, description="When its canary first got traffic.")
+    traffic_percent: int | None = Field(None, description="Share of traffic during its canary.")
+    error_rate: float | None = Field(None, description="Share of 5xx answers its pods gave (live gate).")
+    p95_latency_seconds: float | None = Field(
+        None, description="p95 request latency of its pods (live gate)."
+    )
+    requests: float | None = Field(None, description="Requests its pods answered in the live-gate window.")
 
 
 class ChatModelStatus(_Model):

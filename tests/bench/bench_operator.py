@@ -46,16 +46,18 @@ async def emulator(port: int) -> None:
             await asyncio.sleep(0.2)
 
 
-def run_operator(url: str, trivial: bool) -> None:
+def run_operator(url: str, trivial: bool, metrics_port: int) -> None:
     import logging
 
     import kopf
 
+    from chatmodel_operator import metrics
     from chatmodel_operator.config import Config
     from chatmodel_operator.main import build_registry
 
     logging.basicConfig(level=logging.WARNING)
     registry = trivial_registry() if trivial else build_registry(Config())
+    metrics.serve(metrics_port)  # the reconcile-duration histogram, read by the driver as Prometheus would
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -134,7 +136,27 @@ def chatmodel(i: int) -> dict[str, Any]:
             "spec": {"baseModel": {"source": "builtin://smollm2-135m"}}}  # fmt: skip
 
 
-async def drive(url: str, count: int, operator_pid: int, timeout: float) -> dict[str, float]:
+def histogram_quantile(q: float, text: str, name: str) -> tuple[float, int]:
+    """(q-quantile, count) of a Prometheus histogram in exposition text, interpolated within the bucket
+    as PromQL's histogram_quantile() does."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    family = next(f for f in text_string_to_metric_families(text) if f.name == name)
+    buckets = sorted((float(s.labels["le"]), s.value) for s in family.samples if s.name.endswith("_bucket"))
+    total = buckets[-1][1]
+    rank, lower, below = q * total, 0.0, 0.0
+    for upper, cumulative in buckets:
+        if cumulative >= rank:
+            if upper == float("inf"):
+                return lower, int(total)
+            return lower + (upper - lower) * (rank - below) / max(cumulative - below, 1e-9), int(total)
+        lower, below = upper, cumulative
+    return lower, int(total)
+
+
+async def drive(
+    url: str, count: int, operator_pid: int, timeout: float, metrics_url: str
+) -> dict[str, float]:
     import aiohttp
 
     async with aiohttp.ClientSession(url) as http:
@@ -176,7 +198,16 @@ async def drive(url: str, count: int, operator_pid: int, timeout: float) -> dict
         cpu_after, peak = proc_stats(operator_pid)
         await asyncio.sleep(IDLE_SECONDS)  # converged: what does watching cost?
         cpu_idle, _ = proc_stats(operator_pid)
+        async with http.get(metrics_url) as resp:
+            exposition = await resp.text()
+    reconcile = "chatmodel_operator_reconcile_duration_seconds"
+    has_histogram = f"{reconcile}_bucket" in exposition
+    p50, reconciles = histogram_quantile(0.5, exposition, reconcile) if has_histogram else (0.0, 0)
+    p95, _ = histogram_quantile(0.95, exposition, reconcile) if has_histogram else (0.0, 0)
     return {
+        "reconciles": reconciles,
+        "reconcile_p50_seconds": p50,
+        "reconcile_p95_seconds": p95,
         "seconds": seconds,
         "create_seconds": created,
         "cpu_seconds": cpu_after - cpu_before,
@@ -190,9 +221,10 @@ def measure(count: int, trivial: bool, timeout: float) -> dict[str, float]:
     url = f"http://127.0.0.1:{port}"
     emu = spawn("--emulator", str(port))
     time.sleep(1.5)
-    op = spawn("--operator", url, *(["--trivial"] if trivial else []))
+    metrics_port = free_port()
+    op = spawn("--operator", url, "--metrics-port", str(metrics_port), *(["--trivial"] if trivial else []))
     try:
-        return asyncio.run(drive(url, count, op.pid, timeout))
+        return asyncio.run(drive(url, count, op.pid, timeout, f"http://127.0.0.1:{metrics_port}/metrics"))
     finally:
         for p in (op, emu):
             p.terminate()
@@ -207,19 +239,21 @@ def main() -> int:
     parser.add_argument("--emulator", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--operator", help=argparse.SUPPRESS)
     parser.add_argument("--trivial", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--metrics-port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.emulator:
         asyncio.run(emulator(args.emulator))
         return 0
     if args.operator:
-        run_operator(args.operator, args.trivial)
+        run_operator(args.operator, args.trivial, args.metrics_port)
         return 0
 
     n = args.count
     ours = measure(n, trivial=False, timeout=args.timeout)
     print(f"ours:     {n} ChatModels, all children in {ours['seconds']:.1f} s; operator CPU "
           f"{ours['cpu_seconds']:.1f} s ({1000 * ours['cpu_seconds'] / n:.1f} ms each), peak RSS "
-          f"{ours['peak_rss_mb']:.0f} MB")  # fmt: skip
+          f"{ours['peak_rss_mb']:.0f} MB; reconcile p50 {ours['reconcile_p50_seconds'] * 1000:.0f} ms, p95 "
+          f"{ours['reconcile_p95_seconds'] * 1000:.0f} ms over {ours['reconciles']} reconciles")  # fmt: skip
     figures: dict[str, Any] = {
         "count": n,
         f"seconds_{n}": round(ours["seconds"], 1),
@@ -227,6 +261,9 @@ def main() -> int:
         "cpu_ms_per_chatmodel": round(1000 * ours["cpu_seconds"] / n, 2),
         "peak_rss_mb": round(ours["peak_rss_mb"], 1),
         "idle_cpu_percent": round(ours["idle_cpu_percent"], 2),
+        "reconciles": ours["reconciles"],
+        "reconcile_p50_ms": round(1000 * ours["reconcile_p50_seconds"], 1),
+        "reconcile_p95_ms": round(1000 * ours["reconcile_p95_seconds"], 1),
     }
     if not args.skip_baseline:
         base = measure(n, trivial=True, timeout=args.timeout)

@@ -28,6 +28,9 @@ RESOURCES: dict[str, tuple[str, bool, set[str]]] = {
     "v1/events": ("Event", True, set()),
     "autoscaling/v2/horizontalpodautoscalers": ("HorizontalPodAutoscaler", True, set()),
     "policy/v1/poddisruptionbudgets": ("PodDisruptionBudget", True, set()),
+    "keda.sh/v1alpha1/scaledobjects": ("ScaledObject", True, set()),
+    "inference.networking.k8s.io/v1/inferencepools": ("InferencePool", True, set()),
+    "gateway.networking.k8s.io/v1/httproutes": ("HTTPRoute", True, set()),
 }
 MERGE = {"Content-Type": "application/merge-patch+json"}
 

@@ -131,11 +131,12 @@ def test_base_model_deployment_serves_the_source_and_has_no_keys() -> None:
         ({"min": 1, "max": 3}, ["Deployment", "HorizontalPodAutoscaler"]),
         ({"min": 2, "max": 2}, ["Deployment", "PodDisruptionBudget"]),
         ({"min": 2, "max": 4}, ["Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget"]),
-        ({"min": 0, "max": 2}, ["Deployment", "HorizontalPodAutoscaler"]),
+        ({"min": 0, "max": 2}, ["Deployment", "ScaledObject"]),  # scale to zero: KEDA
     ],
 )
 def test_hpa_and_pdb_follow_replicas(replicas: dict[str, int], kinds: list[str]) -> None:
-    cm = chatmodel({"serving": {"replicas": replicas}})
+    engine = "KEDA" if replicas["min"] == 0 else "HPA"
+    cm = chatmodel({"serving": {"replicas": replicas, "autoscaling": {"engine": engine}}})
     objs = serving_objects(cm, "v", CFG)
     assert [o["kind"] for o in objs] == kinds
     for o in objs:

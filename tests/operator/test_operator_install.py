@@ -12,6 +12,7 @@ from operator_pss import pod_spec_of, violations
 
 from chatmodel_operator.builders import all_objects
 from chatmodel_operator.config import Config
+from chatmodel_operator.k8s import PLURALS
 from chatmodel_operator.spec import load_manifests
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,14 +52,7 @@ def test_rbac_covers_every_child_and_has_no_wildcards() -> None:
     role = next(d for d in INSTALL if d["kind"] == "ClusterRole")
     allowed = grants(role)
     assert not any("*" in g for g in allowed)
-    plurals = {
-        "PersistentVolumeClaim": "persistentvolumeclaims",
-        "Service": "services",
-        "Job": "jobs",
-        "Deployment": "deployments",
-        "HorizontalPodAutoscaler": "horizontalpodautoscalers",
-        "PodDisruptionBudget": "poddisruptionbudgets",
-    }
+    plurals = PLURALS  # the operator's declared list of kinds it writes
     children = {
         (o["apiVersion"].rpartition("/")[0], plurals[o["kind"]])
         for p in (ROOT / "manifests" / "samples").glob("*.yaml")

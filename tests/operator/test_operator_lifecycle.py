@@ -110,6 +110,7 @@ async def test_base_model_gets_deployment_and_service_then_ready(cluster: Cluste
             "Ready": "True",
             "Available": "True",
             "Progressing": "False",
+            "RolledOut": "True",
         }
         assert st["observedGeneration"] == 1
         await eventually(lambda: event_posted(c, "Ready"))  # an Event on each transition
@@ -200,10 +201,10 @@ async def test_serving_change_patches_and_model_change_makes_a_version(cluster: 
         assert [x["name"] for x in st["versions"]] == [v2, v1]
         assert st["versions"][1]["state"] == "Retired"
 
-        async def old_gone() -> bool:
-            return await c.get(dep_url) is None
+        async def old_parked() -> bool:
+            return ((await c.get(dep_url)) or {}).get("spec", {}).get("replicas") == 0
 
-        await eventually(old_gone)  # traffic moved, so the old Deployment goes
+        await eventually(old_parked)  # traffic moved: the old Deployment is scaled to zero, kept for rollback
         svc = await c.get(path("v1", "services", NS, "m"))
         assert svc["spec"]["selector"]["chatmodel.dev/version"] == v2
 

@@ -95,3 +95,58 @@ def test_termination_message_and_result_parsing() -> None:
     assert parse_result('{"eval_loss": 0.5, "eval_loss_before": 1}').eval_loss_before == 1.0
     assert parse_result("CUDA out of memory").message == "CUDA out of memory"
     assert parse_result('{"error": "bad data"}').message == "bad data"
+
+
+def test_max_regression_compares_with_the_serving_version() -> None:
+    spec = {"fineTune": FT, "rollout": {"gate": {"maxRegression": 0.1}}}
+    v = model_version(cm(spec).spec)
+    history = {
+        "activeVersion": "old",
+        "versions": [{"name": "old", "baseModel": "b", "state": "Serving", "evalLoss": 1.0}],
+    }
+    old = DeploymentObs("old", "x-old", 1, 1)
+    worse = run(cm(spec, history), [done(v, '{"eval_loss": 1.2}')], [old])
+    assert worse.status["versions"][0]["state"] == "Rejected"
+    assert "maxRegression 0.1" in worse.message and "1.0" in worse.message
+    close = run(cm(spec, history), [done(v, '{"eval_loss": 1.05}')], [old])
+    assert close.status["versions"][0]["state"] == "Trained"
+
+
+def test_canary_replica_ratio() -> None:
+    from chatmodel_operator.rollout import canary_replicas
+
+    assert [canary_replicas(n, 10) for n in (1, 9, 18)] == [1, 1, 2]
+    assert canary_replicas(3, 50) == 3
+
+
+def test_canary_waits_for_figures_and_never_promotes_blind() -> None:
+    from chatmodel_operator.rollout import LiveFigures, needs_live_figures
+
+    spec = {
+        "serving": {"replicas": {"min": 3, "max": 3}},
+        "rollout": {"strategy": "Canary", "canaryPercent": 25, "analysisSeconds": 60, "liveGate": {}},
+    }
+    v = model_version(cm(spec).spec)
+    old = DeploymentObs("old", "x-old", 3, 3)
+    new = DeploymentObs(v, f"x-{v}", 1, 1, desired_replicas=1)
+    history = {"activeVersion": "old", "versions": [{"name": "old", "baseModel": "b", "state": "Serving"}]}
+    started = run(cm(spec, history), deps=[old, new])
+    top = started.status["versions"][0]
+    assert top["state"] == "Canary" and top["canaryStartedAt"] == NOW and top["trafficPercent"] == 25
+    assert next(o for o in started.apply if o["kind"] == "Deployment")["spec"]["replicas"] == 1
+    # Not due yet at NOW; due 60 s later, and with no figures it keeps waiting.
+    assert needs_live_figures(cm(spec, started.status), NOW) is None
+    later = "2026-01-01T00:01:00Z"
+    assert needs_live_figures(cm(spec, started.status), later) == v
+    waiting = plan(cm(spec, started.status), {}, {"old": old, v: new}, Config(), later, 4)
+    assert waiting.status["activeVersion"] == "old"
+    assert (
+        next(c for c in waiting.status["conditions"] if c["type"] == "RolledOut")["reason"]
+        == "WaitingForFigures"
+    )
+    failing = LiveFigures(requests=100, error_rate=0.0, p95_latency_seconds=99.0)
+    spec["rollout"]["liveGate"] = {"maxP95LatencySeconds": 30}
+    back = plan(cm(spec, started.status), {}, {"old": old, v: new}, Config(), later, 4, failing)
+    assert back.status["versions"][0]["state"] == "RolledBack"
+    assert "maxP95LatencySeconds 30" in back.status["conditions"][-1]["message"]
+    assert any(r.kind == "Deployment" and r.name == f"x-{v}" for r in back.delete)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from chatmodel_operator.builders import serving, triton
+from chatmodel_operator.builders.autoscaling import autoscaler
+from chatmodel_operator.builders.gateway import gateway_objects
 from chatmodel_operator.builders.meta import Obj
-from chatmodel_operator.builders.serving import hpa, pdb
+from chatmodel_operator.builders.serving import pdb
 from chatmodel_operator.builders.storage import artifact_pvc
 from chatmodel_operator.builders.training import training_job
 from chatmodel_operator.config import Config
@@ -15,17 +17,32 @@ def _runtime(cm: ChatModel):  # the module whose deployment() and service() buil
     return triton if cm.spec.serving.runtime == "triton" else serving
 
 
-def deployment(cm: ChatModel, version: str, config: Config) -> Obj:
-    return _runtime(cm).deployment(cm, version, config)
+def deployment(cm: ChatModel, version: str, config: Config, fine_tuned: bool | None = None) -> Obj:
+    return _runtime(cm).deployment(cm, version, config, fine_tuned)
 
 
 def service(cm: ChatModel, version: str | None, config: Config) -> Obj:
     return _runtime(cm).service(cm, version, config)
 
 
-def serving_objects(cm: ChatModel, version: str, config: Config) -> list[Obj]:
-    """Everything one version needs to serve: its Deployment and, when asked for, HPA and PDB."""
-    return [o for o in (deployment(cm, version, config), hpa(cm, version), pdb(cm, version)) if o is not None]
+def serving_objects(
+    cm: ChatModel,
+    version: str,
+    config: Config,
+    fine_tuned: bool | None = None,
+    canary_replicas: int | None = None,
+    restore: bool = False,
+) -> list[Obj]:
+    """Everything one version needs to serve: its Deployment and, when asked for, autoscaler and PDB.
+    A canary runs a fixed number of replicas; `restore` brings a scaled-to-zero Deployment back up (an
+    HPA never scales up from zero)."""
+    dep = deployment(cm, version, config, fine_tuned)
+    if canary_replicas is not None:
+        dep["spec"]["replicas"] = canary_replicas
+        return [dep]
+    if restore and "replicas" not in dep["spec"] and cm.spec.serving.replicas.min > 0:
+        dep["spec"]["replicas"] = cm.spec.serving.replicas.min
+    return [o for o in (dep, autoscaler(cm, version, config), pdb(cm, version)) if o is not None]
 
 
 def training_objects(cm: ChatModel, version: str, config: Config) -> list[Obj]:
@@ -36,7 +53,8 @@ def all_objects(cm: ChatModel, config: Config) -> list[Obj]:
     """Every object the operator creates for a manifest over its life, in creation order."""
     version = model_version(cm.spec)
     objs = training_objects(cm, version, config) if cm.spec.fine_tune else []
-    return [*objs, *serving_objects(cm, version, config), service(cm, version, config)]
+    gateway = gateway_objects(cm, version, None, 0, config) if cm.spec.serving.gateway else []
+    return [*objs, *serving_objects(cm, version, config), service(cm, version, config), *gateway]
 
 
-__all__ = ["Obj", "all_objects", "service", "serving_objects", "training_objects"]
+__all__ = ["Obj", "all_objects", "gateway_objects", "service", "serving_objects", "training_objects"]

@@ -8,7 +8,6 @@ from chatmodel_operator.builders import meta
 from chatmodel_operator.builders.meta import Obj
 from chatmodel_operator.builders.sources import Mounts
 from chatmodel_operator.config import Config
-from chatmodel_operator.signals import signals
 from chatmodel_operator.spec import ChatModel, Serving
 
 API_KEYS_DIR = "/etc/chatmodel/api-keys"
@@ -67,9 +66,9 @@ def _probe(path: str, period: int, failures: int) -> Obj:
     }
 
 
-def _model_source(cm: ChatModel, version: str, mounts: Mounts, volumes: list[Obj]) -> str:
+def _model_source(cm: ChatModel, version: str, mounts: Mounts, volumes: list[Obj], fine_tuned: bool) -> str:
     """The fine-tuned artifact on the PVC (read-only), or the base model itself."""
-    if cm.spec.fine_tune is None:
+    if not fine_tuned:
         return mounts.resolve(cm.spec.base_model.source)
     claim = {"claimName": meta.pvc_name(cm), "readOnly": True}
     volumes.append({"name": "artifacts", "persistentVolumeClaim": claim})
@@ -86,15 +85,18 @@ def _spread(cm: ChatModel, version: str) -> list[Obj]:
 
 
 def uses_hpa(serving: Serving) -> bool:
-    return serving.replicas.max > max(serving.replicas.min, 1)
+    """Whether an autoscaler (an HPA, or KEDA's) owns the replica count."""
+    scale_to_zero = serving.autoscaling.engine == "KEDA" and serving.replicas.min == 0
+    return serving.replicas.max > max(serving.replicas.min, 1) or scale_to_zero
 
 
-def deployment(cm: ChatModel, version: str, config: Config) -> Obj:
+def deployment(cm: ChatModel, version: str, config: Config, fine_tuned: bool | None = None) -> Obj:
     sv = cm.spec.serving
     runtime = RUNTIMES[sv.runtime]
     mounts = Mounts()
     volumes: list[Obj] = []
-    model = _model_source(cm, version, mounts, volumes)
+    tuned = cm.spec.fine_tune is not None if fine_tuned is None else fine_tuned
+    model = _model_source(cm, version, mounts, volumes, tuned)
     access = cm.spec.access
     if access is not None:
         ref = access.api_key_secret_ref
@@ -168,43 +170,6 @@ def service(cm: ChatModel, version: str | None, config: Config) -> Obj:
             "type": "ClusterIP",
             "selector": meta.selector(cm, "serving", version),
             "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
-        },
-    }
-
-
-def _hpa_metric(sv: Serving) -> Obj:
-    target = sv.autoscaling.target
-    if sv.autoscaling.metric == "cpu":
-        return {
-            "type": "Resource",
-            "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": target}},
-        }
-    return {
-        "type": "Pods",
-        "pods": {
-            "metric": {"name": signals(sv.runtime).for_metric(sv.autoscaling.metric)},
-            "target": {"type": "AverageValue", "averageValue": str(target)},
-        },
-    }
-
-
-def hpa(cm: ChatModel, version: str) -> Obj | None:
-    sv = cm.spec.serving
-    if not uses_hpa(sv):
-        return None
-    name = meta.deployment_name(cm, version)
-    return {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": meta.metadata(cm, name, "serving", version),
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-            # autoscaling/v2 cannot go below 1 without the HPAScaleToZero feature gate.
-            "minReplicas": max(sv.replicas.min, 1),
-            "maxReplicas": sv.replicas.max,
-            "metrics": [_hpa_metric(sv)],
-            # Model pods are slow to start: scale down only after load stays low for 5 minutes.
-            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}},
         },
     }
 

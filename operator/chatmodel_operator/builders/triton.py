@@ -38,8 +38,8 @@ def _probe(path: str, period: int, failures: int) -> Obj:
     }
 
 
-def deployment(cm: ChatModel, version: str, config: Config) -> Obj:
-    obj = serving.deployment(cm, version, config)
+def deployment(cm: ChatModel, version: str, config: Config, fine_tuned: bool | None = None) -> Obj:
+    obj = serving.deployment(cm, version, config, fine_tuned)
     pod = obj["spec"]["template"]["spec"]
     base = pod["containers"][0]
     sv = cm.spec.serving
