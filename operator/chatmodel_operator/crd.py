@@ -90,6 +90,10 @@ def field_schema(field: FieldInfo) -> dict[str, Any]:
     schema = type_schema(field.annotation)
     schema["description"] = field.description or ""
     schema.update(_constraints(field))
+    if schema.get("type") == "array":
+        if "maxLength" in schema:  # pydantic's max_length on a list
+            schema["maxItems"] = schema.pop("maxLength")
+        schema["items"].setdefault("description", "One item of the list.")
     default = _default(field, schema)
     if default is not None:
         schema["default"] = default

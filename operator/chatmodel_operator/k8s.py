@@ -15,25 +15,14 @@ import kopf
 from kopf._cogs.clients import api as kopf_api
 from kopf._cogs.clients import errors as kopf_errors
 
+from chatmodel_operator import rbac
 from chatmodel_operator.plan import Ref
 
 Obj = dict[str, Any]
 log = logging.getLogger("chatmodel.k8s")
 
-PLURALS = {
-    "PersistentVolumeClaim": "persistentvolumeclaims",
-    "Service": "services",
-    "Pod": "pods",
-    "Deployment": "deployments",
-    "Job": "jobs",
-    "HorizontalPodAutoscaler": "horizontalpodautoscalers",
-    "PodDisruptionBudget": "poddisruptionbudgets",
-    "ScaledObject": "scaledobjects",
-    "InferencePool": "inferencepools",
-    "HTTPRoute": "httproutes",
-    "ChatModel": "chatmodels",
-    "TrainJob": "trainjobs",
-}
+# Kind → resource, from the one declared list of API permissions (adding a kind is a row there).
+PLURALS = rbac.plurals()
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
 
 

@@ -19,10 +19,17 @@ TIME_TO_READY = Histogram(
 RECONCILE_ERRORS = Counter(
     "chatmodel_operator_reconcile_errors_total", "Reconciles that raised, by exception type.", ["error"]
 )
+# Counted once per Job, when the operator records its result (the Job keeps the record across restarts).
+TRAINING_JOBS = Counter(
+    "chatmodel_operator_training_jobs_finished", "Fine-tune Jobs finished, by outcome.", ["outcome"]
+)
 CHATMODELS = Gauge("chatmodel_operator_chatmodels", "ChatModels by phase.", ["phase"])
 
 for _phase in PHASES:
     CHATMODELS.labels(_phase).set(0)
+# Exported at 0 from the start: increase() over a series born at 1 would miss the first failed Job.
+for _outcome in ("Succeeded", "Failed"):
+    TRAINING_JOBS.labels(_outcome)
 
 
 class PhaseTracker:

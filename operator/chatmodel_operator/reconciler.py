@@ -179,6 +179,7 @@ class Reconciler:
             annotation = {"metadata": {"annotations": {observe.RESULT_ANNOTATION: text}}}
             await self.client.patch("batch/v1", "Job", ns, job.name, annotation)
             out[version] = dataclasses.replace(job, result=text)
+            metrics.TRAINING_JOBS.labels(job.state).inc()
         return out
 
     async def _write_status(

@@ -228,6 +228,50 @@ class Generation(_Model):
     temperature: float = Field(0.7, ge=0.0, le=2.0, description="Default sampling temperature.")
 
 
+# Arguments of the vLLM server that the operator sets itself (the pod's port, model, keys and name).
+VLLM_OWNED_ARGS = ("--port", "--model", "--api-key", "--served-model-name")
+
+
+def _owns(arg: str) -> bool:
+    return any(arg == flag or arg.startswith(flag + "=") for flag in VLLM_OWNED_ARGS)
+
+
+_OWNED_CEL = ", ".join(f"'{a}'" for a in VLLM_OWNED_ARGS)
+_OWNED_PREFIX_CEL = " || ".join(f"a.startsWith('{a}=')" for a in VLLM_OWNED_ARGS)
+
+
+class Vllm(_Model):
+    """vLLM settings, read when serving.runtime is vllm."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "!has(self.extraArgs) || "
+            f"self.extraArgs.all(a, !(a in [{_OWNED_CEL}]) && !({_OWNED_PREFIX_CEL}))",
+            "spec.serving.vllm.extraArgs may not set "
+            + ", ".join(VLLM_OWNED_ARGS)
+            + ": the operator sets them",
+            lambda v: not any(_owns(a) for a in v.extra_args),
+        ),
+    )
+    image: str | None = Field(
+        None, description="vLLM image; defaults to vLLM's OpenAI server image, or its CPU image without GPUs."
+    )
+    max_model_len: int | None = Field(
+        None, ge=16, le=1048576, description="Context length; empty takes the model's own."
+    )
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0.0, le=1.0, description="Share of each GPU's memory vLLM may take (GPU pods only)."
+    )
+    cpu_kv_cache_space: int = Field(
+        4, ge=1, le=1024, description="GiB of KV cache on CPU pods (VLLM_CPU_KVCACHE_SPACE)."
+    )
+    extra_args: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="More vLLM server arguments, e.g. --enable-prefix-caching.",
+    )
+
+
 class Gateway(_Model):
     """Gateway API Inference Extension routing: an InferencePool per serving version and an HTTPRoute."""
 
@@ -257,9 +301,22 @@ class Serving(Placement):
             "spec.serving.autoscaling: engine KEDA scales on a Prometheus metric, not cpu",
             lambda s: s.autoscaling.engine != "KEDA" or s.autoscaling.metric != "cpu",
         ),
+        Rule(
+            "!has(self.vllm) || (has(self.runtime) && self.runtime == 'vllm')",
+            "spec.serving.vllm is read only when spec.serving.runtime is vllm",
+            lambda s: s.vllm is None or s.runtime == "vllm",
+        ),
+        Rule(
+            "!has(self.vllm) || !has(self.vllm.gpuMemoryUtilization) "
+            "|| (has(self.resources) && has(self.resources.gpu) && self.resources.gpu > 0)",
+            "spec.serving.vllm.gpuMemoryUtilization needs spec.serving.resources.gpu > 0",
+            lambda s: s.vllm is None or s.vllm.gpu_memory_utilization is None or s.resources.gpu > 0,
+        ),
     )
-
-    runtime: Literal["pytorch", "triton"] = Field("pytorch", description="Serving runtime.")
+    runtime: Literal["pytorch", "triton", "vllm"] = Field(
+        "pytorch", description="Serving runtime: pytorch (ours), triton, or vllm."
+    )
+    vllm: Vllm | None = Field(None, description="vLLM settings (runtime vllm); empty takes the defaults.")
     replicas: Replicas = Field(default_factory=Replicas, description="Replica bounds.")
     autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="Autoscaling target.")
     resources: Resources = Field(default_factory=Resources, description="Compute per serving pod.")

@@ -196,6 +196,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if p.manifest.spec.access is not None and not args.api_keys_file:
         log.warning("spec.access names a Secret, which exists only in a cluster: this local API is open")
+    if p.manifest.spec.serving.runtime == "vllm":
+        from .vllm_cmd import serve_manifest
+
+        trained = str(p.train.output) if p.train else None
+        return serve_manifest(p.manifest, p.base_source, trained, args.host, args.port, args.api_keys_file)
     opts = serve_options(p, args.host, args.port, args.with_base, args.api_keys_file)
     from .serve_cmd import serve
 

