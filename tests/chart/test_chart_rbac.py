@@ -30,6 +30,9 @@ EDGE = {
 }
 
 
+# Kubeflow Trainer runs the fine-tune: a TrainJob instead of a Job.
+KUBEFLOW = {"fineTune": {**FINE_TUNE["fineTune"], "engine": "kubeflow"}}
+
 VERB_OF_METHOD = {"GET": "get", "POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
 
 
@@ -93,6 +96,9 @@ async def lifecycle(c: Cluster) -> None:
         await c.create(CM, manifest("edge", EDGE))
         for url in edge_urls:
             await eventually(lambda url=url: c.get(url))
+        await c.create(CM, manifest("kf", KUBEFLOW))
+        kf = version("kf", KUBEFLOW)
+        await eventually(lambda: c.get(path("trainer.kubeflow.org/v1alpha1", "trainjobs", NS, f"kf-{kf}-train")))
         # A failing fine-tune posts a Warning and Failed.
         vb = version("bad", FINE_TUNE)
         await c.create(CM, manifest("bad", FINE_TUNE))

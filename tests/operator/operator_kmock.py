@@ -31,6 +31,7 @@ RESOURCES: dict[str, tuple[str, bool, set[str]]] = {
     "keda.sh/v1alpha1/scaledobjects": ("ScaledObject", True, set()),
     "inference.networking.k8s.io/v1/inferencepools": ("InferencePool", True, set()),
     "gateway.networking.k8s.io/v1/httproutes": ("HTTPRoute", True, set()),
+    "trainer.kubeflow.org/v1alpha1/trainjobs": ("TrainJob", True, set()),
 }
 MERGE = {"Content-Type": "application/merge-patch+json"}
 
