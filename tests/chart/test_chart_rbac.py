@@ -97,8 +97,9 @@ async def lifecycle(c: Cluster) -> None:
         for url in edge_urls:
             await eventually(lambda url=url: c.get(url))
         await c.create(CM, manifest("kf", KUBEFLOW))
-        kf = version("kf", KUBEFLOW)
-        await eventually(lambda: c.get(path("trainer.kubeflow.org/v1alpha1", "trainjobs", NS, f"kf-{kf}-train")))
+        kf = f"kf-{version('kf', KUBEFLOW)}-train"
+        trainjob = path("trainer.kubeflow.org/v1alpha1", "trainjobs", NS, kf)
+        await eventually(lambda: c.get(trainjob))
         # A failing fine-tune posts a Warning and Failed.
         vb = version("bad", FINE_TUNE)
         await c.create(CM, manifest("bad", FINE_TUNE))
