@@ -11,9 +11,9 @@ from typing import Any
 import helm_python
 import pytest
 import yaml
-from chart_checks import validate
 from chart_render import CHART, NAMESPACE, render, render_objects
 from operator_pss import pod_spec_of, violations
+from operator_schemas import validate
 
 from chatmodel_operator import rbac
 from chatmodel_operator.config import Config

@@ -54,7 +54,7 @@ def test_samples_cover_every_kind() -> None:
 
 @pytest.mark.parametrize("name,obj", RENDERED, ids=[n for n, _ in RENDERED])
 def test_object_is_valid_kubernetes(name: str, obj: dict[str, Any]) -> None:
-    validate(obj)  # kubernetes-validate for built-in kinds, the vendored CRD schema for the others
+    validate(obj)  # kubernetes-validate for built-in kinds, published models for the others
 
 
 WITH_PODS = [r for r in RENDERED if pod_spec_of(r[1])]

@@ -1,12 +1,12 @@
 """Rendered autoscaling and gateway objects are valid: built-in kinds with kubernetes-validate, KEDA's
-ScaledObject and the Gateway API kinds against their published CRD schemas (tests/operator/schemas)."""
+ScaledObject against models generated from KEDA's CRD, the Gateway API kinds against the fields their API
+references require (operator_schemas.py says why)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 from operator_schemas import validate
 
@@ -42,14 +42,14 @@ def test_object_matches_its_schema(name: str, obj: dict[str, Any]) -> None:
 
 
 def test_schemas_catch_mistakes() -> None:
-    """The check can fail: a misspelt field or a bad value is refused by each vendored schema."""
+    """The check can fail: a misspelt field or a bad value is refused for each kind."""
     objs = {o["kind"]: o for _, o in RENDERED}
     bad_trigger = {**objs["ScaledObject"], "spec": {**objs["ScaledObject"]["spec"], "triggers": "prometheus"}}
     bad_pool = {**objs["InferencePool"], "spec": {"targetPorts": [{"number": 8000}]}}  # no selector
     route = objs["HTTPRoute"]
     bad_route = {**route, "spec": {**route["spec"], "parentRefs": [{"name": "gw", "kind": 7}]}}
     for bad in (bad_trigger, bad_pool, bad_route):
-        with pytest.raises(jsonschema.ValidationError):
+        with pytest.raises(ValueError):
             validate(bad)
 
 
