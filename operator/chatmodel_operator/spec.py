@@ -330,6 +330,7 @@ class Serving(Placement):
     )
     shm_size: str = Field("1Gi", pattern=QUANTITY_PATTERN, description="Size of the /dev/shm memory volume.")
     image: str | None = Field(None, description="Serving image; defaults to the operator's runtime image.")
+    ui: bool = Field(True, description="Serve the playground chat page at / (pytorch and triton runtimes).")
     env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables.")
     gateway: Gateway | None = Field(
         None, description="Route through a Gateway with an InferencePool; canary weights go in the HTTPRoute."

@@ -48,6 +48,7 @@ class ServerState:
     models: dict[str, ServedModel]
     api_keys: list[str]
     log_prompts: bool = False
+    ui: bool = True  # the playground page at /
     draining: bool = False
     metrics: ServingMetrics = field(init=False)
 
@@ -331,6 +332,10 @@ def create_app(state: ServerState) -> FastAPI:
             jobs += [(prompt, _with_seed(params, i)) for i in range(req.n)]
         return await answer(state, served, req, jobs, sum(len(p) for p in prompts), new_id("cmpl"), TEXT)
 
+    if state.ui:
+        from .ui_routes import add_playground
+
+        add_playground(app)
     return RequestLog(app)  # type: ignore[return-value]
 
 

@@ -138,6 +138,7 @@ def serve_options(p: Plan, host: str, port: int, with_base: bool, api_keys_file:
         dtype=sv.dtype,
         default_max_tokens=sv.generation.max_tokens,
         default_temperature=sv.generation.temperature,
+        ui=sv.ui,
     )
     if sv.max_batch_size:
         opts.max_batch_size = sv.max_batch_size
@@ -157,6 +158,8 @@ def serve_args(opts: ServeOptions) -> list[str]:
     args += ["--default-temperature", str(opts.default_temperature)]
     if opts.api_keys_file:
         args += ["--api-keys-file", opts.api_keys_file]
+    if not opts.ui:
+        args.append("--no-ui")
     return args
 
 
@@ -206,4 +209,6 @@ def run(args: argparse.Namespace) -> int:
 
     names = ", ".join(opts.served_model_names or [])
     print(f"OpenAI endpoint: http://{args.host}:{args.port}/v1  models: {names}", file=sys.stderr, flush=True)
+    if opts.ui:
+        print(f"Playground: http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
     return serve(opts)

@@ -35,6 +35,7 @@ class ServeOptions:
     default_temperature: float = 0.7
     drain_timeout: float = 120.0
     log_prompts: bool = False
+    ui: bool = True
     backend: str | None = None  # triton://HOST:GRPC_PORT[/MODEL]: forward generation to Triton
 
 
@@ -85,7 +86,7 @@ def build_state(opts: ServeOptions, api_keys: list[str]):  # -> ServerState; imp
                 max_kv_tokens=opts.max_kv_tokens,
             ).start()
         served[name] = ServedModel(name, loaded, engine, opts.default_max_tokens, opts.default_temperature)
-    return ServerState(served, api_keys, log_prompts=opts.log_prompts)
+    return ServerState(served, api_keys, log_prompts=opts.log_prompts, ui=opts.ui)
 
 
 def serve(opts: ServeOptions) -> int:
@@ -99,6 +100,8 @@ def serve(opts: ServeOptions) -> int:
     if not keys:
         log.warning("no API keys configured: the API is open to anyone who can reach it")
     app = create_app(state)
+    if state.ui:
+        log.info("playground", extra={"url": f"http://{opts.host}:{opts.port}/"})
 
     class DrainingServer(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -188,6 +191,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="seconds to finish in-flight requests after SIGTERM",
     )
     p.add_argument("--log-prompts", action="store_true", help="log prompts (off by default for privacy)")
+    p.add_argument("--no-ui", dest="ui", action="store_false", help="do not serve the playground page at /")
     p.add_argument(
         "--backend",
         metavar="URL",
@@ -214,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
         default_temperature=args.default_temperature,
         drain_timeout=args.drain_timeout,
         log_prompts=args.log_prompts,
+        ui=args.ui,
         backend=args.backend,
     )
     try:

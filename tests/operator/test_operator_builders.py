@@ -185,3 +185,9 @@ def test_images_come_from_config() -> None:
     triton = chatmodel({"serving": {"runtime": "triton"}})
     pod = builders.deployment(triton, "v", cfg)["spec"]["template"]["spec"]
     assert {c["name"]: c["image"] for c in pod["containers"]}["triton"] == "reg/tr:1"
+
+
+def test_playground_can_be_switched_off() -> None:
+    on = container(deployment(chatmodel({}), "v1", CFG))["args"]
+    off = container(deployment(chatmodel({"serving": {"ui": False}}), "v1", CFG))["args"]
+    assert "--no-ui" not in on and off == [*on, "--no-ui"]

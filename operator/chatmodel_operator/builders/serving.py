@@ -52,6 +52,8 @@ def serve_args(cm: ChatModel, model: str, runtime: Runtime, config: Config, api_
     ]  # fmt: skip
     if api_keys:
         args += ["--api-keys-file", API_KEYS_FILE]
+    if not sv.ui:
+        args.append("--no-ui")
     if sv.max_batch_size is not None:
         args += ["--max-batch-size", str(sv.max_batch_size)]
     if sv.max_waiting_requests is not None:
