@@ -120,7 +120,9 @@ def test_operator_promql_on_two_real_servers(servers: dict[str, ServerProcess], 
 
         # The live gate's figures for v1: every request counted, none failed, p95 in the right bucket.
         counted = query(url, promql.requests_in_window(RUNTIME, NS, NAME, "v1", WINDOW))
-        assert counted is not None and n_load * 0.8 <= counted <= n_load * 1.3
+        # increase() extrapolates to the window's edges (seen here: 8.05 for 6 requests); a lost or doubled
+        # count would fall outside this band.
+        assert counted is not None and n_load * 0.8 <= counted <= n_load * 1.5
         assert query(url, promql.error_rate(RUNTIME, NS, NAME, "v1", WINDOW)) == 0.0
         p95 = query(url, promql.p95_latency(RUNTIME, NS, NAME, "v1", WINDOW))
         lo, hi = bucket_bounds(min(latencies) * 0.8, max(latencies))
