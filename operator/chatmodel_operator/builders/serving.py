@@ -49,6 +49,8 @@ def serve_args(cm: ChatModel, model: str, runtime: Runtime, config: Config, api_
         "--device", "cuda" if sv.resources.gpu else "cpu",
         "--default-max-tokens", str(sv.generation.max_tokens),
         "--default-temperature", str(sv.generation.temperature),
+        # In-flight requests get the pod's whole drain budget (terminationGracePeriodSeconds - preStop).
+        "--drain-timeout", str(config.drain_seconds),
     ]  # fmt: skip
     if api_keys:
         args += ["--api-keys-file", API_KEYS_FILE]

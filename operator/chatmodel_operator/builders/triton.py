@@ -70,6 +70,8 @@ def deployment(cm: ChatModel, version: str, config: Config, fine_tuned: bool | N
     }
     server_args = ["triton-server", "--repo", REPO_DIR, "--http-port", str(HTTP_PORT)]
     server_args += ["--grpc-port", str(GRPC_PORT), "--metrics-port", str(METRICS_PORT)]
+    # Triton gets the SIGTERM with the front: it must keep serving the front's in-flight streams as long.
+    server_args += ["--exit-timeout", str(config.drain_seconds)]
     triton = {
         **copy.deepcopy(base),
         "name": "triton",

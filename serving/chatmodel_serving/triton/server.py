@@ -82,7 +82,9 @@ def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def server_command(repo: Path, http_port: int, grpc_port: int, metrics_port: int) -> list[str]:
+def server_command(
+    repo: Path, http_port: int, grpc_port: int, metrics_port: int, exit_timeout: int = 30
+) -> list[str]:
     binary = pytriton_root() / "tritonserver" / "bin" / "tritonserver"
     return [
         str(binary),
@@ -92,6 +94,8 @@ def server_command(repo: Path, http_port: int, grpc_port: int, metrics_port: int
         f"--grpc-port={grpc_port}",
         f"--metrics-port={metrics_port}",
         "--allow-metrics=true",
+        # On SIGTERM Triton refuses new requests and waits this long for those in flight (default 30 s).
+        f"--exit-timeout-secs={exit_timeout}",
         "--log-verbose=0",
     ]
 
@@ -134,11 +138,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument(
+        "--exit-timeout",
+        type=int,
+        default=30,
+        help="seconds to finish in-flight requests after SIGTERM (match the front's --drain-timeout)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        cmd = server_command(args.repo.resolve(), args.http_port, args.grpc_port, args.metrics_port)
+        cmd = server_command(
+            args.repo.resolve(), args.http_port, args.grpc_port, args.metrics_port, args.exit_timeout
+        )
     except TritonNotInstalled as exc:
         print(f"chatmodel triton-server: {exc}", file=sys.stderr)
         return 2
