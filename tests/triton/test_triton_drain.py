@@ -42,7 +42,9 @@ def test_sigterm_to_the_triton_runtime_finishes_streams_and_drops_readiness_firs
         client = openai.OpenAI(base_url=front.url, api_key="none", max_retries=0, timeout=120)
         started = threading.Barrier(STREAMS + 1)
         results: list[tuple[str, str | None]] = []
-        threads = [threading.Thread(target=_stream, args=(client, i, started, results)) for i in range(STREAMS)]
+        threads = [
+            threading.Thread(target=_stream, args=(client, i, started, results)) for i in range(STREAMS)
+        ]
         for t in threads:
             t.start()
         started.wait(timeout=120)  # every stream has its first token
