@@ -11,13 +11,14 @@ from typing import Any
 import kopf
 
 from chatmodel_operator import observe
-from chatmodel_operator.builders.meta import MANAGED_BY, MANAGED_BY_LABEL, NAME_LABEL
+from chatmodel_operator.builders.meta import COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL, NAME_LABEL
 from chatmodel_operator.config import Config
 from chatmodel_operator.k8s import Client
 from chatmodel_operator.reconciler import Reconciler
 from chatmodel_operator.spec import GROUP, PLURAL, VERSION
 
 OURS = {MANAGED_BY_LABEL: MANAGED_BY}
+TRAINING = {**OURS, COMPONENT_LABEL: "training"}
 RETRY_SECONDS = 5
 
 
@@ -50,7 +51,8 @@ def register(registry: kopf.OperatorRegistry, config: Config) -> None:
     async def chatmodel_bodies(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
         return {_key(namespace, name): dict(body)}
 
-    @kopf.index("batch", "v1", "jobs", labels=OURS, registry=registry, id="training_jobs")
+    # Only training Jobs: the artifact-prune Jobs carry the same version label.
+    @kopf.index("batch", "v1", "jobs", labels=TRAINING, registry=registry, id="training_jobs")
     async def training_jobs(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> Any:
         return {_key(namespace, labels.get(NAME_LABEL)): observe.job(dict(body))}
 

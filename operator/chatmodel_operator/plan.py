@@ -9,6 +9,7 @@ from typing import Any
 from chatmodel_operator import rollout
 from chatmodel_operator.builders import gateway_objects, meta, service, serving_objects, training_objects
 from chatmodel_operator.builders.meta import Obj
+from chatmodel_operator.builders.storage import prune_job
 from chatmodel_operator.config import Config
 from chatmodel_operator.observe import DeploymentObs, JobObs, TrainResult, parse_result
 from chatmodel_operator.rollout import Decision, LiveFigures, VersionState
@@ -313,6 +314,7 @@ def plan(
     for v, j in jobs.items():
         if v not in kept:  # the Job and, if it spanned nodes, its rendezvous Service (same name)
             out.delete += [Ref("batch/v1", "Job", j.name), Ref("v1", "Service", j.name)]
+            out.create_only.append(prune_job(cm, v, config))  # created before the deletes: never lost
 
     phase, message = _phase(cm, target, d.state, job, dep, d, prev)
     message = why or message

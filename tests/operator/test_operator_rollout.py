@@ -113,6 +113,18 @@ async def test_dataset_change_makes_v2_while_v1_serves_then_replace_switches(clu
         # v1 is within the history limit: scaled to zero, kept for a rollback.
         await eventually(lambda: replicas_are(c, dep("rp", v1), 0))
 
+        # historyLimit 1: v1 leaves the history; its Deployment and Job go, a Job prunes its artifacts.
+        await c.patch(f"{CM}/rp", {"spec": {"rollout": {"historyLimit": 1}}})
+        prune = await eventually(lambda: c.get(path("batch/v1", "jobs", NS, f"rp-{v1}-prune")))
+        pod = prune["spec"]["template"]["spec"]
+        assert pod["containers"][0]["command"][-1] == v1
+        assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "rp-artifacts"
+        await eventually(lambda: gone(c, dep("rp", v1)))
+        await eventually(lambda: gone(c, path("batch/v1", "jobs", NS, f"rp-{v1}-train")))
+        assert [v["name"] for v in (await status(c, "rp"))["versions"]] == [v2]
+        assert await c.get(path("batch/v1", "jobs", NS, f"rp-{v2}-train")) is not None
+        assert await c.get(path("batch/v1", "jobs", NS, f"rp-{v2}-prune")) is None
+
 
 async def test_gate_failure_leaves_v1_serving_and_names_the_loss_and_limit(cluster: Cluster) -> None:
     c = cluster
