@@ -8,6 +8,7 @@ from typing import Any
 
 from chatmodel_operator import rollout
 from chatmodel_operator.builders import gateway_objects, meta, service, serving_objects, training_objects
+from chatmodel_operator.builders.autoscaling import uses_hpa
 from chatmodel_operator.builders.meta import Obj
 from chatmodel_operator.builders.storage import prune_job
 from chatmodel_operator.config import Config
@@ -63,6 +64,21 @@ def gate_failure(gate: Gate | None, result: TrainResult, serving_loss: float | N
             f"eval loss {loss} is worse than the serving version's {serving_loss} "
             f"by more than maxRegression {tolerance}"
         )
+    return None
+
+
+PROMETHEUS_SETTING = "the operator's Prometheus URL (Helm value prometheusUrl, env CHATMODEL_PROMETHEUS_URL)"
+
+
+def missing_prometheus(cm: ChatModel, config: Config) -> str | None:
+    """What in the spec reads Prometheus when the operator was given none (else None): said, not guessed."""
+    if config.prometheus_url:
+        return None
+    sv, ro = cm.spec.serving, cm.spec.rollout
+    if uses_hpa(sv) and sv.autoscaling.engine == "KEDA":
+        return f"spec.serving.autoscaling.engine KEDA queries Prometheus, but {PROMETHEUS_SETTING} is not set"
+    if ro.strategy == "Canary" and ro.live_gate is not None:
+        return f"spec.rollout.liveGate reads Prometheus, but {PROMETHEUS_SETTING} is not set"
     return None
 
 
@@ -256,6 +272,9 @@ def plan(
     else:
         state, why = _target_state(cm, job, result, stable_loss)
         fine_tuned = cm.spec.fine_tune is not None
+    missing = missing_prometheus(cm, config)
+    if missing and state != "Failed":  # re-checked every reconcile: setting the URL lets it go on
+        state, why = "Failed", missing
     dep = deployments.get(target)
     want = cm.spec.serving.replicas.min
     d = rollout.decide(cm, target, state, record, stable, dep, max(want, 1), now, live)

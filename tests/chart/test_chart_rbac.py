@@ -35,6 +35,8 @@ KUBEFLOW = {"fineTune": {**FINE_TUNE["fineTune"], "engine": "kubeflow"}}
 
 VERB_OF_METHOD = {"GET": "get", "POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
 
+# KEDA triggers and live gates need one (a ChatModel using them without it is Failed, naming the setting).
+WITH_PROMETHEUS = Config(prometheus_url="http://prometheus.monitoring:9090")
 
 def verb(r: Any) -> str:
     """The RBAC verb of a request: list and watch are GETs of a collection."""
@@ -81,7 +83,7 @@ async def lifecycle(c: Cluster) -> None:
         path("inference.networking.k8s.io/v1", "inferencepools", NS, f"edge-{ve}"),
         path("gateway.networking.k8s.io/v1", "httproutes", NS, "edge"),
     ]
-    async with operator(c.k):
+    async with operator(c.k, WITH_PROMETHEUS):
         await c.create(CM, manifest("m", FINE_TUNE))
         await eventually(lambda: c.get(path("batch/v1", "jobs", NS, f"m-{v1}-train")))
         await finish_job(c, f"m-{v1}-train", ok=True, message="{}")
@@ -118,7 +120,7 @@ async def lifecycle(c: Cluster) -> None:
     }
     for url, change in drift.items():
         await c.patch(url, change)
-    async with operator(c.k):
+    async with operator(c.k, WITH_PROMETHEUS):
         for url, change in drift.items():
             await eventually(lambda url=url, change=change: restored(c, url, change))
         new_ft = {"fineTune": {**FINE_TUNE["fineTune"], "dataset": {"source": "pvc://data/v2.jsonl"}}}
@@ -207,7 +209,7 @@ async def test_namespaced_scope_is_enough_for_an_operator_watching_one_namespace
     proxy = RbacProxy(str(kmock.url).rstrip("/"), grants(cluster_role), {NS: grants(role)})
     v = version("solo", {})
     await c.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
-    async with proxy.serve() as url, operator(c.k, Config(namespaces=(NS,)), server=url):
+    async with proxy.serve() as url, operator(c.k, Config(namespaces=(NS,), prometheus_url=WITH_PROMETHEUS.prometheus_url), server=url):
         await c.create(CM, manifest("solo", {}))
         # Longer waits: kopf first lists namespaces, then starts its watches there (slow on a busy machine).
         await eventually(lambda: c.get(path("apps/v1", "deployments", NS, f"solo-{v}")), timeout=45)

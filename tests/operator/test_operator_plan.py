@@ -10,6 +10,7 @@ from chatmodel_operator.plan import Plan, Ref, plan
 from chatmodel_operator.spec import ChatModel, model_version
 
 NOW = "2026-01-01T00:00:00Z"
+NO_PROM, PROM = Config(), Config(prometheus_url="http://prometheus:9090")
 FT = {"dataset": {"source": "pvc://d/train.jsonl"}, "method": "full"}
 
 
@@ -19,8 +20,13 @@ def cm(spec: dict[str, Any], status: dict[str, Any] | None = None) -> ChatModel:
     )
 
 
-def run(c: ChatModel, jobs: list[JobObs] = (), deps: list[DeploymentObs] = ()) -> Plan:  # type: ignore[assignment]
-    return plan(c, {j.version: j for j in jobs}, {d.version: d for d in deps}, Config(), NOW, generation=4)
+def run(
+    c: ChatModel,
+    jobs: list[JobObs] = (),  # type: ignore[assignment]
+    deps: list[DeploymentObs] = (),  # type: ignore[assignment]
+    config: Config = NO_PROM,
+) -> Plan:
+    return plan(c, {j.version: j for j in jobs}, {d.version: d for d in deps}, config, NOW, generation=4)
 
 
 def done(version: str, result: str, ok: bool = True) -> JobObs:
@@ -130,7 +136,7 @@ def test_canary_waits_for_figures_and_never_promotes_blind() -> None:
     old = DeploymentObs("old", "x-old", 3, 3)
     new = DeploymentObs(v, f"x-{v}", 1, 1, desired_replicas=1)
     history = {"activeVersion": "old", "versions": [{"name": "old", "baseModel": "b", "state": "Serving"}]}
-    started = run(cm(spec, history), deps=[old, new])
+    started = run(cm(spec, history), deps=[old, new], config=PROM)
     top = started.status["versions"][0]
     assert top["state"] == "Canary" and top["canaryStartedAt"] == NOW and top["trafficPercent"] == 25
     assert next(o for o in started.apply if o["kind"] == "Deployment")["spec"]["replicas"] == 1
@@ -138,7 +144,7 @@ def test_canary_waits_for_figures_and_never_promotes_blind() -> None:
     assert needs_live_figures(cm(spec, started.status), NOW) is None
     later = "2026-01-01T00:01:00Z"
     assert needs_live_figures(cm(spec, started.status), later) == v
-    waiting = plan(cm(spec, started.status), {}, {"old": old, v: new}, Config(), later, 4)
+    waiting = plan(cm(spec, started.status), {}, {"old": old, v: new}, PROM, later, 4)
     assert waiting.status["activeVersion"] == "old"
     assert (
         next(c for c in waiting.status["conditions"] if c["type"] == "RolledOut")["reason"]
@@ -146,7 +152,19 @@ def test_canary_waits_for_figures_and_never_promotes_blind() -> None:
     )
     failing = LiveFigures(requests=100, error_rate=0.0, p95_latency_seconds=99.0)
     spec["rollout"]["liveGate"] = {"maxP95LatencySeconds": 30}
-    back = plan(cm(spec, started.status), {}, {"old": old, v: new}, Config(), later, 4, failing)
+    back = plan(cm(spec, started.status), {}, {"old": old, v: new}, PROM, later, 4, failing)
     assert back.status["versions"][0]["state"] == "RolledBack"
     assert "maxP95LatencySeconds 30" in back.status["conditions"][-1]["message"]
     assert any(r.kind == "Deployment" and r.name == f"x-{v}" for r in back.delete)
+
+
+def test_prometheus_features_without_a_prometheus_url_fail_naming_the_setting() -> None:
+    keda = {"serving": {"replicas": {"min": 0, "max": 2}, "autoscaling": {"engine": "KEDA"}}}
+    live = {"rollout": {"strategy": "Canary", "liveGate": {"maxErrorRate": 0.05}}}
+    for spec, field in ((keda, "spec.serving.autoscaling.engine KEDA"), (live, "spec.rollout.liveGate")):
+        p = run(cm(spec))
+        assert p.phase == "Failed" and field in p.message and "prometheusUrl" in p.message, p.message
+        assert not any(o["kind"] == "Deployment" for o in p.apply)
+        # The same spec goes on once the operator knows where Prometheus is.
+        ok = run(cm(spec), config=PROM)
+        assert ok.phase != "Failed" and any(o["kind"] == "Deployment" for o in ok.apply)

@@ -70,6 +70,10 @@ async def replicas_are(c: Cluster, url: str, n: int) -> bool:
     return ((await c.get(url)) or {}).get("spec", {}).get("replicas") == n
 
 
+async def history_is(c: Cluster, name: str, versions: list[str]) -> bool:
+    return [v["name"] for v in (await status(c, name)).get("versions", [])] == versions
+
+
 async def serve_v1(c: Cluster, name: str, spec: dict[str, Any], replicas: int = 1) -> str:
     v1 = version_of(name, spec)
     await c.create(CM, manifest(name, spec))
@@ -121,7 +125,7 @@ async def test_dataset_change_makes_v2_while_v1_serves_then_replace_switches(clu
         assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "rp-artifacts"
         await eventually(lambda: gone(c, dep("rp", v1)))
         await eventually(lambda: gone(c, path("batch/v1", "jobs", NS, f"rp-{v1}-train")))
-        assert [v["name"] for v in (await status(c, "rp"))["versions"]] == [v2]
+        await eventually(lambda: history_is(c, "rp", [v2]))
         assert await c.get(path("batch/v1", "jobs", NS, f"rp-{v2}-train")) is not None
         assert await c.get(path("batch/v1", "jobs", NS, f"rp-{v2}-prune")) is None
 
