@@ -37,6 +37,8 @@ VERB_OF_METHOD = {"GET": "get", "POST": "create", "PATCH": "patch", "PUT": "upda
 
 # KEDA triggers and live gates need one (a ChatModel using them without it is Failed, naming the setting).
 WITH_PROMETHEUS = Config(prometheus_url="http://prometheus.monitoring:9090")
+NAMESPACED = Config(namespaces=(NS,), prometheus_url=WITH_PROMETHEUS.prometheus_url)
+
 
 def verb(r: Any) -> str:
     """The RBAC verb of a request: list and watch are GETs of a collection."""
@@ -209,7 +211,7 @@ async def test_namespaced_scope_is_enough_for_an_operator_watching_one_namespace
     proxy = RbacProxy(str(kmock.url).rstrip("/"), grants(cluster_role), {NS: grants(role)})
     v = version("solo", {})
     await c.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
-    async with proxy.serve() as url, operator(c.k, Config(namespaces=(NS,), prometheus_url=WITH_PROMETHEUS.prometheus_url), server=url):
+    async with proxy.serve() as url, operator(c.k, NAMESPACED, server=url):
         await c.create(CM, manifest("solo", {}))
         # Longer waits: kopf first lists namespaces, then starts its watches there (slow on a busy machine).
         await eventually(lambda: c.get(path("apps/v1", "deployments", NS, f"solo-{v}")), timeout=45)

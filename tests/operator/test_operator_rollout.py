@@ -295,3 +295,45 @@ async def test_pinning_an_old_version_restores_it(cluster: Cluster) -> None:
         assert (await selector(c, "pn"))["chatmodel.dev/version"] == v1
         await eventually(lambda: replicas_are(c, dep("pn", v2), 0))
         await eventually(lambda: event_posted(c, "Pinned"))
+
+
+ROUTED = {"gateway": {"name": "inference-gateway", "endpointPicker": "gw-epp"}}
+GATEWAY = {"serving": {**CANARY["serving"], **ROUTED}}
+
+
+async def route_weights(c: Cluster, name: str) -> dict[str, int]:
+    route = await c.get(path("gateway.networking.k8s.io/v1", "httproutes", NS, name)) or {}
+    backends = route.get("spec", {}).get("rules", [{}])[0].get("backendRefs", [])
+    return {b["name"]: b["weight"] for b in backends}
+
+
+async def test_gateway_canary_splits_by_route_weights_then_promotes(cluster: Cluster, tmp_path: Path) -> None:
+    c = cluster
+    spec = {**CANARY, **GATEWAY}
+    v2 = version_of("gw", {**spec, **OTHER_BASE})
+    pool = lambda v: path("inference.networking.k8s.io/v1", "inferencepools", NS, f"gw-{v}")  # noqa: E731
+    with canary_metrics(tmp_path, "gw", v2, error_share=0.0) as config:
+        async with operator(c.k, config):
+            v1 = await serve_v1(c, "gw", spec, replicas=2)
+            assert await route_weights(c, "gw") == {f"gw-{v1}": 100}
+            await c.patch(f"{CM}/gw", {"spec": OTHER_BASE})
+            canary = await eventually(lambda: c.get(dep("gw", v2)))
+            # Sized for its share (1 pod beside v1's 2); the route, not the pod count, splits traffic.
+            assert canary["spec"]["replicas"] == 1
+            await make_ready(c, f"gw-{v2}", 1)
+            st = await eventually(lambda: rolled_out(c, "gw", "Canary"), timeout=20)
+            assert st["versions"][0]["trafficPercent"] == 25
+            assert await route_weights(c, "gw") == {f"gw-{v1}": 75, f"gw-{v2}": 25}
+            assert await c.get(pool(v1)) and await c.get(pool(v2))
+            # The live gate passes: the route sends everything to v2; v1 and its pool go (historyLimit 1).
+            st = await eventually(lambda: rolled_out(c, "gw", "Promoting"), timeout=30)
+            await eventually(lambda: replicas_are(c, dep("gw", v2), 2))
+            await make_ready(c, f"gw-{v2}", 2)
+            await eventually(lambda: rolled_out(c, "gw", "RolledOut"), timeout=30)
+            await eventually(lambda: route_is(c, "gw", {f"gw-{v2}": 100}))
+            await eventually(lambda: gone(c, pool(v1)))
+            await eventually(lambda: gone(c, dep("gw", v1)))
+
+
+async def route_is(c: Cluster, name: str, weights: dict[str, int]) -> bool:
+    return await route_weights(c, name) == weights
