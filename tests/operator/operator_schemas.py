@@ -3,12 +3,17 @@ holds no copies of other projects' files):
 - built-in kinds: kubernetes-validate (Kubernetes' own OpenAPI schemas, strict: unknown fields refused);
 - prometheus-operator and KEDA kinds: cloudcoil's models, generated from those projects' CRDs (PyPI);
 - Kubeflow Trainer's TrainJob: the models Kubeflow publishes for its API (PyPI kubeflow-trainer-api);
-- Gateway API HTTPRoute and GIE InferencePool: no registry reachable here ships their schemas, so a small
-  hand-written check of what their v1 API references require (`_gateway_errors`), named as such.
+- Gateway API HTTPRoute: the models npm's @kubernetes-models/gateway-api generates from the Gateway API
+  CRDs (node, tests/schemas; `make install-node-tools`), plus our own unknown-field check (they allow any);
+- GIE InferencePool: no registry reachable here ships its schema, so a small hand-written check of what its
+  v1 API reference requires (`_gateway_errors`), named as such.
 The generated models ignore unknown fields, so a field that does not survive the round trip counts as one."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -24,10 +29,9 @@ MODELS: dict[tuple[str, str], Any] = {
     ("keda.sh/v1alpha1", "ScaledObject"): keda.ScaledObject,
     ("trainer.kubeflow.org/v1alpha1", "TrainJob"): TrainerV1alpha1TrainJob,
 }
-UNPUBLISHED = {
-    ("gateway.networking.k8s.io/v1", "HTTPRoute"),
-    ("inference.networking.k8s.io/v1", "InferencePool"),
-}
+NPM_MODELS = {("gateway.networking.k8s.io/v1", "HTTPRoute")}
+UNPUBLISHED = {*NPM_MODELS, ("inference.networking.k8s.io/v1", "InferencePool")}
+NODE_TOOLS = Path(__file__).resolve().parents[1] / "schemas"
 
 
 class SchemaError(ValueError):
@@ -75,6 +79,25 @@ def _gateway_errors(obj: dict[str, Any]) -> list[str]:
     return errors
 
 
+def _npm_model_errors(obj: dict[str, Any]) -> list[str]:
+    from tests.tools import missing, need_binary
+
+    node = need_binary("node", "apt-get install nodejs npm && make install-node-tools")
+    if not (NODE_TOOLS / "node_modules" / "@kubernetes-models" / "gateway-api").is_dir():
+        missing("@kubernetes-models/gateway-api", "make install-node-tools")
+    run = subprocess.run(
+        [node, "validate_gateway.mjs"],
+        input=json.dumps([obj]),
+        capture_output=True,
+        text=True,
+        cwd=NODE_TOOLS,
+        check=True,
+        timeout=60,
+    )
+    (error,) = json.loads(run.stdout)
+    return [f"published schema: {error}"] if error else []
+
+
 def validate(obj: dict[str, Any]) -> None:
     """Raise (SchemaError, or the model's ValidationError, both ValueErrors) when `obj` is not valid."""
     key = (obj["apiVersion"], obj["kind"])
@@ -87,7 +110,7 @@ def validate(obj: dict[str, Any]) -> None:
         if again != obj:
             raise SchemaError(f"{obj['kind']}: a field the schema does not know (lost in the round trip)")
     elif key in UNPUBLISHED:
-        errors = _gateway_errors(obj)
+        errors = _gateway_errors(obj) + (_npm_model_errors(obj) if key in NPM_MODELS else [])
         if errors:
             raise SchemaError(f"{obj['kind']}: " + "; ".join(errors))
     else:

@@ -51,6 +51,10 @@ def test_schemas_catch_mistakes() -> None:
     for bad in (bad_trigger, bad_pool, bad_route):
         with pytest.raises(ValueError):
             validate(bad)
+    # Only the published Gateway API schema knows the path match types.
+    rule = {**route["spec"]["rules"][0], "matches": [{"path": {"type": "Prefix", "value": "/"}}]}
+    with pytest.raises(ValueError, match=r"published schema: .*type must be equal to one of"):
+        validate({**route, "spec": {**route["spec"], "rules": [rule]}})
 
 
 def test_canary_weights_and_pools() -> None:
