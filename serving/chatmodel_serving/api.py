@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -28,6 +28,7 @@ from .engine import Engine, EngineStoppedError, Event, QueueFullError, SamplingP
 from .metrics import ServingMetrics
 from .models import LoadedModel
 from .protocol import ApiError, ChatCompletionRequest, CompletionRequest, SamplingFields, new_id, now
+from .quota import ANONYMOUS, Limits, Quotas
 
 log = logging.getLogger("chatmodel.api")
 ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models")
@@ -49,11 +50,16 @@ class ServerState:
     api_keys: list[str]
     log_prompts: bool = False
     ui: bool = True  # the playground page at /
+    quotas: Quotas = field(default_factory=lambda: Quotas(Limits()))
+    max_request_bytes: int = 1 << 20
     draining: bool = False
     metrics: ServingMetrics = field(init=False)
 
     def __post_init__(self) -> None:
         self.metrics = ServingMetrics(lambda: {n: m.engine.stats() for n, m in self.models.items()})
+        for name in self.models:  # exported at 0, so rate() sees the first refusal
+            for kind in ("requests", "tokens"):
+                self.metrics.rate_limited.labels(name, kind)
 
     def inflight(self) -> bool:
         return any(not m.engine.idle() for m in self.models.values())
@@ -62,23 +68,26 @@ class ServerState:
 # ---------------------------------------------------------------- helpers
 
 
-def check_api_key(state: ServerState, request: Request) -> None:
+def check_api_key(state: ServerState, request: Request) -> str:
+    """The caller's API key (the quota bucket), or ANONYMOUS when the server has no keys."""
     if not state.api_keys:
-        return
+        return ANONYMOUS
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     given = token.strip().encode() if scheme.lower() == "bearer" else b""
     # Compare against every key, always, so timing says nothing about which prefix matched.
-    ok = False
+    matched = None
     for key in state.api_keys:
-        ok |= hmac.compare_digest(given, key.encode())
-    if not ok:
+        if hmac.compare_digest(given, key.encode()):
+            matched = key
+    if matched is None:
         raise ApiError(
             401,
             "missing or invalid API key; send Authorization: Bearer <key>",
             "authentication_error",
             code="invalid_api_key",
         )
+    return matched
 
 
 def pick_model(state: ServerState, name: str) -> ServedModel:
@@ -159,7 +168,7 @@ def sampling_params(
 
 
 async def generate(
-    state: ServerState, served: ServedModel, jobs: list[tuple[list[int], SamplingParams]]
+    state: ServerState, served: ServedModel, jobs: list[tuple[list[int], SamplingParams]], caller: str
 ) -> AsyncIterator[tuple[int, Event]]:
     """Run several sequences on the engine; yield (index, event) as they arrive."""
     loop = asyncio.get_running_loop()
@@ -199,6 +208,7 @@ async def generate(
                 m.e2e.labels(name).observe(time.monotonic() - start)
                 m.generation_tokens.labels(name).inc(ev.completion_tokens)
                 m.requests.labels(name, ev.finish_reason).inc()
+                state.quotas.spend(caller, len(jobs[index][0]) + ev.completion_tokens)
             yield index, ev
     finally:
         for rid in ids.values():  # the client went away: free the batch slots
@@ -218,10 +228,10 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 async def collect(
-    state: ServerState, served: ServedModel, jobs: list[tuple[list[int], SamplingParams]]
+    state: ServerState, served: ServedModel, jobs: list[tuple[list[int], SamplingParams]], caller: str
 ) -> tuple[list[str], list[str], int]:
     texts, reasons, completion = [""] * len(jobs), [""] * len(jobs), 0
-    async for index, ev in generate(state, served, jobs):
+    async for index, ev in generate(state, served, jobs, caller):
         texts[index] += ev.text
         if ev.finish_reason:
             if ev.finish_reason == "error":
@@ -268,8 +278,12 @@ def create_app(state: ServerState) -> FastAPI:
         e = ApiError(500, "internal server error", "server_error")
         return JSONResponse(e.body(), status_code=500)
 
-    def guard(request: Request) -> None:
-        check_api_key(state, request)
+    async def authenticated(request: Request) -> str:
+        """A dependency: FastAPI runs it before it validates the body, so strangers learn nothing."""
+        return check_api_key(state, request)
+
+    def guard(key: str, model: str) -> tuple[ServedModel, Caller]:
+        """Refuse while draining, pick the model and count the request against the key's quota."""
         if state.draining:
             raise ApiError(
                 503,
@@ -278,6 +292,13 @@ def create_app(state: ServerState) -> FastAPI:
                 code="draining",
                 headers={"Retry-After": "1"},
             )
+        served = pick_model(state, model)
+        try:
+            headers = state.quotas.admit(key, served.name)
+        except ApiError as e:
+            metrics.rate_limited.labels(served.name, e.type).inc()
+            raise
+        return served, Caller(key, headers)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -294,8 +315,7 @@ def create_app(state: ServerState) -> FastAPI:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
-    async def list_models(request: Request) -> dict[str, Any]:
-        check_api_key(state, request)
+    async def list_models(_: str = Depends(authenticated)) -> dict[str, Any]:
         data = [
             {
                 "id": m.name,
@@ -310,33 +330,38 @@ def create_app(state: ServerState) -> FastAPI:
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat(req: ChatCompletionRequest, request: Request) -> Any:
-        guard(request)
-        served = pick_model(state, req.model)
+    async def chat(req: ChatCompletionRequest, key: str = Depends(authenticated)) -> Any:
+        served, caller = guard(key, req.model)
         prompt = chat_prompt(served, req)
         params = sampling_params(served, req, req.requested_max_tokens(), len(prompt), "messages")
         jobs = [(prompt, _with_seed(params, i)) for i in range(req.n)]
         rid = new_id("chatcmpl")
         if state.log_prompts:
             log.info("prompt", extra={"request_id": rid, "messages": [m.model_dump() for m in req.messages]})
-        return await answer(state, served, req, jobs, len(prompt), rid, CHAT)
+        return await answer(state, served, req, jobs, len(prompt), rid, CHAT, caller)
 
     @app.post("/v1/completions", response_model=None)
-    async def completions(req: CompletionRequest, request: Request) -> Any:
-        guard(request)
-        served = pick_model(state, req.model)
+    async def completions(req: CompletionRequest, key: str = Depends(authenticated)) -> Any:
+        served, caller = guard(key, req.model)
         prompts = completion_prompts(served, req)
         jobs = []
         for prompt in prompts:
             params = sampling_params(served, req, req.requested_max_tokens(), len(prompt), "prompt")
             jobs += [(prompt, _with_seed(params, i)) for i in range(req.n)]
-        return await answer(state, served, req, jobs, sum(len(p) for p in prompts), new_id("cmpl"), TEXT)
+        prompt_tokens = sum(len(p) for p in prompts)
+        return await answer(state, served, req, jobs, prompt_tokens, new_id("cmpl"), TEXT, caller)
 
     if state.ui:
         from .ui_routes import add_playground
 
         add_playground(app)
-    return RequestLog(app)  # type: ignore[return-value]
+    return RequestLog(BodyLimit(app, state.max_request_bytes))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Caller:
+    key: str  # the quota bucket
+    headers: dict[str, str]  # x-ratelimit-* for the response
 
 
 @dataclass(frozen=True)
@@ -378,14 +403,15 @@ async def answer(
     prompt_tokens: int,
     rid: str,
     shape: Shape,
+    caller: Caller,
 ) -> Any:
     created = now()
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return await _stream(state, served, jobs, rid, created, shape, include_usage, prompt_tokens)
-    texts, reasons, completion = await collect(state, served, jobs)
+        return await _stream(state, served, jobs, rid, created, shape, include_usage, prompt_tokens, caller)
+    texts, reasons, completion = await collect(state, served, jobs, caller.key)
     choices = [shape.choice(i, t, r) for i, (t, r) in enumerate(zip(texts, reasons, strict=True))]
-    return {
+    body = {
         "id": rid,
         "object": shape.object,
         "created": created,
@@ -393,6 +419,7 @@ async def answer(
         "choices": choices,
         "usage": usage(prompt_tokens, completion),
     }
+    return JSONResponse(body, headers=caller.headers)
 
 
 def _with_seed(params: SamplingParams, i: int) -> SamplingParams:
@@ -411,8 +438,9 @@ async def _stream(
     shape: Shape,
     include_usage: bool,
     prompt_tokens: int,
+    caller: Caller,
 ) -> Response:
-    events = generate(state, served, jobs)
+    events = generate(state, served, jobs, caller.key)
 
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
         return sse(
@@ -460,7 +488,7 @@ async def _stream(
     return StreamingResponse(
         body(first),
         media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **caller.headers},
     )
 
 
@@ -473,13 +501,61 @@ async def _chain(
         yield item
 
 
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets a 413 before the app sees any of it, whether
+    it says its Content-Length or arrives chunked (then it is read up to the limit, and replayed)."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await self._refuse(scope, send)
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._refuse(scope, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()  # then the client's disconnect, as the app expects
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        message = f"the request body is over this server's limit of {self.limit} bytes"
+        e = ApiError(413, message, code="body_too_large")
+        await JSONResponse(e.body(), status_code=413)(scope, _disconnected, send)
+
+
+async def _disconnected() -> Message:
+    return {"type": "http.disconnect"}
+
+
 class RequestLog:
     """ASGI middleware: a request id on every response and one structured log line per request
     (never the prompt or the answer)."""
 
-    def __init__(self, app: FastAPI):
+    def __init__(self, app: BodyLimit):
         self.app = app
-        self.state: ServerState = app.state.server
+        self.state: ServerState = app.app.state.server
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

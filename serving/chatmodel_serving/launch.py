@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ class ReadyProcess:
     Subclasses say what to run and where readiness is."""
 
     what = "process"
+    ssl_context: ssl.SSLContext | None = None  # for an HTTPS readiness URL
 
     def __init__(self, log_path: Path | None = None, ready_timeout: float = 300.0):
         self.log_path = log_path
@@ -50,7 +52,7 @@ class ReadyProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.what} exited with {self.proc.returncode}; log: {self.log_path}")
             try:
-                with urllib.request.urlopen(self.ready_url, timeout=2) as r:
+                with urllib.request.urlopen(self.ready_url, timeout=2, context=self.ssl_context) as r:
                     if r.status == 200:
                         return self
             except OSError:
@@ -92,11 +94,15 @@ class ServerProcess(ReadyProcess):
         log_path: Path | None = None,
         env: dict[str, str] | None = None,
         ready_timeout: float = 300.0,
+        tls_ca: Path | None = None,
     ):
         super().__init__(log_path, ready_timeout)
         self.port = port or free_port()
         self.args = args
         self.env = {**os.environ, **(env or {})}
+        self.scheme = "https" if tls_ca else "http"  # the server gets --tls-* in args; this trusts its CA
+        if tls_ca:
+            self.ssl_context = ssl.create_default_context(cafile=str(tls_ca))
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "chatmodel_serving.cli", "serve", "--port", str(self.port), *self.args]
@@ -110,7 +116,7 @@ class ServerProcess(ReadyProcess):
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def url(self) -> str:

@@ -75,4 +75,10 @@ class ServingMetrics:
             ["route", "code"],
             registry=r,
         )
+        self.rate_limited = Counter(
+            f"{PREFIX}rate_limited_requests",
+            "Requests refused by a per-API-key quota, by the limit reached (requests or tokens).",
+            ["model", "limit"],
+            registry=r,
+        )
         r.register(_LoadCollector(stats))

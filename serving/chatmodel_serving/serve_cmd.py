@@ -15,6 +15,7 @@ from types import FrameType
 from typing import Any
 
 from .logs import setup_logging
+from .quota import Limits, Quotas, parse_key_line
 
 log = logging.getLogger("chatmodel.serve")
 
@@ -37,23 +38,46 @@ class ServeOptions:
     log_prompts: bool = False
     ui: bool = True
     backend: str | None = None  # triton://HOST:GRPC_PORT[/MODEL]: forward generation to Triton
+    requests_per_minute: int = 0  # per API key, 0 = unlimited
+    tokens_per_minute: int = 0
+    quota_window_seconds: float = 60.0
+    max_request_bytes: int = 1 << 20
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
 
 
-def read_api_keys(path: str | None) -> list[str]:
-    """One key per line; blank lines and # comments are skipped."""
+@dataclass
+class ApiKeys:
+    keys: list[str] = field(default_factory=list)
+    limits: dict[str, Limits] = field(default_factory=dict)  # per-key quota overrides
+
+
+def read_api_keys(path: str | None) -> ApiKeys:
+    """One key per line, optionally followed by its own quota (`KEY rpm=60 tpm=20000`); blank lines and
+    # comments are skipped."""
     if not path:
-        return []
+        return ApiKeys()
     try:
         lines = Path(path).read_text().splitlines()
     except OSError as exc:
         raise SystemExit(f"--api-keys-file: cannot read {path}: {exc.strerror}") from None
-    keys = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-    if not keys:
+    out = ApiKeys()
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            key, limits = parse_key_line(line, lineno)
+        except ValueError as exc:
+            raise SystemExit(f"--api-keys-file: {path} {exc}") from None
+        out.keys.append(key)
+        if limits is not None:
+            out.limits[key] = limits
+    if not out.keys:
         raise SystemExit(f"--api-keys-file: {path} holds no keys; refusing to start open by accident")
-    return keys
+    return out
 
 
-def build_state(opts: ServeOptions, api_keys: list[str]):  # -> ServerState; imports torch, so called late
+def build_state(opts: ServeOptions, api_keys: ApiKeys):  # -> ServerState; imports torch, so called late
     from .api import ServedModel, ServerState
     from .engine import Engine
     from .models import load_model
@@ -86,7 +110,30 @@ def build_state(opts: ServeOptions, api_keys: list[str]):  # -> ServerState; imp
                 max_kv_tokens=opts.max_kv_tokens,
             ).start()
         served[name] = ServedModel(name, loaded, engine, opts.default_max_tokens, opts.default_temperature)
-    return ServerState(served, api_keys, log_prompts=opts.log_prompts, ui=opts.ui)
+    quotas = Quotas(
+        Limits(opts.requests_per_minute, opts.tokens_per_minute), api_keys.limits, opts.quota_window_seconds
+    )
+    return ServerState(
+        served,
+        api_keys.keys,
+        log_prompts=opts.log_prompts,
+        ui=opts.ui,
+        quotas=quotas,
+        max_request_bytes=opts.max_request_bytes,
+    )
+
+
+def tls_files(opts: ServeOptions) -> tuple[str, str] | None:
+    """(certificate, key) for HTTPS; both or neither, readable now rather than after the model loads."""
+    given = {"--tls-cert-file": opts.tls_cert_file, "--tls-key-file": opts.tls_key_file}
+    if not any(given.values()):
+        return None
+    for flag, value in given.items():
+        if not value:
+            raise SystemExit(f"{flag}: TLS needs both --tls-cert-file and --tls-key-file")
+        if not os.access(value, os.R_OK):
+            raise SystemExit(f"{flag}: cannot read {value}")
+    return opts.tls_cert_file or "", opts.tls_key_file or ""
 
 
 def serve(opts: ServeOptions) -> int:
@@ -96,12 +143,14 @@ def serve(opts: ServeOptions) -> int:
     from .api import create_app
 
     keys = read_api_keys(opts.api_keys_file)  # fail fast, before minutes of model loading
+    tls = tls_files(opts)
     state = build_state(opts, keys)
-    if not keys:
+    if not keys.keys:
         log.warning("no API keys configured: the API is open to anyone who can reach it")
     app = create_app(state)
+    scheme = "https" if tls else "http"
     if state.ui:
-        log.info("playground", extra={"url": f"http://{opts.host}:{opts.port}/"})
+        log.info("playground", extra={"url": f"{scheme}://{opts.host}:{opts.port}/"})
 
     class DrainingServer(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -128,9 +177,11 @@ def serve(opts: ServeOptions) -> int:
         access_log=False,
         timeout_graceful_shutdown=int(opts.drain_timeout),
         timeout_keep_alive=30,
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
     )
     server = DrainingServer(config)
-    log.info("serving", extra={"url": f"http://{opts.host}:{opts.port}/v1", "models": list(state.models)})
+    log.info("serving", extra={"url": f"{scheme}://{opts.host}:{opts.port}/v1", "models": list(state.models)})
     server.run()
     for m in state.models.values():
         m.engine.shutdown()
@@ -198,6 +249,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="triton://HOST:GRPC_PORT[/MODEL]: serve the API by forwarding to a Triton server running "
         "a `chatmodel triton-repo` repository (MODEL defaults to the served model name)",
     )
+    p.add_argument(
+        "--requests-per-minute",
+        type=int,
+        default=int(env("CHATMODEL_REQUESTS_PER_MINUTE", "0")),
+        help="per API key (a key's own rpm= in the keys file wins); 0 = unlimited",
+    )
+    p.add_argument(
+        "--tokens-per-minute",
+        type=int,
+        default=int(env("CHATMODEL_TOKENS_PER_MINUTE", "0")),
+        help="prompt + completion tokens per API key (a key's own tpm= wins); 0 = unlimited",
+    )
+    # Tests shorten the quota window to see it free up; not a user setting.
+    p.add_argument("--quota-window-seconds", type=float, default=60.0, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=1 << 20,
+        help="largest request body; beyond it 413 (default 1 MiB)",
+    )
+    p.add_argument(
+        "--tls-cert-file", default=env("CHATMODEL_TLS_CERT_FILE"), help="serve HTTPS with this certificate"
+    )
+    p.add_argument("--tls-key-file", default=env("CHATMODEL_TLS_KEY_FILE"), help="the certificate's key")
     p.add_argument("--log-format", choices=["json", "text"], default="json")
 
 
@@ -220,6 +295,12 @@ def run(args: argparse.Namespace) -> int:
         log_prompts=args.log_prompts,
         ui=args.ui,
         backend=args.backend,
+        requests_per_minute=args.requests_per_minute,
+        tokens_per_minute=args.tokens_per_minute,
+        quota_window_seconds=args.quota_window_seconds,
+        max_request_bytes=args.max_request_bytes,
+        tls_cert_file=args.tls_cert_file,
+        tls_key_file=args.tls_key_file,
     )
     try:
         return serve(opts)

@@ -89,7 +89,7 @@ def serve_manifest(
     from .models import resolve_source
     from .serve_cmd import read_api_keys
 
-    keys = read_api_keys(api_keys_file)
+    keys = read_api_keys(api_keys_file).keys
     if len(keys) > 1:
         logging.getLogger("chatmodel.run").warning(
             "vLLM takes one API key: using the first of %s", api_keys_file
