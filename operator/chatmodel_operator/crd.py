@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import types
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types as at
 import yaml
@@ -34,10 +34,21 @@ def _strip_optional(tp: Any) -> Any:
     return tp
 
 
+STRING_CONSTRAINTS = (("pattern", "pattern"), ("min_length", "minLength"), ("max_length", "maxLength"))
+
+
 def type_schema(tp: Any) -> dict[str, Any]:
     """OpenAPI v3 schema of one Python type used in spec.py."""
     tp = _strip_optional(tp)
     origin = get_origin(tp)
+    if origin is Annotated:  # list items with their own constraints (StringConstraints)
+        base, *metadata = get_args(tp)
+        schema = type_schema(base)
+        for m in metadata:
+            for attr, key in STRING_CONSTRAINTS:
+                if getattr(m, attr, None) is not None:
+                    schema[key] = getattr(m, attr)
+        return schema
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         return model_schema(tp)
     if origin is Literal:

@@ -10,6 +10,8 @@ from chatmodel_operator import rollout
 from chatmodel_operator.builders import gateway_objects, meta, service, serving_objects, training_objects
 from chatmodel_operator.builders.autoscaling import uses_hpa
 from chatmodel_operator.builders.meta import Obj
+from chatmodel_operator.builders.network import network_policy
+from chatmodel_operator.builders.serving import serves_https
 from chatmodel_operator.builders.storage import prune_job
 from chatmodel_operator.config import Config
 from chatmodel_operator.observe import DeploymentObs, JobObs, TrainResult, parse_result
@@ -312,6 +314,11 @@ def plan(
     )
     if cm.spec.serving.gateway is not None:
         out.apply += gateway_objects(cm, d.active or target, d.canary, d.percent, config)
+    policy = network_policy(cm, config)
+    if policy is not None:
+        out.apply.append(policy)
+    elif generation != prev.observed_generation:  # only a spec change can remove it
+        out.delete.append(Ref("networking.k8s.io/v1", "NetworkPolicy", meta.service_name(cm)))
 
     if pin and record is not None:
         target_status = record.model_copy(update={"state": d.state})
@@ -356,7 +363,8 @@ def plan(
         conditions.insert(1, cond("FineTuned", trained, reason, why))
     rolled_out, out.event = _rollout_condition(d, why or message, prev)
     conditions.append(cond("RolledOut", *rolled_out))
-    endpoint = f"http://{meta.service_name(cm)}.{meta.namespace(cm)}.svc:{config.service_port}/v1"
+    scheme = "https" if serves_https(cm) else "http"
+    endpoint = f"{scheme}://{meta.service_name(cm)}.{meta.namespace(cm)}.svc:{config.service_port}/v1"
     selector = meta.selector(cm, "serving", d.active or target)
     out.status = {
         "phase": phase,

@@ -56,6 +56,8 @@ ACCESS: tuple[Access, ...] = (
     Access("keda.sh", "scaledobjects", APPLY, "KEDA autoscaling", "ScaledObject"),
     Access("inference.networking.k8s.io", "inferencepools", APPLY, "gateway routing", "InferencePool"),
     Access("gateway.networking.k8s.io", "httproutes", APPLY, "gateway routing", "HTTPRoute"),
+    # spec.access.networkPolicy: who may reach the serving pods.
+    Access("networking.k8s.io", "networkpolicies", APPLY, "serving ingress policy", "NetworkPolicy"),
     # A finished training pod's termination message (the trainer's result).
     Access("", "pods", ("list",), "training results", "Pod"),
     # kopf posts Events on phase changes (core v1 events).

@@ -12,10 +12,10 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "chatmodel.dev"
@@ -344,10 +344,55 @@ class SecretKeyRef(_Model):
     key: str = Field("keys", min_length=1, description="Key holding the API keys, one per line.")
 
 
-class Access(_Model):
-    """Who may call the model."""
+class Quota(_Model):
+    """Per-API-key limits, enforced by each serving replica over a sliding minute (429 with Retry-After)."""
 
-    api_key_secret_ref: SecretKeyRef = Field(description="Secret with the accepted bearer API keys.")
+    requests_per_minute: int | None = Field(None, ge=1, description="Requests per key per minute.")
+    tokens_per_minute: int | None = Field(
+        None, ge=1, description="Prompt + completion tokens per key per minute."
+    )
+
+
+class Tls(_Model):
+    """HTTPS on the serving port, with a certificate from a Secret."""
+
+    secret_name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=NAME_PATTERN,
+        description="A kubernetes.io/tls Secret (tls.crt, tls.key) in the ChatModel's namespace.",
+    )
+
+
+NamespaceName = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=63)]
+
+
+class NetworkPolicy(_Model):
+    """Admit traffic to the serving port only from these namespaces and pods (a NetworkPolicy; the cluster's
+    network plugin must enforce NetworkPolicies). Both empty admits no one."""
+
+    allow_namespaces: list[NamespaceName] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Namespaces whose pods may connect: the gateway's, Prometheus' (it scrapes this port).",
+    )
+    allow_pod_labels: dict[str, str] = Field(
+        default_factory=dict, description="Pods of the ChatModel's namespace with these labels may connect."
+    )
+
+
+class Access(_Model):
+    """Who may call the model, and how."""
+
+    api_key_secret_ref: SecretKeyRef = Field(
+        description="Secret with the accepted bearer API keys, one per line; a line may add its own "
+        "quota as `KEY rpm=N tpm=N`."
+    )
+    quota: Quota | None = Field(None, description="Default per-key quota (pytorch and triton runtimes).")
+    tls: Tls | None = Field(None, description="Serve HTTPS with this certificate.")
+    network_policy: NetworkPolicy | None = Field(
+        None, description="A NetworkPolicy admitting only the named namespaces and pods."
+    )
 
 
 class Gate(_Model):
@@ -423,6 +468,12 @@ class ChatModelSpec(_Model):
             "|| self.serving.runtime != 'triton'",
             "spec.serving.runtime triton serves merged weights only: use fineTune.method full",
             lambda s: s.fine_tune is None or s.fine_tune.method != "lora" or s.serving.runtime != "triton",
+        ),
+        Rule(
+            "!has(self.access) || !has(self.access.quota) || !has(self.serving) "
+            "|| !has(self.serving.runtime) || self.serving.runtime != 'vllm'",
+            "spec.access.quota is enforced by our API front: runtime vllm has none (use a gateway's limits)",
+            lambda s: s.access is None or s.access.quota is None or s.serving.runtime != "vllm",
         ),
         Rule(
             "!has(self.fineTune) || !has(self.fineTune.resources) || !has(self.fineTune.resources.nodes) "

@@ -26,7 +26,8 @@ EDGE = {
         "replicas": {"min": 1, "max": 3},
         "autoscaling": {"engine": "KEDA", "metric": "requestsWaiting", "target": 4},
         "gateway": {"name": "inference-gateway", "endpointPicker": "edge-epp"},
-    }
+    },
+    "access": {"apiKeySecretRef": {"name": "edge-keys"}, "networkPolicy": {"allowNamespaces": ["gateway"]}},
 }
 
 
@@ -84,6 +85,7 @@ async def lifecycle(c: Cluster) -> None:
         path("keda.sh/v1alpha1", "scaledobjects", NS, f"edge-{ve}"),
         path("inference.networking.k8s.io/v1", "inferencepools", NS, f"edge-{ve}"),
         path("gateway.networking.k8s.io/v1", "httproutes", NS, "edge"),
+        path("networking.k8s.io/v1", "networkpolicies", NS, "edge"),
     ]
     async with operator(c.k, WITH_PROMETHEUS):
         await c.create(CM, manifest("m", FINE_TUNE))
@@ -119,6 +121,7 @@ async def lifecycle(c: Cluster) -> None:
         edge_urls[0]: {"spec": {"maxReplicaCount": 9}},
         edge_urls[1]: {"spec": {"targetPorts": [{"number": 1}]}},
         edge_urls[2]: {"spec": {"parentRefs": [{"name": "other-gateway"}]}},
+        edge_urls[3]: {"spec": {"policyTypes": ["Ingress", "Egress"]}},
     }
     for url, change in drift.items():
         await c.patch(url, change)
@@ -141,9 +144,12 @@ async def lifecycle(c: Cluster) -> None:
             return ((await c.get(url)) or {}).get("spec", {}).get("replicas") == 0
 
         await eventually(lambda: parked(path("apps/v1", "deployments", NS, f"m-{v1}")))
+        # Dropping the NetworkPolicy option deletes the policy.
+        await c.patch(f"{CM}/edge", {"spec": {"access": {"networkPolicy": None}}})
+        await eventually(lambda: gone(edge_urls[3]))
         await c.delete(f"{CM}/m")
         await c.delete(f"{CM}/edge")
-        for url in edge_urls:
+        for url in edge_urls[:3]:
             await eventually(lambda url=url: gone(url))
         await eventually(lambda: gone(path("v1", "persistentvolumeclaims", NS, "m-artifacts")))
         await eventually(lambda: gone(path("apps/v1", "deployments", NS, f"m-{v1}")))

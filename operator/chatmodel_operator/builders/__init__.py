@@ -6,6 +6,7 @@ from chatmodel_operator.builders import serving, triton, vllm
 from chatmodel_operator.builders.autoscaling import autoscaler
 from chatmodel_operator.builders.gateway import gateway_objects
 from chatmodel_operator.builders.meta import Obj
+from chatmodel_operator.builders.network import network_policy
 from chatmodel_operator.builders.serving import pdb
 from chatmodel_operator.builders.storage import artifact_pvc
 from chatmodel_operator.builders.training import training_workload
@@ -55,7 +56,8 @@ def all_objects(cm: ChatModel, config: Config) -> list[Obj]:
     version = model_version(cm.spec)
     objs = training_objects(cm, version, config) if cm.spec.fine_tune else []
     gateway = gateway_objects(cm, version, None, 0, config) if cm.spec.serving.gateway else []
-    return [*objs, *serving_objects(cm, version, config), service(cm, version, config), *gateway]
+    policy = [p] if (p := network_policy(cm, config)) else []
+    return [*objs, *serving_objects(cm, version, config), service(cm, version, config), *gateway, *policy]
 
 
 __all__ = ["Obj", "all_objects", "gateway_objects", "service", "serving_objects", "training_objects"]

@@ -12,6 +12,8 @@ from chatmodel_operator.spec import ChatModel, Serving
 
 API_KEYS_DIR = "/etc/chatmodel/api-keys"
 API_KEYS_FILE = f"{API_KEYS_DIR}/keys"
+TLS_DIR = "/etc/chatmodel/tls"
+TLS_CERT, TLS_KEY = f"{TLS_DIR}/tls.crt", f"{TLS_DIR}/tls.key"
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,15 @@ def serve_args(cm: ChatModel, model: str, runtime: Runtime, config: Config, api_
     ]  # fmt: skip
     if api_keys:
         args += ["--api-keys-file", API_KEYS_FILE]
+    access = cm.spec.access
+    if access is not None and access.quota is not None:
+        q = access.quota
+        if q.requests_per_minute:
+            args += ["--requests-per-minute", str(q.requests_per_minute)]
+        if q.tokens_per_minute:
+            args += ["--tokens-per-minute", str(q.tokens_per_minute)]
+    if access is not None and access.tls is not None:
+        args += ["--tls-cert-file", TLS_CERT, "--tls-key-file", TLS_KEY]
     if not sv.ui:
         args.append("--no-ui")
     if sv.max_batch_size is not None:
@@ -63,9 +74,13 @@ def serve_args(cm: ChatModel, model: str, runtime: Runtime, config: Config, api_
     return args
 
 
-def _probe(path: str, period: int, failures: int) -> Obj:
+def serves_https(cm: ChatModel) -> bool:
+    return cm.spec.access is not None and cm.spec.access.tls is not None
+
+
+def _probe(path: str, period: int, failures: int, https: bool = False) -> Obj:
     return {
-        "httpGet": {"path": path, "port": "http"},
+        "httpGet": {"path": path, "port": "http", **({"scheme": "HTTPS"} if https else {})},
         "periodSeconds": period,
         "timeoutSeconds": 3,
         "failureThreshold": failures,
@@ -104,11 +119,16 @@ def deployment(cm: ChatModel, version: str, config: Config, fine_tuned: bool | N
     tuned = cm.spec.fine_tune is not None if fine_tuned is None else fine_tuned
     model = _model_source(cm, version, mounts, volumes, tuned)
     access = cm.spec.access
+    https = serves_https(cm)
     if access is not None:
         ref = access.api_key_secret_ref
         secret = {"secretName": ref.name, "items": [{"key": ref.key, "path": "keys"}], "defaultMode": 0o440}
         volumes.append({"name": "api-keys", "secret": secret})
         mounts.mounts.append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
+        if access.tls is not None:
+            tls = {"secretName": access.tls.secret_name, "defaultMode": 0o440}
+            volumes.append({"name": "tls", "secret": tls})
+            mounts.mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
     scratch_vols, scratch_mounts = meta.scratch_volumes(sv.shm_size)
     container: Obj = {
         "name": "server",
@@ -121,9 +141,9 @@ def deployment(cm: ChatModel, version: str, config: Config, fine_tuned: bool | N
         "resources": meta.resources(sv.resources.gpu, sv.resources.cpu, sv.resources.memory),
         "securityContext": meta.container_security_context(),
         # Loading a model takes a while: the startup probe holds liveness off for up to 10 minutes.
-        "startupProbe": _probe(runtime.liveness_path, 5, 120),
-        "livenessProbe": _probe(runtime.liveness_path, 10, 3),
-        "readinessProbe": _probe(runtime.readiness_path, 5, 2),
+        "startupProbe": _probe(runtime.liveness_path, 5, 120, https),
+        "livenessProbe": _probe(runtime.liveness_path, 10, 3, https),
+        "readinessProbe": _probe(runtime.readiness_path, 5, 2, https),
         # Let endpoints drop the pod before SIGTERM; the server then drains in-flight requests.
         "lifecycle": {"preStop": {"sleep": {"seconds": config.prestop_seconds}}},
         "volumeMounts": scratch_mounts + mounts.mounts,

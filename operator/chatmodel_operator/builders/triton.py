@@ -81,9 +81,9 @@ def deployment(cm: ChatModel, version: str, config: Config, fine_tuned: bool | N
         "startupProbe": _probe("/v2/health/live", 5, 120),
         "livenessProbe": _probe("/v2/health/live", 10, 3),
         "readinessProbe": _probe("/v2/health/ready", 5, 2),
-        # Everything the front mounts but the API keys, which only the front checks.
+        # Everything the front mounts but the API keys and the certificate: only the front uses them.
         "volumeMounts": [
-            *(m for m in base["volumeMounts"] if m["name"] != "api-keys"),
+            *(m for m in base["volumeMounts"] if m["name"] not in ("api-keys", "tls")),
             {**REPO_MOUNT, "readOnly": True},
         ],
     }

@@ -48,7 +48,12 @@ def lora_modules(cm: ChatModel, version: str, path_of) -> dict[str, str]:  # typ
 
 
 def server_args(
-    cm: ChatModel, model: str, port: int, host: str = "0.0.0.0", loras: dict[str, str] | None = None
+    cm: ChatModel,
+    model: str,
+    port: int,
+    host: str = "0.0.0.0",
+    loras: dict[str, str] | None = None,
+    tls: tuple[str, str] | None = None,
 ) -> list[str]:
     """vLLM's arguments for this ChatModel: the Deployment's, and `chatmodel run`'s with local paths."""
     sv = cm.spec.serving
@@ -72,6 +77,8 @@ def server_args(
     if loras:
         args += ["--enable-lora", "--max-lora-rank", str(MAX_LORA_RANK), "--max-loras", str(len(loras))]
         args += ["--lora-modules", *(f"{n}={p}" for n, p in loras.items())]
+    if tls is not None:
+        args += ["--ssl-certfile", tls[0], "--ssl-keyfile", tls[1]]
     return [*args, *vl.extra_args]
 
 
@@ -129,6 +136,7 @@ def deployment(cm: ChatModel, version: str, config: Config, fine_tuned: bool | N
         {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
         *server_env(cm),
     ]
+    tls = (serving.TLS_CERT, serving.TLS_KEY) if serving.serves_https(cm) else None
     if cm.spec.access is not None:
         # vLLM reads its key from the environment (one key per Secret key: docs/vllm.md).
         ref = cm.spec.access.api_key_secret_ref
@@ -140,7 +148,7 @@ def deployment(cm: ChatModel, version: str, config: Config, fine_tuned: bool | N
     container.update(
         image=image(cm),
         command=COMMAND,
-        args=server_args(cm, _vllm_model(model), config.service_port, loras=loras),
+        args=server_args(cm, _vllm_model(model), config.service_port, loras=loras, tls=tls),
         env=env,
     )
     # vLLM has no /ready: /health answers 200 once the engine is up. Warm-up takes minutes on CPU, so the
