@@ -40,6 +40,10 @@ class EngineStoppedError(RuntimeError):
     """The engine is draining or stopped and takes no new requests (HTTP 503)."""
 
 
+# Temperatures below this sample as greedy (as vLLM's _SAMPLING_EPS): logits / 1e-300 are inf.
+GREEDY_BELOW = 1e-5
+
+
 @dataclass
 class SamplingParams:
     max_tokens: int
@@ -342,12 +346,13 @@ class Engine:
         tokens = logits.argmax(-1).tolist()
         for i, seq in enumerate(seqs):
             p = seq.req.params
-            if p.temperature <= 0:
+            if p.temperature < GREEDY_BELOW:  # dividing by ~0 overflows the softmax: that is greedy
                 continue
             probs = torch.softmax(logits[i].float() / p.temperature, -1)
             if p.top_p < 1.0:
                 sorted_probs, order = probs.sort(descending=True)
-                keep = sorted_probs.cumsum(-1) - sorted_probs < p.top_p  # always keeps the top token
+                keep = sorted_probs.cumsum(-1) - sorted_probs < p.top_p
+                keep[0] = True  # the top token, always: a denormal top_p is 0 in float32
                 probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_probs[keep])
             tokens[i] = int(torch.multinomial(probs, 1, generator=seq.req.generator).item())
         return tokens

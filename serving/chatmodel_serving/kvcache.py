@@ -19,10 +19,10 @@ class GrowingLayer(DynamicLayer):
         self.vbuf: torch.Tensor | None = None
         self.n = 0
 
-    def assign(self, keys: torch.Tensor, values: torch.Tensor) -> KV:
-        """Replace the contents (after rows joined or left the batch), with headroom to grow."""
+    def assign(self, keys: torch.Tensor, values: torch.Tensor, room: int = HEADROOM) -> KV:
+        """Replace the contents (after rows joined or left the batch), with `room` columns to grow."""
         shape = list(keys.shape)
-        shape[-2] += HEADROOM
+        shape[-2] += max(room, HEADROOM)
         kbuf, vbuf = keys.new_empty(shape), values.new_empty(shape)
         self.n = keys.shape[-2]
         kbuf[:, :, : self.n] = keys
@@ -36,8 +36,8 @@ class GrowingLayer(DynamicLayer):
         if self.kbuf is None or self.vbuf is None:
             return self.assign(key_states, value_states)
         need = self.n + key_states.shape[-2]
-        if need > self.kbuf.shape[-2]:
-            self.assign(self.kbuf[:, :, : self.n], self.vbuf[:, :, : self.n])  # one copy per HEADROOM steps
+        if need > self.kbuf.shape[-2]:  # one copy per HEADROOM decode steps; a long prefill gets all it needs
+            self.assign(self.kbuf[:, :, : self.n], self.vbuf[:, :, : self.n], key_states.shape[-2] + HEADROOM)
         kbuf, vbuf = cast(torch.Tensor, self.kbuf), cast(torch.Tensor, self.vbuf)
         kbuf[:, :, self.n : need] = key_states
         vbuf[:, :, self.n : need] = value_states

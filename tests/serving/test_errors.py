@@ -157,3 +157,11 @@ def test_unknown_route_and_method(http: httpx.Client) -> None:
 def test_streaming_errors_are_reported_before_the_stream(http: httpx.Client) -> None:
     r = http.post("/v1/chat/completions", json={"model": "gpt-9", "messages": MSG, "stream": True})
     check_error(r, 404, "model")
+
+
+@pytest.mark.parametrize("sampling", [{"top_p": 5e-324}, {"temperature": 1e-300}, {"top_p": 1e-5, "n": 3}])
+def test_extreme_sampling_values_still_answer(http: httpx.Client, sampling: dict[str, float]) -> None:
+    """Found by the fuzzer: a denormal top_p kept no token, a ~0 temperature overflowed the softmax."""
+    r = http.post("/v1/chat/completions", json={"model": MODEL, "messages": MSG, "max_tokens": 3, **sampling})
+    assert r.status_code == 200, r.text
+    assert all(c["message"]["content"] for c in r.json()["choices"])
