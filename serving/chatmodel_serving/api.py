@@ -32,6 +32,7 @@ from .quota import ANONYMOUS, Limits, Quotas
 
 log = logging.getLogger("chatmodel.api")
 ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models")
+CALLER_KEY = "chatmodel.api_key"  # where RequestGate leaves the checked key in the ASGI scope
 
 
 @dataclass
@@ -68,11 +69,11 @@ class ServerState:
 # ---------------------------------------------------------------- helpers
 
 
-def check_api_key(state: ServerState, request: Request) -> str:
-    """The caller's API key (the quota bucket), or ANONYMOUS when the server has no keys."""
+def check_api_key(state: ServerState, header: str) -> str:
+    """The caller's API key (the quota bucket) from an Authorization header, or ANONYMOUS when the server
+    has no keys."""
     if not state.api_keys:
         return ANONYMOUS
-    header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     given = token.strip().encode() if scheme.lower() == "bearer" else b""
     # Compare against every key, always, so timing says nothing about which prefix matched.
@@ -279,8 +280,8 @@ def create_app(state: ServerState) -> FastAPI:
         return JSONResponse(e.body(), status_code=500)
 
     async def authenticated(request: Request) -> str:
-        """A dependency: FastAPI runs it before it validates the body, so strangers learn nothing."""
-        return check_api_key(state, request)
+        """The key RequestGate checked (before the body was read: strangers learn nothing about it)."""
+        return str(request.scope[CALLER_KEY])
 
     def guard(key: str, model: str) -> tuple[ServedModel, Caller]:
         """Refuse while draining, pick the model and count the request against the key's quota."""
@@ -355,7 +356,7 @@ def create_app(state: ServerState) -> FastAPI:
         from .ui_routes import add_playground
 
         add_playground(app)
-    return RequestLog(BodyLimit(app, state.max_request_bytes))  # type: ignore[return-value]
+    return RequestLog(RequestGate(app, state))  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -501,18 +502,31 @@ async def _chain(
         yield item
 
 
-class BodyLimit:
-    """ASGI middleware: a request body over `limit` bytes gets a 413 before the app sees any of it, whether
+class RequestGate:
+    """ASGI middleware in front of the app: the API key of /v1/ requests is checked first (401 before any
+    of the body is read), then a body over the size limit gets a 413 before the app sees any of it, whether
     it says its Content-Length or arrives chunked (then it is read up to the limit, and replayed)."""
 
-    def __init__(self, app: Any, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app: FastAPI, state: ServerState):
+        self.app, self.state, self.limit = app, state, state.max_request_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD"):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = dict(scope.get("headers", [])).get(b"content-length")
+        headers = dict(scope.get("headers", []))
+        if scope.get("path", "").startswith("/v1/"):
+            try:
+                scope[CALLER_KEY] = check_api_key(
+                    self.state, headers.get(b"authorization", b"").decode("latin-1")
+                )
+            except ApiError as e:
+                await JSONResponse(e.body(), status_code=e.status)(scope, _disconnected, send)
+                return
+        if scope.get("method") in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
             await self._refuse(scope, send)
             return
@@ -553,7 +567,7 @@ class RequestLog:
     """ASGI middleware: a request id on every response and one structured log line per request
     (never the prompt or the answer)."""
 
-    def __init__(self, app: BodyLimit):
+    def __init__(self, app: RequestGate):
         self.app = app
         self.state: ServerState = app.app.state.server
 

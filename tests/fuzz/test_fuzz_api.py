@@ -1,0 +1,130 @@
+"""Fuzzing the HTTP API: schemathesis generates requests from the server's own OpenAPI document (/openapi.json)
+and sends them to a real `chatmodel serve` process (a tiny random model, so thousands of requests fit in CI).
+Every endpoint gets CHATMODEL_FUZZ_EXAMPLES requests (default 2,000; `make fuzz` sends more): schema-valid
+ones and, for request bodies, schema-violating ones too, with the right key, a wrong one or none. Any answer
+must be a 2xx of the right shape or an OpenAI-shaped 4xx; never a 5xx, a hang or a crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+
+from chatmodel_serving.launch import ServerProcess
+from tests.bench.soak import rss_mb
+from tests.fuzz.tiny_model import write_tiny_model
+
+EXAMPLES = int(os.environ.get("CHATMODEL_FUZZ_EXAMPLES", "2000"))
+KEY, MODEL = "fuzz-key-0123", "tiny"
+OPERATIONS = [
+    "POST /v1/chat/completions",
+    "POST /v1/completions",
+    "GET /v1/models",
+    "GET /health",
+    "GET /ready",
+    "GET /metrics",
+]
+PROTECTED = ("/v1/",)
+# Most requests carry the right key, so most reach the handlers; the rest must be refused with 401.
+AUTH = st.sampled_from(["right"] * 8 + ["none", "wrong"])
+# Noise schemathesis does not vary for operations without parameters: unknown query parameters.
+NOISE = st.dictionaries(st.text(min_size=1, max_size=8), st.text(max_size=16), max_size=3)
+RESULTS: dict[str, dict[str, Any]] = {}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    d = tmp_path_factory.mktemp("fuzz")
+    model = write_tiny_model(d / "tiny")
+    (d / "keys").write_text(f"{KEY}\n")
+    args = ["--model", str(model), "--served-model-name", MODEL, "--api-keys-file", str(d / "keys")]
+    args += ["--default-max-tokens", "8", "--dtype", "float32"]
+    with ServerProcess(args, log_path=d / "server.log") as srv:
+        yield srv
+        assert srv.proc is not None and srv.proc.poll() is None, "the server died"
+        (d / "fuzz-results.json").write_text(json.dumps(RESULTS, indent=2))
+        print("\nfuzz:", json.dumps(RESULTS))
+
+
+def check(operation: str, response: Any, auth: str, stream: bool) -> None:
+    """`response`: schemathesis' transport response (headers map to lists of values)."""
+    status = response.status_code
+    assert status < 500, f"{operation}: {status} {response.text[:300]}"
+    if auth != "right" and operation.split()[1].startswith(PROTECTED):
+        assert status == 401, f"{operation} without the right key: {status}"
+    if 400 <= status < 500:
+        error = response.json()["error"]
+        assert isinstance(error["message"], str) and error["message"], error
+        assert isinstance(error["type"], str) and "param" in error and "code" in error, error
+    elif operation.startswith("POST"):
+        if stream:
+            assert response.headers["content-type"][0].startswith("text/event-stream")
+            assert response.text.rstrip().endswith("data: [DONE]"), response.text[-200:]
+        else:
+            body = response.json()
+            assert body["choices"] and body["usage"]["completion_tokens"] >= 1, body
+
+
+def fuzz(server: ServerProcess, op: Any, operation: str, mode: GenerationMode, examples: int) -> Counter[int]:
+    statuses: Counter[int] = Counter()
+    headers = {"right": {"Authorization": f"Bearer {KEY}"}, "wrong": {"Authorization": "Bearer nope"}}
+
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=True,  # a fixed seed: CI fuzzes the same requests every run
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=op.as_strategy(generation_mode=mode), auth=AUTH, noise=NOISE)
+    def one(case: Any, auth: str, noise: dict[str, str]) -> None:
+        if mode is GenerationMode.POSITIVE and isinstance(case.body, dict):
+            case.body["model"] = MODEL  # a valid request names a served model; random names only 404
+        stream = isinstance(case.body, dict) and case.body.get("stream") is True
+        response = case.call(
+            base_url=server.base, headers=headers.get(auth, {}), params=noise or None, timeout=60
+        )
+        statuses[response.status_code] += 1
+        check(operation, response, auth, stream)
+
+    one()
+    return statuses
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_fuzz_endpoint(server: ServerProcess, operation: str) -> None:
+    schema = schemathesis.openapi.from_url(f"{server.base}/openapi.json")
+    ops = {f"{o.method.upper()} {o.path}": o for o in (r.ok() for r in schema.get_all_operations())}
+    op = ops[operation]
+    start = time.monotonic()
+    statuses: Counter[int] = Counter()
+    if operation.startswith("POST"):  # bodies: half schema-valid, half schema-violating
+        statuses += fuzz(server, op, operation, GenerationMode.POSITIVE, EXAMPLES // 2)
+        statuses += fuzz(server, op, operation, GenerationMode.NEGATIVE, EXAMPLES - EXAMPLES // 2)
+    else:
+        statuses += fuzz(server, op, operation, GenerationMode.POSITIVE, EXAMPLES)
+    sent = sum(statuses.values())
+    assert server.proc is not None
+    RESULTS[operation] = {
+        "requests": sent,
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "seconds": round(time.monotonic() - start, 1),
+        "server_rss_mb": round(rss_mb(server.proc.pid)),
+    }
+    assert sent >= EXAMPLES, RESULTS[operation]
+    assert not [s for s in statuses if s >= 500], RESULTS[operation]
+    assert httpx.get(f"{server.base}/ready").status_code == 200
+    if operation.startswith("POST"):
+        assert statuses[200] > EXAMPLES // 10, "too few valid requests reached the engine"
