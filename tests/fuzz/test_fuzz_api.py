@@ -1,8 +1,9 @@
-"""Fuzzing the HTTP API: schemathesis generates requests from the server's own OpenAPI document (/openapi.json)
-and sends them to a real `chatmodel serve` process (a tiny random model, so thousands of requests fit in CI).
-Every endpoint gets CHATMODEL_FUZZ_EXAMPLES requests (default 2,000; `make fuzz` sends more): schema-valid
-ones and, for request bodies, schema-violating ones too, with the right key, a wrong one or none. Any answer
-must be a 2xx of the right shape or an OpenAI-shaped 4xx; never a 5xx, a hang or a crash."""
+"""Fuzzing the HTTP API: schemathesis generates requests from the server's own OpenAPI document
+(/openapi.json) and sends them to a real `chatmodel serve` process (a tiny random model, so thousands of
+requests fit in CI). Every endpoint gets CHATMODEL_FUZZ_EXAMPLES requests (default 2,000; `make fuzz` sends
+more): schema-valid ones and, for request bodies, schema-violating ones too, with the right key, a wrong one
+or none. Any answer must be a 2xx of the right shape or an OpenAI-shaped 4xx; never a 5xx, a hang or a crash.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
