@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import kmock
@@ -14,6 +19,7 @@ import kopf
 
 from chatmodel_operator.config import Config
 from chatmodel_operator.main import build_registry
+from chatmodel_serving.launch import free_port
 
 VERBS = {"list", "watch", "get", "create", "patch", "update", "delete"}
 RESOURCES: dict[str, tuple[str, bool, set[str]]] = {
@@ -136,3 +142,32 @@ async def operator(emulator: Any, config: Config | None = None, server: str = ""
         stop.set()
         await asyncio.to_thread(thread.join, 15)
         assert not thread.is_alive(), "the operator did not stop"
+
+
+def operator_process(
+    emulator: Any, workdir: Path, log_name: str = "operator.log"
+) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
+    """The real entry point, `python -m chatmodel_operator`, as its own process: a kubeconfig login to the
+    emulator, metrics and liveness ports. Returns the process and its ports; the caller stops it."""
+    kubeconfig = workdir / "kubeconfig"
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "k", "cluster": {"server": str(emulator.url).rstrip("/")}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+        "current-context": "c",
+    }
+    kubeconfig.write_text(json.dumps(config))  # JSON is YAML
+    ports = {"metrics": free_port(), "health": free_port()}
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "operator"),
+        "KUBECONFIG": str(kubeconfig),
+        "CHATMODEL_METRICS_PORT": str(ports["metrics"]),
+        "CHATMODEL_HEALTH_PORT": str(ports["health"]),
+    }
+    with open(workdir / log_name, "ab") as log:
+        cmd = [sys.executable, "-m", "chatmodel_operator"]
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return proc, ports

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from operator_kmock import Cluster, declare, eventually, operator, path
+from operator_kmock import Cluster, declare, eventually, operator, operator_process, path
 from prometheus_client import REGISTRY
 
 from chatmodel_operator.spec import ChatModel, model_version
@@ -255,40 +250,16 @@ async def test_restart_mid_way_creates_no_duplicates(cluster: Cluster) -> None:
 async def test_python_m_chatmodel_operator_runs_the_operator(cluster: Cluster, tmp_path: Path) -> None:
     """The real entry point: kubeconfig login, metrics and liveness ports, then a ChatModel gets served."""
     c = cluster
-    kubeconfig = tmp_path / "kubeconfig"
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "k", "cluster": {"server": str(c.k.url).rstrip("/")}}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
-        "current-context": "c",
-    }
-    kubeconfig.write_text(json.dumps(config))  # JSON is YAML
-    metrics_port, health_port = free_port(), free_port()
-    env = {
-        "PATH": os.environ["PATH"],
-        "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "operator"),
-        "KUBECONFIG": str(kubeconfig),
-        "CHATMODEL_METRICS_PORT": str(metrics_port),
-        "CHATMODEL_HEALTH_PORT": str(health_port),
-    }
-    proc = subprocess.Popen([sys.executable, "-m", "chatmodel_operator"], env=env, stderr=subprocess.DEVNULL)
+    proc, ports = operator_process(c.k, tmp_path)
     try:
         v = version("cli", {})
         await c.create(CM, manifest("cli", {}))
         await eventually(lambda: c.get(path("apps/v1", "deployments", NS, f"cli-{v}")), timeout=30)
         async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://127.0.0.1:{health_port}/healthz") as resp:
+            async with http.get(f"http://127.0.0.1:{ports['health']}/healthz") as resp:
                 assert resp.status == 200
-            async with http.get(f"http://127.0.0.1:{metrics_port}/metrics") as resp:
+            async with http.get(f"http://127.0.0.1:{ports['metrics']}/metrics") as resp:
                 assert "chatmodel_operator_reconcile_duration_seconds" in await resp.text()
     finally:
         proc.terminate()
         proc.wait(20)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
