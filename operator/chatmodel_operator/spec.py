@@ -31,6 +31,10 @@ MODEL_SOURCE_PATTERN = r"^((builtin|hf|pvc|file)://.+|/.+)$"
 DATA_SOURCE_PATTERN = r"^((builtin|pvc|file)://.+|/.+)$"
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+# Printable ASCII but '=' (Kubernetes' relaxed environment variable names).
+ENV_NAME_PATTERN = r"^[!-<>-~]+$"
 
 Phase = Literal["Pending", "FineTuning", "Deploying", "Ready", "Failed", "Degraded"]
 PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]
@@ -144,7 +148,7 @@ class Toleration(_Model):
 class EnvVar(_Model):
     """An environment variable for the container."""
 
-    name: str = Field(min_length=1, max_length=253, description="Variable name.")
+    name: str = Field(min_length=1, max_length=253, pattern=ENV_NAME_PATTERN, description="Variable name.")
     value: str = Field("", description="Variable value.")
 
 
@@ -278,7 +282,12 @@ class Gateway(_Model):
     name: str = Field(
         pattern=NAME_PATTERN, max_length=253, description="The Gateway the HTTPRoute attaches to."
     )
-    namespace: str | None = Field(None, description="The Gateway's namespace; empty is the ChatModel's.")
+    namespace: str | None = Field(
+        None,
+        pattern=NAME_PATTERN,
+        max_length=63,
+        description="The Gateway's namespace; absent is the ChatModel's.",
+    )
     endpoint_picker: str = Field(
         pattern=NAME_PATTERN,
         max_length=253,
@@ -341,7 +350,13 @@ class SecretKeyRef(_Model):
     """A key of a Secret in the ChatModel's namespace."""
 
     name: str = Field(min_length=1, max_length=253, pattern=NAME_PATTERN, description="Secret name.")
-    key: str = Field("keys", min_length=1, description="Key holding the API keys, one per line.")
+    key: str = Field(
+        "keys",
+        min_length=1,
+        max_length=253,
+        pattern=SECRET_KEY_PATTERN,
+        description="Key holding the API keys, one per line.",
+    )
 
 
 class Quota(_Model):
@@ -448,7 +463,12 @@ class Storage(_Model):
     """The PersistentVolumeClaim holding fine-tuned artifacts (one folder per version)."""
 
     size: str = Field("10Gi", pattern=QUANTITY_PATTERN, description="Requested capacity.")
-    storage_class_name: str | None = Field(None, description="StorageClass; empty uses the cluster default.")
+    storage_class_name: str | None = Field(
+        None,
+        pattern=SUBDOMAIN_PATTERN,
+        max_length=253,
+        description="StorageClass; absent uses the cluster default.",
+    )
     access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"] = Field(
         "ReadWriteOnce", description="Use ReadWriteMany to spread serving replicas across nodes."
     )

@@ -427,7 +427,8 @@ def _with_seed(params: SamplingParams, i: int) -> SamplingParams:
     """The i-th of n choices: its own seed, so choices differ yet the whole answer is reproducible."""
     if i == 0 or params.seed is None:
         return params
-    return SamplingParams(**{**params.__dict__, "seed": params.seed + i})
+    seed = (params.seed + i + 2**63) % 2**64 - 2**63  # stays an int64 (Triton's seed tensor)
+    return SamplingParams(**{**params.__dict__, "seed": seed})
 
 
 async def _stream(

@@ -231,7 +231,7 @@ class Engine:
                 raise QueueFullError(f"{len(self._waiting)} requests are already waiting")
             gen = None
             if params.seed is not None:
-                gen = torch.Generator(device=self.device).manual_seed(params.seed)
+                gen = torch.Generator(device=self.device).manual_seed(params.seed % 2**64)  # any int64
             req = _Request(next(self._ids), prompt, params, sink, time.monotonic(), gen)
             self._waiting.append(req)
             self._lock.notify()

@@ -68,7 +68,7 @@ class SamplingFields(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # int64, as OpenAI's
     presence_penalty: float | None = Field(None, ge=0, le=0)  # only 0 is honoured
     frequency_penalty: float | None = Field(None, ge=0, le=0)
     logprobs: Literal[False] | None = None

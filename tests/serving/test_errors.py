@@ -33,6 +33,13 @@ CASES = [
         400,
         "temperature",
     ),
+    (
+        "seed beyond int64 (found by the fuzzer: was a 500)",
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": MSG, "seed": 2**70},
+        400,
+        "seed",
+    ),
     ("empty messages", "/v1/chat/completions", {"model": MODEL, "messages": []}, 400, "messages"),
     ("missing messages", "/v1/chat/completions", {"model": MODEL}, 400, "messages"),
     (
@@ -159,9 +166,19 @@ def test_streaming_errors_are_reported_before_the_stream(http: httpx.Client) -> 
     check_error(r, 404, "model")
 
 
-@pytest.mark.parametrize("sampling", [{"top_p": 5e-324}, {"temperature": 1e-300}, {"top_p": 1e-5, "n": 3}])
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        {"top_p": 5e-324},
+        {"temperature": 1e-300},
+        {"top_p": 1e-5, "n": 3},
+        {"seed": 2**63 - 1, "n": 2},
+        {"seed": -(2**63)},
+    ],
+)
 def test_extreme_sampling_values_still_answer(http: httpx.Client, sampling: dict[str, float]) -> None:
-    """Found by the fuzzer: a denormal top_p kept no token, a ~0 temperature overflowed the softmax."""
+    """Found by the fuzzer: a denormal top_p kept no token, a ~0 temperature overflowed the softmax, an
+    int64 seed overflowed (the engine's generator takes uint64; choice i's seed is seed + i)."""
     r = http.post("/v1/chat/completions", json={"model": MODEL, "messages": MSG, "max_tokens": 3, **sampling})
     assert r.status_code == 200, r.text
     assert all(c["message"]["content"] for c in r.json()["choices"])
