@@ -121,10 +121,15 @@ def chat_prompt(served: ServedModel, req: ChatCompletionRequest) -> list[int]:
 def completion_prompts(served: ServedModel, req: CompletionRequest) -> list[list[int]]:
     p = req.prompt
     tokenizer = served.loaded.tokenizer
+
+    def encode(text: str) -> list[int]:
+        # Text can encode to no token at all (found by the fuzzer): start from end-of-text then.
+        return tokenizer.encode(text, add_special_tokens=False) or [tokenizer.eos_token_id]
+
     if isinstance(p, str):
-        return [tokenizer.encode(p, add_special_tokens=False) or [tokenizer.eos_token_id]]
+        return [encode(p)]
     if all(isinstance(x, str) for x in p):
-        return [tokenizer.encode(s, add_special_tokens=False) for s in p]  # type: ignore[arg-type]
+        return [encode(s) for s in p]  # type: ignore[arg-type]
     prompts: list[list[int]] = [p] if all(isinstance(x, int) for x in p) else p  # type: ignore[list-item,assignment]
     vocab = served.loaded.model.config.vocab_size
     for ids in prompts:
@@ -175,6 +180,11 @@ async def generate(
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
     engine, m, name = served.engine, state.metrics, served.name
+    if len(jobs) > engine.queue_limit:  # it would never fit: a 429 would ask for retries in vain
+        message = (
+            f"this request asks for {len(jobs)} sequences (prompts x n); at most {engine.queue_limit} fit"
+        )
+        raise ApiError(400, message, param="n")
     ids: dict[int, int] = {}
     start = time.monotonic()
     try:
@@ -356,7 +366,26 @@ def create_app(state: ServerState) -> FastAPI:
         from .ui_routes import add_playground
 
         add_playground(app)
+    _document_token_ids(app, state)
     return RequestLog(RequestGate(app, state))  # type: ignore[return-value]
+
+
+def _document_token_ids(app: FastAPI, state: ServerState) -> None:
+    """/openapi.json says which token ids this server's models accept (the request model cannot know)."""
+    vocab = min((m.loaded.model.config.vocab_size for m in state.models.values()), default=None)
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        doc = build()
+        prompt = doc["components"]["schemas"]["CompletionRequest"]["properties"]["prompt"]
+        for option in prompt["anyOf"]:
+            items = option.get("items", {})
+            ids = items.get("items", items)  # a list of ids, or a list of lists of ids
+            if vocab and ids.get("type") == "integer":
+                ids["maximum"] = vocab - 1
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 @dataclass(frozen=True)

@@ -200,6 +200,7 @@ class Engine:
         self.context_length = loaded.context_length
         self.max_batch_size = max_batch_size
         self.max_waiting = max_waiting_requests
+        self.queue_limit = max_waiting_requests  # the most sequences one request can ever have queued
         self.max_prefill_tokens = max_prefill_tokens
         self.max_kv_tokens = max_kv_tokens
         self.eos_ids = self._eos_ids()

@@ -176,3 +176,20 @@ def test_bodies_over_the_limit_are_refused_whole_or_chunked(tls_server: tuple[Se
         assert chunked.status_code == 413 and chunked.json()["error"]["code"] == "body_too_large"
         small = b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}'
         assert http.post(f"{srv.url}/chat/completions", content=iter([small])).status_code == 200
+
+
+def test_keys_prompts_and_answers_stay_out_of_the_logs(tls_server: tuple[ServerProcess, Path]) -> None:
+    srv, ca = tls_server
+    prompt, wrong_key = "Tell me about the zebra-quartz-5519 project.", "sk-wrong-3318-do-not-log"
+    answer = client(srv, ca, FREE_KEY).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=16, temperature=0
+    )
+    text = answer.choices[0].message.content or ""
+    with pytest.raises(openai.AuthenticationError):
+        ask(client(srv, ca, wrong_key))
+    assert srv.log_path is not None
+    log = srv.log_path.read_text()
+    assert '"status": 401' in log and '"status": 200' in log  # the requests were logged...
+    for secret in (RPM_KEY, TPM_KEY, FREE_KEY, wrong_key, "zebra-quartz-5519"):
+        assert secret not in log, secret  # ...without a key, the prompt
+    assert len(text.strip()) >= 12 and text.strip() not in log  # or the answer

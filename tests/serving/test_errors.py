@@ -182,3 +182,19 @@ def test_extreme_sampling_values_still_answer(http: httpx.Client, sampling: dict
     r = http.post("/v1/chat/completions", json={"model": MODEL, "messages": MSG, "max_tokens": 3, **sampling})
     assert r.status_code == 200, r.text
     assert all(c["message"]["content"] for c in r.json()["choices"])
+
+
+def test_prompts_that_encode_to_no_token_still_answer(http: httpx.Client) -> None:
+    """Found by the fuzzer: some control characters encode to no token at all; in a list of prompts that
+    reached the engine as an empty prompt (a 500)."""
+    for prompt in ("\x04", ["\x04\x06", "Hi"]):
+        r = http.post("/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 2})
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["prompt_tokens"] >= 1
+
+
+def test_a_request_larger_than_the_queue_is_a_400_not_a_429(http: httpx.Client) -> None:
+    """Found by the fuzzer: prompts x n beyond the queue's bound got 429 "retry shortly", forever."""
+    r = http.post("/v1/completions", json={"model": MODEL, "prompt": ["a"] * 9, "n": 16, "max_tokens": 1})
+    check_error(r, 400, "n")
+    assert "144 sequences" in r.json()["error"]["message"]

@@ -105,6 +105,7 @@ class _Flight:
 class TritonBackend:
     def __init__(self, grpc_url: str, model: str, max_in_flight: int = 96, kv_capacity: int = 131072):
         self.grpc_url, self.model, self.max_in_flight = grpc_url, model, max_in_flight
+        self.queue_limit = max_in_flight  # as Engine.queue_limit
         self.kv_capacity = kv_capacity  # the engine's budget behind Triton (same flag on both sides)
         self._client: aioclient.InferenceServerClient | None = None  # made in the serving loop
         self._flights: dict[int, _Flight] = {}
