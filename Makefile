@@ -94,6 +94,7 @@ bench-train: install
 # The API fuzz of `make test` (2,000 requests per endpoint) with ten times the requests.
 fuzz: install
 	CHATMODEL_FUZZ_EXAMPLES=20000 $(PY) -m pytest -q -s tests/fuzz
+	CHATMODEL_PROPERTY_EXAMPLES=3000 $(PY) -m pytest -q tests/operator/test_operator_properties.py
 
 # The bounded load script at scale: 2,000 requests from 16 clients on loopback; every one answered, RSS flat.
 soak: install

@@ -247,6 +247,30 @@ def _rollout_condition(
     return (ok, reason, message), event
 
 
+def _with_unrecorded(
+    cm: ChatModel,
+    prev: ChatModelStatus,
+    jobs: dict[str, JobObs],
+    deployments: dict[str, DeploymentObs],
+    target: str,
+) -> ChatModelStatus:
+    """Versions whose Job or Deployment exists but that the status does not list (the operator stopped
+    after creating them and before its status write landed) join the history as its oldest entries, so
+    that only the history limit, never a lost status write, retires a version and prunes its artifacts."""
+    known = {v.name for v in prev.versions} | {target}
+    lost = [
+        VersionStatus(
+            name=v,
+            base_model=cm.spec.base_model.source,
+            state="Retired",
+            fine_tuned=v in jobs,
+            message="recovered from its Job or Deployment: the status that listed it was lost",
+        )
+        for v in sorted({*jobs, *deployments} - known)
+    ]
+    return prev.model_copy(update={"versions": [*prev.versions, *lost]}) if lost else prev
+
+
 def plan(
     cm: ChatModel,
     jobs: dict[str, JobObs],
@@ -256,11 +280,11 @@ def plan(
     generation: int | None = None,
     live: LiveFigures | None = None,
 ) -> Plan:
-    prev = cm.status or ChatModelStatus()
-    records = {v.name: v for v in prev.versions}
     spec_version = model_version(cm.spec)
     pin = cm.spec.rollout.pin_version
     target = pin or spec_version
+    prev = _with_unrecorded(cm, cm.status or ChatModelStatus(), jobs, deployments, target)
+    records = {v.name: v for v in prev.versions}
     record = records.get(target)
     stable = (
         prev.active_version if prev.active_version in deployments and prev.active_version != target else None

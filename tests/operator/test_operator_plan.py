@@ -168,3 +168,23 @@ def test_prometheus_features_without_a_prometheus_url_fail_naming_the_setting() 
         # The same spec goes on once the operator knows where Prometheus is.
         ok = run(cm(spec), config=PROM)
         assert ok.phase != "Failed" and any(o["kind"] == "Deployment" for o in ok.apply)
+
+
+def test_a_version_the_status_lost_stays_in_the_history() -> None:
+    """Found by the chaos test: the operator created v1's Job, stopped before its status write landed, and
+    the spec moved on to v2; v1's Job and artifacts must not be pruned as if v1 had left the history."""
+    spec = {"fineTune": FT, "rollout": {"historyLimit": 2}}
+    v2 = model_version(cm(spec).spec)
+    p = run(cm(spec, {"versions": []}), [done("v1", "{}")])
+    assert [x["name"] for x in p.status["versions"]] == [v2, "v1"]
+    lost = p.status["versions"][1]
+    assert lost["state"] == "Retired" and lost["fineTuned"] and "recovered" in lost["message"]
+    assert not [r for r in p.delete if r.kind == "Job"]
+    assert not [o for o in p.create_only if o["metadata"]["name"].endswith("-prune")]
+    # Beyond the limit it goes the normal way: Job deleted, artifacts pruned.
+    p = run(cm(spec, {"versions": [{"name": "a", "baseModel": "b", "state": "Retired"}]}), [done("v1", "{}")])
+    assert [x["name"] for x in p.status["versions"]] == [v2, "a"]
+    assert {r.name for r in p.delete if r.kind == "Job"} == {"x-v1-train"}
+    assert [o["metadata"]["name"] for o in p.create_only if o["metadata"]["name"].endswith("-prune")] == [
+        "x-v1-prune"
+    ]
