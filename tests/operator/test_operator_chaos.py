@@ -19,16 +19,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pytest
-from operator_kmock import Cluster, declare, eventually, operator_process, path
+from operator_kmock import Cluster, eventually, operator_process, path
+from test_operator_lifecycle import CM, FINE_TUNE, NS, finish_job, manifest, version
 
-from chatmodel_operator.spec import ChatModel, model_version
-
-NS = "team"
-CM = path("chatmodel.dev/v1alpha1", "chatmodels", NS)
 ROUNDS = 20
 SEED = 20261201
-FINE_TUNE = {"fineTune": {"dataset": {"source": "pvc://data/train.jsonl"}, "method": "full"}}
 SPECS: dict[str, dict[str, Any]] = {
     "base": {},
     "tuned": FINE_TUNE,
@@ -44,30 +39,11 @@ CHANGES: dict[int, tuple[str, dict[str, Any]]] = {
 WATCHED = ("jobs", "deployments", "services", "persistentvolumeclaims", "poddisruptionbudgets")
 
 
-@pytest.fixture
-def cluster(kmock: Any) -> Cluster:
-    declare(kmock)
-    return Cluster(kmock)
-
-
-def manifest(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "chatmodel.dev/v1alpha1",
-        "kind": "ChatModel",
-        "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": 1},
-        "spec": spec,
-    }
-
-
 def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in patch.items():
         out[k] = merge(out.get(k) or {}, v) if isinstance(v, dict) else v
     return out
-
-
-def version(name: str, spec: dict[str, Any]) -> str:
-    return model_version(ChatModel.model_validate(manifest(name, spec)).spec)
 
 
 class World:
@@ -98,24 +74,9 @@ class World:
                 await self.c.patch(url, {"status": {"replicas": want, "readyReplicas": want}})
 
     async def finish(self, name: str, job: dict[str, Any]) -> None:
-        if "/artifacts" in json.dumps(job) and name.endswith("-train"):
-            message = json.dumps({"eval_loss": 0.9, "eval_loss_before": 1.7})
-        else:
-            message = "{}"  # the artifact-prune Job
-        term = {"exitCode": 0, "message": message, "finishedAt": "2026-01-01T00:00:00Z"}
-        pod = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": f"{name}-pod",
-                "namespace": NS,
-                "labels": {"batch.kubernetes.io/job-name": name},
-            },
-            "status": {"containerStatuses": [{"name": "trainer", "state": {"terminated": term}}]},
-        }
-        await self.c.create(path("v1", "pods", NS), pod)
-        status = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
-        await self.c.patch(path("batch/v1", "jobs", NS, name, "status"), {"status": status})
+        trained = name.endswith("-train")  # else the artifact-prune Job
+        message = json.dumps({"eval_loss": 0.9, "eval_loss_before": 1.7}) if trained else "{}"
+        await finish_job(self.c, name, ok=True, message=message)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

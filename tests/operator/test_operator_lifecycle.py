@@ -6,20 +6,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
-from operator_kmock import Cluster, declare, eventually, operator, operator_process, path
+from operator_kmock import Cluster, eventually, operator, operator_process, path
 from prometheus_client import REGISTRY
 
 from chatmodel_operator.spec import ChatModel, model_version
 
 NS = "team"
 CM = path("chatmodel.dev/v1alpha1", "chatmodels", NS)
-
-
-@pytest.fixture
-def cluster(kmock: Any) -> Cluster:
-    declare(kmock)
-    return Cluster(kmock)
 
 
 def manifest(name: str, spec: dict[str, Any]) -> dict[str, Any]:

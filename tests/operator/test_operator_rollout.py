@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from operator_kmock import Cluster, declare, eventually, operator, path
+from operator_kmock import Cluster, eventually, operator, path
 from operator_prom import prometheus
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from test_operator_lifecycle import (
@@ -25,23 +25,13 @@ from test_operator_lifecycle import (
     phase_is,
     status,
 )
+from test_operator_lifecycle import version as version_of
 
 from chatmodel_operator.config import Config
-from chatmodel_operator.spec import ChatModel, model_version
 from chatmodel_serving.launch import free_port
 
 FAST = Config(rollout_check_seconds=0.3)
 OTHER_BASE = {"baseModel": {"source": "hf://org/other-model"}}
-
-
-@pytest.fixture
-def cluster(kmock: Any) -> Cluster:
-    declare(kmock)
-    return Cluster(kmock)
-
-
-def version_of(name: str, spec: dict[str, Any]) -> str:
-    return model_version(ChatModel.model_validate(manifest(name, spec)).spec)
 
 
 def dep(name: str, v: str) -> str:

@@ -12,6 +12,8 @@ import openai
 
 from chatmodel_serving.launch import ServerProcess
 
+from .streams import stream_story
+
 MODEL = "smollm2-135m"
 
 
@@ -22,25 +24,9 @@ def test_sigterm_drains_in_flight_requests(tmp_path) -> None:
         first_chunk = threading.Barrier(5)
         results: list[tuple[str, str | None]] = []
 
-        def stream(i: int) -> None:
-            parts, reason, seen = [], None, False
-            for c in client.chat.completions.create(
-                model=MODEL,
-                messages=[{"role": "user", "content": f"Tell a long story, part {i}."}],
-                max_tokens=48,
-                temperature=0,
-                stream=True,
-                extra_body={"ignore_eos": True},
-            ):
-                if c.choices:
-                    parts.append(c.choices[0].delta.content or "")
-                    reason = c.choices[0].finish_reason or reason
-                    if not seen:
-                        seen = True
-                        first_chunk.wait()
-            results.append(("".join(parts), reason))
-
-        threads = [threading.Thread(target=stream, args=(i,)) for i in range(4)]
+        threads = [
+            threading.Thread(target=stream_story, args=(client, i, first_chunk, results)) for i in range(4)
+        ]
         for t in threads:
             t.start()
         first_chunk.wait(timeout=120)  # all 4 are streaming

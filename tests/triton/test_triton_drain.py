@@ -13,28 +13,10 @@ import httpx
 import openai
 
 from chatmodel_serving.triton.server import triton_front
+from tests.serving.streams import stream_story
 
 MODEL = "smollm2-135m"
 STREAMS = 4
-
-
-def _stream(client: openai.OpenAI, i: int, started: threading.Barrier, results: list) -> None:
-    parts, reason, seen = [], None, False
-    for c in client.chat.completions.create(
-        model=MODEL,
-        messages=[{"role": "user", "content": f"Tell a long story, part {i}."}],
-        max_tokens=48,
-        temperature=0,
-        stream=True,
-        extra_body={"ignore_eos": True},
-    ):
-        if c.choices:
-            parts.append(c.choices[0].delta.content or "")
-            reason = c.choices[0].finish_reason or reason
-            if not seen:
-                seen = True
-                started.wait()
-    results.append(("".join(parts), reason))
 
 
 def test_sigterm_to_the_triton_runtime_finishes_streams_and_drops_readiness_first(tmp_path: Path) -> None:
@@ -43,7 +25,7 @@ def test_sigterm_to_the_triton_runtime_finishes_streams_and_drops_readiness_firs
         started = threading.Barrier(STREAMS + 1)
         results: list[tuple[str, str | None]] = []
         threads = [
-            threading.Thread(target=_stream, args=(client, i, started, results)) for i in range(STREAMS)
+            threading.Thread(target=stream_story, args=(client, i, started, results)) for i in range(STREAMS)
         ]
         for t in threads:
             t.start()
