@@ -27,7 +27,15 @@ from starlette.types import Message, Receive, Scope, Send
 from .engine import Engine, EngineStoppedError, Event, QueueFullError, SamplingParams
 from .metrics import ServingMetrics
 from .models import LoadedModel
-from .protocol import ApiError, ChatCompletionRequest, CompletionRequest, SamplingFields, new_id, now
+from .protocol import (
+    ApiError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    SamplingFields,
+    invalid_request,
+    new_id,
+    now,
+)
 from .quota import ANONYMOUS, Limits, Quotas
 
 log = logging.getLogger("chatmodel.api")
@@ -266,16 +274,8 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        err: dict[str, Any] = dict(exc.errors()[0]) if exc.errors() else {"loc": (), "msg": "invalid request"}
-        if err.get("type") == "json_invalid":
-            e = ApiError(400, f"the body is not valid JSON: {err.get('ctx', {}).get('error', '')}".strip())
-        else:
-            loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-            # Drop pydantic's union-branch names so the field path reads like the JSON.
-            loc = [p for p in loc if not p.startswith(("str", "list[", "int", "float", "bool", "function-"))]
-            param = ".".join(loc) or None
-            e = ApiError(400, f"{param or 'body'}: {err.get('msg', 'invalid value')}", param=param)
-        return JSONResponse(e.body(), status_code=400)
+        e = invalid_request(exc.errors())
+        return JSONResponse(e.body(), status_code=e.status)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 MAX_N = 16
 MAX_STOPS = 4
@@ -69,6 +70,22 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
+def _union_tag(part: str) -> bool:
+    return part in ("str", "int", "float", "bool", "none") or "[" in part or part.startswith("constrained-")
+
+
+def invalid_request(errors: Sequence[Any]) -> ApiError:
+    """A 400 naming the first field pydantic refused, as a JSON path (`messages.0.content`)."""
+    err: dict[str, Any] = dict(errors[0]) if errors else {"loc": (), "msg": "invalid request"}
+    if err.get("type") == "json_invalid":
+        return ApiError(400, f"the body is not valid JSON: {err.get('ctx', {}).get('error', '')}".strip())
+    # Drop pydantic's union-branch tags (`str`, `list[int]`, `function-after[...]`) so that the path reads
+    # like the JSON; a field whose name merely starts like one (`stream`) stays.
+    loc = [str(p) for p in err.get("loc", ()) if p != "body" and not _union_tag(str(p))]
+    param = ".".join(loc) or None
+    return ApiError(400, f"{param or 'body'}: {err.get('msg', 'invalid value')}", param=param)
+
+
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
@@ -120,13 +137,20 @@ class ChatCompletionRequest(SamplingFields):
     response_format: dict[str, Any] | None = None
     tools: list[Any] | None = None
 
-    @model_validator(mode="after")
-    def _unsupported(self) -> ChatCompletionRequest:
-        if self.response_format and self.response_format.get("type", "text") != "text":
+    # Field validators, so that the 400 names the field.
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v and v.get("type", "text") != "text":
             raise ValueError("response_format other than text is not supported")
-        if self.tools:
+        return v
+
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, v: list[Any] | None) -> list[Any] | None:
+        if v:
             raise ValueError("tools are not supported by this model server")
-        return self
+        return v
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens

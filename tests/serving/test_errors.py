@@ -83,7 +83,21 @@ CASES = [
         "/v1/chat/completions",
         {"model": MODEL, "messages": MSG, "tools": [{"type": "x"}]},
         400,
-        None,
+        "tools",
+    ),
+    (
+        "a field named like a type (found by hypothesis: the param was lost)",
+        "/v1/completions",
+        {"model": MODEL, "prompt": "x", "stream": -1},
+        400,
+        "stream",
+    ),
+    (
+        "json mode unsupported",
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": MSG, "response_format": {"type": "json_object"}},
+        400,
+        "response_format",
     ),
     (
         "logprobs unsupported",
