@@ -3,15 +3,19 @@
 requests fit in CI). Every endpoint gets CHATMODEL_FUZZ_EXAMPLES requests (default 2,000; `make fuzz` sends
 more): schema-valid ones and, for request bodies, schema-violating ones too, with the right key, a wrong one
 or none. Any answer must be a 2xx of the right shape or an OpenAI-shaped 4xx; never a 5xx, a hang or a crash.
+The Triton runtime (tritonserver + our front on the same tiny model) gets its POST endpoints fuzzed too.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import os
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,8 +28,12 @@ from schemathesis import GenerationMode
 from chatmodel_serving.launch import ServerProcess
 from tests.bench.soak import rss_mb
 from tests.fuzz.tiny_model import write_tiny_model
+from tests.tools import missing
 
 EXAMPLES = int(os.environ.get("CHATMODEL_FUZZ_EXAMPLES", "2000"))
+# The Triton runtime shares the API front; its request bodies go on to another backend, so only they are
+# fuzzed there, with an eighth of the requests (tritonserver answers several times slower here).
+TRITON_EXAMPLES = EXAMPLES // 8
 # Both by default; one of them to reproduce a failure found in the other half faster.
 MODES = os.environ.get("CHATMODEL_FUZZ_MODES", "positive,negative")
 KEY, MODEL = "fuzz-key-0123", "tiny"
@@ -37,6 +45,7 @@ OPERATIONS = [
     "GET /ready",
     "GET /metrics",
 ]
+POSTS = [op for op in OPERATIONS if op.startswith("POST")]
 PROTECTED = ("/v1/",)
 # Most requests carry the right key, so most reach the handlers; the rest must be refused with 401.
 AUTH = st.sampled_from(["right"] * 8 + ["none", "wrong"])
@@ -45,18 +54,40 @@ NOISE = st.dictionaries(st.text(min_size=1, max_size=8), st.text(max_size=16), m
 RESULTS: dict[str, dict[str, Any]] = {}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    d = tmp_path_factory.mktemp("fuzz")
-    model = write_tiny_model(d / "tiny")
+@contextlib.contextmanager
+def serving(runtime: str, d: Path) -> Iterator[ServerProcess]:
+    model = write_tiny_model(d / MODEL)
     (d / "keys").write_text(f"{KEY}\n")
-    args = ["--model", str(model), "--served-model-name", MODEL, "--api-keys-file", str(d / "keys")]
-    args += ["--default-max-tokens", "8", "--dtype", "float32"]
-    with ServerProcess(args, log_path=d / "server.log") as srv:
+    args = ["--served-model-name", MODEL, "--api-keys-file", str(d / "keys"), "--default-max-tokens", "8"]
+    if runtime == "triton":
+        if importlib.util.find_spec("pytriton") is None:
+            missing("tritonserver", "make install")  # it comes with the triton extra
+        from chatmodel_serving.triton.server import triton_front
+
+        with triton_front(d, args, model=str(model), dtype="float32") as (tritonserver, srv):
+            yield srv
+            assert tritonserver.proc is not None and tritonserver.proc.poll() is None, "tritonserver died"
+            assert srv.proc is not None and srv.proc.poll() is None, "the front died"
+    else:
+        args += ["--model", str(model), "--dtype", "float32"]
+        with ServerProcess(args, log_path=d / "server.log") as srv:
+            yield srv
+            assert srv.proc is not None and srv.proc.poll() is None, "the server died"
+    ours = {k: v for k, v in RESULTS.items() if k.startswith(runtime)}
+    (d / "fuzz-results.json").write_text(json.dumps(ours, indent=2))
+    print(f"\nfuzz ({runtime}):", json.dumps(ours))
+
+
+@pytest.fixture(scope="module")
+def pytorch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with serving("pytorch", tmp_path_factory.mktemp("fuzz-pytorch")) as srv:
         yield srv
-        assert srv.proc is not None and srv.proc.poll() is None, "the server died"
-        (d / "fuzz-results.json").write_text(json.dumps(RESULTS, indent=2))
-        print("\nfuzz:", json.dumps(RESULTS))
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with serving("triton", tmp_path_factory.mktemp("fuzz-triton")) as srv:
+        yield srv
 
 
 def check(operation: str, response: Any, auth: str, stream: bool) -> None:
@@ -97,7 +128,11 @@ def fuzz(server: ServerProcess, op: Any, operation: str, mode: GenerationMode, e
             case.body["model"] = MODEL  # a valid request names a served model; random names only 404
         stream = isinstance(case.body, dict) and case.body.get("stream") is True
         response = case.call(
-            base_url=server.base, headers=headers.get(auth, {}), params=noise or None, timeout=60
+            # Long: schemathesis stops reading a stream at the timeout (n x max_tokens on a slow runtime).
+            base_url=server.base,
+            headers=headers.get(auth, {}),
+            params=noise or None,
+            timeout=300,
         )
         statuses[response.status_code] += 1
         try:
@@ -110,7 +145,16 @@ def fuzz(server: ServerProcess, op: Any, operation: str, mode: GenerationMode, e
 
 
 @pytest.mark.parametrize("operation", OPERATIONS)
-def test_fuzz_endpoint(server: ServerProcess, operation: str) -> None:
+def test_fuzz_endpoint(pytorch: ServerProcess, operation: str) -> None:
+    fuzz_endpoint(pytorch, "pytorch", operation, EXAMPLES)
+
+
+@pytest.mark.parametrize("operation", POSTS)
+def test_fuzz_triton_endpoint(triton: ServerProcess, operation: str) -> None:
+    fuzz_endpoint(triton, "triton", operation, TRITON_EXAMPLES)
+
+
+def fuzz_endpoint(server: ServerProcess, runtime: str, operation: str, examples: int) -> None:
     schema = schemathesis.openapi.from_url(f"{server.base}/openapi.json")
     # Read whole streams (schemathesis stops after 20 events by default): n choices x tokens can be more.
     schema.config.max_stream_events = 100_000
@@ -120,21 +164,21 @@ def test_fuzz_endpoint(server: ServerProcess, operation: str) -> None:
     statuses: Counter[int] = Counter()
     if operation.startswith("POST"):  # bodies: half schema-valid, half schema-violating
         if "positive" in MODES:
-            statuses += fuzz(server, op, operation, GenerationMode.POSITIVE, EXAMPLES // 2)
+            statuses += fuzz(server, op, operation, GenerationMode.POSITIVE, examples // 2)
         if "negative" in MODES:
-            statuses += fuzz(server, op, operation, GenerationMode.NEGATIVE, EXAMPLES - EXAMPLES // 2)
+            statuses += fuzz(server, op, operation, GenerationMode.NEGATIVE, examples - examples // 2)
     else:
-        statuses += fuzz(server, op, operation, GenerationMode.POSITIVE, EXAMPLES)
+        statuses += fuzz(server, op, operation, GenerationMode.POSITIVE, examples)
     sent = sum(statuses.values())
     assert server.proc is not None
-    RESULTS[operation] = {
+    RESULTS[f"{runtime} {operation}"] = result = {
         "requests": sent,
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "seconds": round(time.monotonic() - start, 1),
         "server_rss_mb": round(rss_mb(server.proc.pid)),
     }
-    assert sent >= EXAMPLES, RESULTS[operation]
-    assert not [s for s in statuses if s >= 500], RESULTS[operation]
+    assert sent >= examples, result
+    assert not [s for s in statuses if s >= 500], result
     assert httpx.get(f"{server.base}/ready").status_code == 200
     if operation.startswith("POST"):
-        assert statuses[200] > EXAMPLES // 10, "too few valid requests reached the engine"
+        assert statuses[200] > examples // 10, "too few valid requests reached the engine"
