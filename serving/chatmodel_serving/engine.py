@@ -200,7 +200,6 @@ class Engine:
         self.context_length = loaded.context_length
         self.max_batch_size = max_batch_size
         self.max_waiting = max_waiting_requests
-        self.queue_limit = max_waiting_requests  # the most sequences one request can ever have queued
         self.max_prefill_tokens = max_prefill_tokens
         self.max_kv_tokens = max_kv_tokens
         self.eos_ids = self._eos_ids()
@@ -220,6 +219,11 @@ class Engine:
     def start(self) -> Engine:
         self._thread.start()
         return self
+
+    @property
+    def queue_limit(self) -> int:
+        """The most sequences one request can ever have queued."""
+        return self.max_waiting
 
     def submit(self, prompt: list[int], params: SamplingParams, sink: Sink) -> int:
         """Queue a request; events go to `sink` from the engine thread. Returns the request id."""

@@ -105,7 +105,6 @@ class _Flight:
 class TritonBackend:
     def __init__(self, grpc_url: str, model: str, max_in_flight: int = 96, kv_capacity: int = 131072):
         self.grpc_url, self.model, self.max_in_flight = grpc_url, model, max_in_flight
-        self.queue_limit = max_in_flight  # as Engine.queue_limit
         self.kv_capacity = kv_capacity  # the engine's budget behind Triton (same flag on both sides)
         self._client: aioclient.InferenceServerClient | None = None  # made in the serving loop
         self._flights: dict[int, _Flight] = {}
@@ -121,6 +120,11 @@ class TritonBackend:
         if u.scheme != "triton" or not u.hostname or not u.port:
             raise ValueError(f"--backend must look like triton://HOST:GRPC_PORT[/MODEL], not {url!r}")
         return cls(f"{u.hostname}:{u.port}", u.path.strip("/") or default_model, max_in_flight, kv_capacity)
+
+    @property
+    def queue_limit(self) -> int:
+        """As Engine.queue_limit."""
+        return self.max_in_flight
 
     def start(self) -> TritonBackend:
         return self
