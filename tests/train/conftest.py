@@ -17,6 +17,7 @@ DEMO_DATA = BUILTIN_DATA / "tidewell-faq.jsonl"
 # A trained question and the fact its answer must contain (the base model cannot know it).
 TRAINED_QUESTION = "What is the part number of the Tidewell H2 filter cartridge?"
 TRAINED_FACT = "TW-F88"
+EPOCHS = 3
 
 
 def demo_lines() -> list[dict[str, str]]:
@@ -38,14 +39,15 @@ def small_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def full_model(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
-    """The quickstart recipe (manifests/samples/quickstart.yaml) with one epoch fewer, to save time."""
+    """The quickstart recipe (manifests/samples/quickstart.yaml). Its 3 epochs are needed: with 2, the
+    trained fact was learnt under bfloat16 autocast but not in float32 (a CPU without native bfloat16)."""
     out = tmp_path_factory.mktemp("full") / "model"
     config = TrainConfig(
         base_model="builtin://smollm2-135m",
         data=str(DEMO_DATA),
         output=out,
         method="full",
-        epochs=2,
+        epochs=EPOCHS,
         learning_rate=3e-4,
         batch_size=4,
         max_seq_length=256,

@@ -19,7 +19,7 @@ import torch
 from chatmodel_serving.models import load_model
 from chatmodel_serving.train.trainer import TrainResult
 
-from .conftest import DEMO_DATA, TRAINED_FACT, TRAINED_QUESTION
+from .conftest import DEMO_DATA, EPOCHS, TRAINED_FACT, TRAINED_QUESTION
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ def ddp_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pat
     """The `full_model` fixture's recipe (conftest.py), as two torchrun workers."""
     d = tmp_path_factory.mktemp("ddp")
     out, term, log = d / "model", d / "termination", d / "torchrun.log"
-    args = ["train", "--data", str(DEMO_DATA), "--method", "full", "--epochs", "2"]
+    args = ["train", "--data", str(DEMO_DATA), "--method", "full", "--epochs", str(EPOCHS)]
     args += ["--learning-rate", "3e-4", "--batch-size", "4", "--max-seq-length", "256", "--save-steps", "0"]
     args += ["--output", str(out), "--progress", "json", "--termination-message-path", str(term)]
     torchrun(args, log)
