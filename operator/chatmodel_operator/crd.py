@@ -83,14 +83,25 @@ def _constraints(field: FieldInfo) -> dict[str, Any]:
     return out
 
 
+def _without_empty(value: dict[str, Any]) -> dict[str, Any]:
+    """Nested defaults minus empty lists and maps, which the CRD leaves absent elsewhere too."""
+    out = {}
+    for k, v in value.items():
+        if isinstance(v, dict) and v:
+            v = _without_empty(v)
+        if v not in ({}, []):
+            out[k] = v
+    return out
+
+
 def _default(field: FieldInfo, schema: dict[str, Any]) -> Any:
-    """The CRD default, or None. Object defaults are {} so the API server fills in the nested defaults."""
+    """The CRD default, or None. An object's default is written out whole: the API server validates a
+    default (CEL rules included) as it stands, without filling in the defaults nested inside it, so
+    `default: {}` on an object whose rules read its fields is refused ("no such key")."""
     if field.default_factory is not None:
         made = field.default_factory()  # type: ignore[call-arg]
         if isinstance(made, BaseModel):
-            # {} is only faithful when the factory builds the class defaults.
-            assert made == type(made)(), f"{field.alias}: factory must build the class defaults"
-            return {}
+            return _without_empty(made.model_dump(mode="json", by_alias=True, exclude_none=True))
         return None  # empty lists and maps: leave absent
     if field.default is None or field.is_required():
         return None

@@ -191,12 +191,28 @@ class Replicas(_Model):
     """Replica bounds; the autoscaler moves between them."""
 
     rules: ClassVar[tuple[Rule, ...]] = (
-        Rule("self.min <= self.max", "spec.serving.replicas.min must be <= max", lambda r: r.min <= r.max),
+        Rule(
+            "!has(self.max) || self.min <= self.max",
+            "spec.serving.replicas.min must be <= max",
+            lambda r: r.max is None or r.min <= r.max,
+        ),
     )
     min: int = Field(
-        1, ge=0, le=100, description="Fewest replicas; 0 scales to zero through KEDA (an HPA's floor is 1)."
+        1,
+        ge=0,
+        le=100,
+        description="Fewest replicas; 0 scales to zero through KEDA (an HPA's floor is 1). "
+        "The scale subresource (kubectl scale chm/NAME --replicas=N) sets this field.",
     )
-    max: int = Field(1, ge=1, le=100, description="Most replicas; above min an HPA is created.")
+    # Absent rather than 1 by default, so `kubectl scale` can raise min on a ChatModel written with defaults.
+    max: int | None = Field(
+        None, ge=1, le=100, description="Most replicas; above min an HPA is created. Absent: the same as min."
+    )
+
+    @property
+    def ceiling(self) -> int:
+        """The most replicas: max, or min when max is absent (never below 1)."""
+        return max(self.max if self.max is not None else self.min, 1)
 
 
 class Autoscaling(_Model):

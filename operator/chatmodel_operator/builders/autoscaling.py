@@ -47,7 +47,7 @@ def hpa(cm: ChatModel, version: str) -> Obj:
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
             # autoscaling/v2 cannot go below 1 without the HPAScaleToZero feature gate: KEDA does that.
             "minReplicas": max(sv.replicas.min, 1),
-            "maxReplicas": sv.replicas.max,
+            "maxReplicas": sv.replicas.ceiling,
             "metrics": [_hpa_metric(sv)],
             "behavior": _behavior(sv),
         },
@@ -78,7 +78,7 @@ def scaled_object(cm: ChatModel, version: str, config: Config) -> Obj:
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
             "minReplicaCount": sv.replicas.min,
-            "maxReplicaCount": sv.replicas.max,
+            "maxReplicaCount": sv.replicas.ceiling,
             "cooldownPeriod": sv.autoscaling.scale_down_stabilization_seconds,
             "advanced": {"horizontalPodAutoscalerConfig": {"behavior": _behavior(sv)}},
             "triggers": [trigger],

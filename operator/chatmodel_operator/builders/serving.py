@@ -108,7 +108,7 @@ def _spread(cm: ChatModel, version: str) -> list[Obj]:
 def uses_hpa(serving: Serving) -> bool:
     """Whether an autoscaler (an HPA, or KEDA's) owns the replica count."""
     scale_to_zero = serving.autoscaling.engine == "KEDA" and serving.replicas.min == 0
-    return serving.replicas.max > max(serving.replicas.min, 1) or scale_to_zero
+    return serving.replicas.ceiling > max(serving.replicas.min, 1) or scale_to_zero
 
 
 def deployment(cm: ChatModel, version: str, config: Config, fine_tuned: bool | None = None) -> Obj:
