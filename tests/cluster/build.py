@@ -65,7 +65,7 @@ def cache_root() -> Path:
 def bin_dir() -> Path:
     """The cache folder for exactly these versions: a hash of every go.mod/go.sum and the Go version."""
     digest = hashlib.sha256()
-    for f in sorted(TOOLS.glob("*/go.*")):
+    for f in sorted(f for tool in BUILDS for f in (TOOLS / tool).glob("go.*")):
         digest.update(f.relative_to(TOOLS).as_posix().encode() + b"\0" + f.read_bytes())
     go = shutil.which("go")
     if go:

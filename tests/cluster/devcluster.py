@@ -31,8 +31,8 @@ from typing import Any
 import yaml
 
 HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
-import build  # noqa: E402  (run as a script, beside this file)
+sys.path.insert(0, str(HERE.parents[1]))  # run as a script from the repository
+from tests.cluster import build  # noqa: E402
 
 ADMIN_TOKEN = "chatmodel-dev-admin-token"
 SERVICE_CIDR = "10.0.0.0/24"
