@@ -6,6 +6,7 @@ reconcile, so handlers stay idempotent and a restarted operator converges withou
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -30,6 +31,15 @@ def _children(kwargs: dict[str, Any], key: tuple[str, str]) -> tuple[Any, Any]:
     """The observed Jobs and Deployments of one ChatModel, from the indexes kopf passes by name."""
     # Copies: the stores change while a reconcile awaits.
     return list(kwargs["training_jobs"].get(key, [])), list(kwargs["serving_deployments"].get(key, []))
+
+
+def _troubles(kwargs: dict[str, Any], key: tuple[str, str]) -> Callable[[], list[observe.PodTrouble]]:
+    """The ChatModel's stuck pods, read when called (the index is live)."""
+    return lambda: list(kwargs["stuck_pods"].get(key, []))
+
+
+def _is_stuck(body: kopf.Body, **_: Any) -> bool:
+    return observe.pod_trouble(dict(body)) is not None
 
 
 def register(registry: kopf.OperatorRegistry, config: Config) -> None:
@@ -62,18 +72,23 @@ def register(registry: kopf.OperatorRegistry, config: Config) -> None:
     ) -> Any:
         return {_key(namespace, labels.get(NAME_LABEL)): observe.deployment(dict(body))}
 
+    # Only stuck pods (a pod that stops being stuck leaves the index): the reason goes into the status.
+    @kopf.index("", "v1", "pods", labels=OURS, when=_is_stuck, registry=registry, id="stuck_pods")
+    async def stuck_pods(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> Any:
+        return {_key(namespace, labels.get(NAME_LABEL)): observe.pod_trouble(dict(body))}
+
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, backoff=RETRY_SECONDS)
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, backoff=RETRY_SECONDS)
     @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, backoff=RETRY_SECONDS)
     async def chatmodel_changed(
-        body: kopf.Body, patch: kopf.Patch, namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any
+        body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any
     ) -> None:
-        # Status goes out with kopf's own patch: one write, and no echo that looks like a new creation.
-        status = await memo.reconciler.reconcile(
-            dict(body), *_children(kwargs, _key(namespace, name)), fresh=True
+        # The reconciler writes the status itself, under the ChatModel's lock: kopf's own patch would land
+        # after the handler returns, over a status a child's event wrote meanwhile (a lost stuck-pod reason).
+        key = _key(namespace, name)
+        await memo.reconciler.reconcile(
+            dict(body), *_children(kwargs, key), fresh=True, troubles=_troubles(kwargs, key)
         )
-        if status is not None:
-            patch.status.update(status)
 
     def canary_running(status: kopf.Status, **_: Any) -> bool:
         return any(v.get("state") == "Canary" for v in status.get("versions") or [])
@@ -85,7 +100,7 @@ def register(registry: kopf.OperatorRegistry, config: Config) -> None:
     async def rollout_check(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
         key = _key(namespace, name)
         for cm_body in list(kwargs["chatmodel_bodies"].get(key, [])):
-            await memo.reconciler.reconcile(cm_body, *_children(kwargs, key))
+            await memo.reconciler.reconcile(cm_body, *_children(kwargs, key), troubles=_troubles(kwargs, key))
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def chatmodel_deleted(
@@ -102,9 +117,10 @@ def register(registry: kopf.OperatorRegistry, config: Config) -> None:
 
     @kopf.on.event("batch", "v1", "jobs", labels=OURS, registry=registry)
     @kopf.on.event("apps", "v1", "deployments", labels=OURS, registry=registry)
+    @kopf.on.event("", "v1", "pods", labels=OURS, registry=registry)
     async def child_changed(
         namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any
     ) -> None:
         key = _key(namespace, labels.get(NAME_LABEL))
         for cm_body in list(kwargs["chatmodel_bodies"].get(key, [])):
-            await memo.reconciler.reconcile(cm_body, *_children(kwargs, key))
+            await memo.reconciler.reconcile(cm_body, *_children(kwargs, key), troubles=_troubles(kwargs, key))

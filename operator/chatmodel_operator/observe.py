@@ -6,7 +6,12 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from chatmodel_operator.builders.meta import COMPLETION_INDEX_ANNOTATION, DOMAIN, VERSION_LABEL
+from chatmodel_operator.builders.meta import (
+    COMPLETION_INDEX_ANNOTATION,
+    COMPONENT_LABEL,
+    DOMAIN,
+    VERSION_LABEL,
+)
 
 # The trainer's termination message, copied onto the Job once it finishes (pods may be gone later).
 RESULT_ANNOTATION = f"{DOMAIN}/result"
@@ -64,6 +69,68 @@ def deployment(body: dict[str, Any]) -> DeploymentObs:
         ready_replicas=int(status.get("readyReplicas") or 0),
         desired_replicas=spec.get("replicas"),
     )
+
+
+@dataclass(frozen=True)
+class PodTrouble:
+    """Why one of our pods cannot run: what a kubelet or the scheduler reported."""
+
+    version: str
+    component: str  # training | serving
+    pod: str
+    reason: str  # Unschedulable, ImagePullBackOff, CrashLoopBackOff, ...
+    message: str
+
+    def describe(self) -> str:
+        return f"{self.component} pod {self.pod}: {self.reason}" + (
+            f": {self.message}" if self.message else ""
+        )
+
+
+# Container waiting reasons that do not clear by themselves (ContainerCreating and PodInitializing do).
+STUCK_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+        "CrashLoopBackOff",
+    }
+)
+
+
+def pod_trouble(body: dict[str, Any]) -> PodTrouble | None:
+    """Why a pod is stuck (unschedulable, an image or config it cannot start, a crash loop), or None."""
+    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    if meta.get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed"):
+        return None
+    labels = meta.get("labels") or {}
+
+    def trouble(reason: str, message: str) -> PodTrouble:
+        return PodTrouble(
+            labels.get(VERSION_LABEL, ""),
+            labels.get(COMPONENT_LABEL, ""),
+            meta.get("name", ""),
+            reason,
+            message,
+        )
+
+    for c in status.get("conditions") or []:
+        if (
+            c.get("type") == "PodScheduled"
+            and c.get("status") == "False"
+            and c.get("reason") == "Unschedulable"
+        ):
+            return trouble("Unschedulable", (c.get("message") or "").strip())
+    for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in STUCK_REASONS:
+            said = (waiting.get("message") or "").strip()
+            return trouble(waiting["reason"], f"container {cs.get('name')}" + (f": {said}" if said else ""))
+    return None
 
 
 _GENERIC_REASONS = ("Error", "Completed")

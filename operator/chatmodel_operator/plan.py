@@ -3,6 +3,7 @@ objects to delete, and the new status. handlers.py only carries it out; rollout.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,7 @@ from chatmodel_operator.builders.network import network_policy
 from chatmodel_operator.builders.serving import serves_https
 from chatmodel_operator.builders.storage import prune_job
 from chatmodel_operator.config import Config
-from chatmodel_operator.observe import DeploymentObs, JobObs, TrainResult, parse_result
+from chatmodel_operator.observe import DeploymentObs, JobObs, PodTrouble, TrainResult, parse_result
 from chatmodel_operator.rollout import Decision, LiveFigures, VersionState
 from chatmodel_operator.spec import (
     ChatModel,
@@ -271,6 +272,15 @@ def _with_unrecorded(
     return prev.model_copy(update={"versions": [*prev.versions, *lost]}) if lost else prev
 
 
+def _stuck_pod(troubles: Iterable[PodTrouble], target: str, state: str, phase: str) -> PodTrouble | None:
+    """The stuck pod holding the target version back: a training pod while it trains, else a serving pod."""
+    if phase not in ("Pending", "FineTuning", "Deploying", "Degraded"):
+        return None
+    component = "training" if state == "Training" else "serving"
+    mine = [t for t in troubles if t.version == target and t.component == component]
+    return min(mine, key=lambda t: t.pod) if mine else None
+
+
 def plan(
     cm: ChatModel,
     jobs: dict[str, JobObs],
@@ -279,6 +289,7 @@ def plan(
     now: str,
     generation: int | None = None,
     live: LiveFigures | None = None,
+    troubles: Iterable[PodTrouble] = (),
 ) -> Plan:
     spec_version = model_version(cm.spec)
     pin = cm.spec.rollout.pin_version
@@ -368,6 +379,9 @@ def plan(
 
     phase, message = _phase(cm, target, d.state, job, dep, d, prev)
     message = why or message
+    stuck = _stuck_pod(troubles, target, d.state, phase)
+    if stuck is not None:  # say why the version does not progress, not only that it does not
+        message = stuck.describe()
     serving = deployments.get(d.active) if d.active else None
     ft = cm.spec.fine_tune
 
@@ -377,8 +391,14 @@ def plan(
     conditions = [
         cond("Ready", d.active is not None, "Serving" if d.active else phase),
         cond("Available", dep is not None and dep.ready_replicas >= want and d.active == target, phase),
-        cond("Progressing", phase in ("Pending", "FineTuning", "Deploying") or d.canary is not None, phase),
+        cond(
+            "Progressing",
+            phase in ("Pending", "FineTuning", "Deploying") or d.canary is not None,
+            stuck.reason if stuck else phase,
+        ),
     ]
+    if stuck is not None:
+        conditions.append(cond("PodsHealthy", False, stuck.reason))
     if ft is not None and not pin:
         trained = {"Training": None, "Failed": False, "Rejected": False}.get(state, True)
         reason = {"Training": "Training", "Failed": "TrainingFailed", "Rejected": "GateRejected"}.get(

@@ -58,8 +58,8 @@ ACCESS: tuple[Access, ...] = (
     Access("gateway.networking.k8s.io", "httproutes", APPLY, "gateway routing", "HTTPRoute"),
     # spec.access.networkPolicy: who may reach the serving pods.
     Access("networking.k8s.io", "networkpolicies", APPLY, "serving ingress policy", "NetworkPolicy"),
-    # A finished training pod's termination message (the trainer's result).
-    Access("", "pods", ("list",), "training results", "Pod"),
+    # A finished training pod's termination message (the trainer's result), and why a pod is stuck.
+    Access("", "pods", ("list", "watch"), "training results, stuck pods", "Pod"),
     # kopf posts Events on phase changes (core v1 events).
     Access("", "events", ("create",), "Events on phase changes"),
 )

@@ -8,7 +8,7 @@ import dataclasses
 import datetime
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import kopf
@@ -18,7 +18,7 @@ from chatmodel_operator import metrics, observe, prometheus, rollout
 from chatmodel_operator.builders import meta
 from chatmodel_operator.config import Config
 from chatmodel_operator.k8s import Applier, Client
-from chatmodel_operator.observe import DeploymentObs, JobObs
+from chatmodel_operator.observe import DeploymentObs, JobObs, PodTrouble
 from chatmodel_operator.plan import Ref, plan, serving_refs
 from chatmodel_operator.spec import ChatModel, ChatModelStatus
 
@@ -60,8 +60,8 @@ class Reconciler:
         self._first_seen: dict[Key, float] = {}
         # Deleted ChatModels (key -> uid): a child event may still carry their last body.
         self._gone: dict[Key, str | None] = {}
-        # The child observations the last reconcile of each ChatModel acted on.
-        self._acted_on: dict[Key, set[JobObs | DeploymentObs]] = {}
+        # The child observations (and stuck pods) the last reconcile of each ChatModel acted on.
+        self._acted_on: dict[Key, set[JobObs | DeploymentObs | PodTrouble]] = {}
         # ...and the spec it acted on: with both unchanged, a reconcile would change nothing.
         self._spec_seen: dict[Key, str] = {}
 
@@ -76,9 +76,13 @@ class Reconciler:
         jobs: Iterable[JobObs],
         deployments: Iterable[DeploymentObs],
         fresh: bool = False,
+        troubles: Callable[[], Iterable[PodTrouble]] = tuple,
     ) -> dict[str, Any] | None:
-        """Reconcile one ChatModel. `fresh` bodies come from the ChatModel's own handler (not an index); then
-        the new status is returned for the caller to write (None when unchanged) instead of patched here."""
+        """Reconcile one ChatModel and write its status (through /status) while holding its lock, so two
+        reconciles' writes land in the order they were made. `fresh` bodies come from the ChatModel's own
+        handler (not an index). Returns the status written, or None when unchanged. `troubles` reads the
+        stuck pods once the lock is held: a stuck pod has one event only, and a reconcile queued before it
+        must not write a status that forgets it."""
         key: Key = (body["metadata"].get("namespace") or "default", body["metadata"]["name"])
         if fresh:
             self._gone.pop(key, None)
@@ -91,7 +95,8 @@ class Reconciler:
             with metrics.RECONCILE_SECONDS.time():
                 try:
                     jobs_by, deps_by = {j.version: j for j in jobs}, {d.version: d for d in deployments}
-                    return await self._reconcile(key, body, jobs_by, deps_by, write=not fresh)
+                    stuck = frozenset(troubles())
+                    return await self._reconcile(key, body, jobs_by, deps_by, stuck)
                 except Exception as e:
                     metrics.RECONCILE_ERRORS.labels(type(e).__name__).inc()
                     raise
@@ -102,7 +107,7 @@ class Reconciler:
         body: Mapping[str, Any],
         jobs: dict[str, JobObs],
         deps: dict[str, DeploymentObs],
-        write: bool,
+        troubles: frozenset[PodTrouble],
     ) -> dict[str, Any] | None:
         spec_seen = json.dumps([body["metadata"].get("uid"), body.get("spec")], sort_keys=True, default=str)
         previous = self._written.get(key) or body.get("status") or {}
@@ -110,7 +115,7 @@ class Reconciler:
         if (
             not canary  # a canary's live gate is time-based: the rollout timer must get through
             and self._spec_seen.get(key) == spec_seen
-            and self._acted_on.get(key) == {*jobs.values(), *deps.values()}
+            and self._acted_on.get(key) == {*jobs.values(), *deps.values(), *troubles}
         ):
             return None  # a repeated trigger (kopf re-delivers events; children echo our own writes)
         generation = body["metadata"].get("generation")
@@ -119,11 +124,11 @@ class Reconciler:
         except ValidationError as e:
             # The CRD normally refuses these; without it (or with an older CRD) say why here.
             status = {"phase": "Failed", "message": f"invalid spec: {e}", "observedGeneration": generation}
-            return await self._write_status(key, body, previous, status, write)
+            return await self._write_status(key, body, previous, status)
         jobs = await self._record_results(key[0], jobs)
         at = now()
         live = await self._live_figures(cm, at)
-        p = plan(cm, jobs, deps, self.config, at, generation, live)
+        p = plan(cm, jobs, deps, self.config, at, generation, live, troubles)
         created = []
         for obj in p.create_only:
             if await self.applier.apply(obj, create_only=True) == "created":
@@ -142,10 +147,12 @@ class Reconciler:
             # What was just created exists: say so now rather than in one more status write after its event.
             jobs = {**jobs, **{j.version: j for j in map(observe.job, _of(created, "Job"))}}
             deps = {**deps, **{d.version: d for d in map(observe.deployment, _of(created, "Deployment"))}}
-            p = plan(cm, jobs, deps, self.config, at, generation, live)
-        self._acted_on[key] = {*jobs.values(), *deps.values()}
+            p = plan(cm, jobs, deps, self.config, at, generation, live, troubles)
+        written = await self._write_status(key, body, previous, p.status)
+        # Only once the status landed: a refused write (raised) must not make the retry look like a repeat.
+        self._acted_on[key] = {*jobs.values(), *deps.values(), *troubles}
         self._spec_seen[key] = spec_seen
-        return await self._write_status(key, body, previous, p.status, write)
+        return written
 
     async def _live_figures(self, cm: ChatModel, at: str) -> rollout.LiveFigures | None:
         """Prometheus' figures for a canary whose live gate is due; None when none is, or on no answer (the
@@ -188,15 +195,13 @@ class Reconciler:
         body: Mapping[str, Any],
         previous: Mapping[str, Any],
         status: dict[str, Any],
-        write: bool,
     ) -> dict[str, Any] | None:
-        """Patch the status (or return it for kopf to write) and post an Event when the phase changes."""
+        """Patch the status and post an Event when the phase changes."""
         if _compact(status) == _compact(previous):
             return None
-        if write:
-            await self.client.patch(
-                "chatmodel.dev/v1alpha1", "ChatModel", key[0], key[1], {"status": status}, sub="status"
-            )
+        await self.client.patch(
+            "chatmodel.dev/v1alpha1", "ChatModel", key[0], key[1], {"status": status}, sub="status"
+        )
         self._written[key] = status
         phase, old = status["phase"], previous.get("phase")
         self.phases.set(key, phase)

@@ -69,7 +69,9 @@ def bin_dir() -> Path:
         digest.update(f.relative_to(TOOLS).as_posix().encode() + b"\0" + f.read_bytes())
     go = shutil.which("go")
     if go:
-        digest.update(subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True).stdout.encode())
+        digest.update(
+            subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True).stdout.encode()
+        )
     return cache_root() / f"{K8S_VERSION}-{digest.hexdigest()[:12]}" / "bin"
 
 

@@ -39,6 +39,7 @@ SERVICE_CIDR = "10.0.0.0/24"
 # Our own kwok stages (not kwok's): pods whose image says so fail, or never pull, so tests can make a
 # training Job fail and a serving pod stay Pending the way a real node would report it.
 TEST_STAGES = HERE / "stages.yaml"
+UNPULLABLE_IMAGE = "kwok.invalid/pull-fails:1"
 # kwok manages only nodes with this annotation.
 KWOK_ANNOTATION = {"kwok.x-k8s.io/node": "fake"}
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -133,7 +134,9 @@ class LocalCluster:
     def tool(self, name: str) -> str:
         return str(self.bin / name)
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         cmd = [self.tool("kubectl"), "--kubeconfig", str(self.kubeconfig), *args]
         out = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=120)
         if check and out.returncode != 0:
@@ -147,7 +150,9 @@ class LocalCluster:
     def _spawn(self, name: str, args: list[str]) -> None:
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 (kept open for the process' life)
         # Own session: `down` and the fixture stop the whole group.
-        self.procs[name] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def _wait(self, what: str, ok: Any, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -164,14 +169,18 @@ class LocalCluster:
 
     def _readyz(self) -> bool:
         ctx = ssl.create_default_context(cafile=str(self.root / "ca.crt"))
-        req = urllib.request.Request(self.server + "/readyz", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        req = urllib.request.Request(
+            self.server + "/readyz", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
         with urllib.request.urlopen(req, context=ctx, timeout=2) as resp:
             return bool(resp.status == 200)
 
     def start(self) -> LocalCluster:
         missing = [b for b in build.BINARIES if not (self.bin / b).is_file()]
         if missing:
-            raise FileNotFoundError(f"control-plane binaries missing ({', '.join(missing)}): run `make install-cluster`")
+            raise FileNotFoundError(
+                f"control-plane binaries missing ({', '.join(missing)}): run `make install-cluster`"
+            )
         self.root.mkdir(parents=True, exist_ok=True)
         d = self.root
         make_certificates(d)
@@ -209,26 +218,40 @@ class LocalCluster:
             "--leader-elect=false", "--secure-port=0", f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--controllers=*",
         ])  # fmt: skip
-        self._spawn("kube-scheduler", [self.tool("kube-scheduler"), kc, "--leader-elect=false", "--secure-port=0"])
-        stages = [str(self.bin / build.STAGES_FILE), str(TEST_STAGES)]
+        self._spawn(
+            "kube-scheduler", [self.tool("kube-scheduler"), kc, "--leader-elect=false", "--secure-port=0"]
+        )
+        stages = [str(self.kwok_stages()), str(TEST_STAGES)]
         self._spawn("kwok", [
             self.tool("kwok"), kc, *(f"--config={s}" for s in stages), "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake", "--cidr=10.244.0.0/16",
             "--node-lease-duration-seconds=40",
         ])  # fmt: skip
-        self.apply([*NODES, *(hostpath_volume(f"pool-{i}") for i in range(8))])
+        self.apply([*NODES, *(hostpath_volume(f"pool-{i}") for i in range(24))])
         self._wait("Ready nodes", self._nodes_ready, timeout=60)
         # The service-account controller makes "default" in each namespace; pods need it.
         self._wait("the default ServiceAccount", lambda: self.kubectl("get", "sa", "default").returncode == 0)
         (d / "pids.json").write_text(json.dumps({n: p.pid for n, p in self.procs.items()}))
         return self
 
+    def kwok_stages(self) -> Path:
+        """kwok's own stages, but its pod-ready passes over pods whose image cannot be pulled: a pod stays
+        Pending then, and pod-ready would take it from there to Ready."""
+        docs = list(yaml.safe_load_all((self.bin / build.STAGES_FILE).read_text()))
+        for stage in docs:
+            if stage["metadata"]["name"] == "pod-ready":
+                stage["spec"]["selector"]["matchExpressions"].append(
+                    {"key": ".spec.containers.[].image", "operator": "NotIn", "values": [UNPULLABLE_IMAGE]}
+                )
+        out = self.root / "kwok-stages.yaml"
+        out.write_text(yaml.safe_dump_all(docs))
+        return out
+
     def _nodes_ready(self) -> bool:
         nodes = json.loads(self.kubectl("get", "nodes", "-o", "json").stdout)["items"]
         ready = [
-            n for n in nodes
-            if any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))
-        ]  # fmt: skip
+            n for n in nodes if any(c["type"] == "Ready" and c["status"] == "True" for c in _conditions(n))
+        ]
         return len(ready) == len(NODES)
 
     def stop(self) -> None:
@@ -241,13 +264,19 @@ class LocalCluster:
         self.procs.clear()
 
 
+def _conditions(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    return list((obj.get("status") or {}).get("conditions") or [])
+
+
 def stop_group(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGTERM)
 
 
 def default_dir() -> Path:
-    return Path(os.environ.get("CHATMODEL_DEV_CLUSTER_DIR") or Path(tempfile.gettempdir()) / "chatmodel-dev-cluster")
+    return Path(
+        os.environ.get("CHATMODEL_DEV_CLUSTER_DIR") or Path(tempfile.gettempdir()) / "chatmodel-dev-cluster"
+    )
 
 
 def up(root: Path) -> None:
@@ -277,7 +306,9 @@ def down(root: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["up", "down"])
-    parser.add_argument("--dir", type=Path, default=default_dir(), help="state folder (kubeconfig, certs, logs)")
+    parser.add_argument(
+        "--dir", type=Path, default=default_dir(), help="state folder (kubeconfig, certs, logs)"
+    )
     args = parser.parse_args(argv)
     try:
         (up if args.command == "up" else down)(args.dir)

@@ -15,10 +15,15 @@ CRDS: dict[str, list[str]] = {
         for k in ("servicemonitors", "podmonitors", "prometheusrules")
     ],
     "sigs.k8s.io/gateway-api": [
-        f"config/crd/standard/gateway.networking.k8s.io_{k}.yaml" for k in ("gatewayclasses", "gateways", "httproutes")
+        f"config/crd/standard/gateway.networking.k8s.io_{k}.yaml"
+        for k in ("gatewayclasses", "gateways", "httproutes")
     ],
-    "sigs.k8s.io/gateway-api-inference-extension": ["config/crd/bases/inference.networking.k8s.io_inferencepools.yaml"],
-    "sigs.k8s.io/kueue": [f"config/components/crd/bases/kueue.x-k8s.io_{k}.yaml" for k in ("localqueues", "clusterqueues")],
+    "sigs.k8s.io/gateway-api-inference-extension": [
+        "config/crd/bases/inference.networking.k8s.io_inferencepools.yaml"
+    ],
+    "sigs.k8s.io/kueue": [
+        f"config/components/crd/bases/kueue.x-k8s.io_{k}.yaml" for k in ("localqueues", "clusterqueues")
+    ],
     "github.com/kubeflow/trainer/v2": [
         f"manifests/base/crds/trainer.kubeflow.org_{k}.yaml" for k in ("trainjobs", "clustertrainingruntimes")
     ],
