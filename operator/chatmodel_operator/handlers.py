@@ -30,7 +30,8 @@ def _key(namespace: str | None, name: str | None) -> tuple[str, str]:
 def _children(kwargs: dict[str, Any], key: tuple[str, str]) -> tuple[Any, Any]:
     """The observed Jobs and Deployments of one ChatModel, from the indexes kopf passes by name."""
     # Copies: the stores change while a reconcile awaits.
-    return list(kwargs["training_jobs"].get(key, [])), list(kwargs["serving_deployments"].get(key, []))
+    jobs = [*kwargs["training_jobs"].get(key, []), *kwargs["training_trainjobs"].get(key, [])]
+    return jobs, list(kwargs["serving_deployments"].get(key, []))
 
 
 def _troubles(kwargs: dict[str, Any], key: tuple[str, str]) -> Callable[[], list[observe.PodTrouble]]:
@@ -64,6 +65,20 @@ def register(registry: kopf.OperatorRegistry, config: Config) -> None:
     # Only training Jobs: the artifact-prune Jobs carry the same version label.
     @kopf.index("batch", "v1", "jobs", labels=TRAINING, registry=registry, id="training_jobs")
     async def training_jobs(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> Any:
+        return {_key(namespace, labels.get(NAME_LABEL)): observe.job(dict(body))}
+
+    # fineTune.engine kubeflow: TrainJobs report Complete/Failed like Jobs (no watch without Trainer's CRD).
+    @kopf.index(
+        "trainer.kubeflow.org",
+        "v1alpha1",
+        "trainjobs",
+        labels=TRAINING,
+        registry=registry,
+        id="training_trainjobs",
+    )
+    async def training_trainjobs(
+        body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
+    ) -> Any:
         return {_key(namespace, labels.get(NAME_LABEL)): observe.job(dict(body))}
 
     @kopf.index("apps", "v1", "deployments", labels=OURS, registry=registry, id="serving_deployments")
@@ -116,6 +131,7 @@ def register(registry: kopf.OperatorRegistry, config: Config) -> None:
             await memo.reconciler.cleanup(dict(body), *_children(kwargs, _key(namespace, name)))
 
     @kopf.on.event("batch", "v1", "jobs", labels=OURS, registry=registry)
+    @kopf.on.event("trainer.kubeflow.org", "v1alpha1", "trainjobs", labels=OURS, registry=registry)
     @kopf.on.event("apps", "v1", "deployments", labels=OURS, registry=registry)
     @kopf.on.event("", "v1", "pods", labels=OURS, registry=registry)
     async def child_changed(

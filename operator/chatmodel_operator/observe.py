@@ -17,6 +17,14 @@ from chatmodel_operator.builders.meta import (
 RESULT_ANNOTATION = f"{DOMAIN}/result"
 
 
+# What trains a version: a batch/v1 Job, or a Kubeflow Trainer TrainJob (whose pods a JobSet of the same
+# name owns). Both report Complete/Failed conditions.
+TRAINERS: dict[str, tuple[str, str]] = {
+    "Job": ("batch/v1", "batch.kubernetes.io/job-name"),
+    "TrainJob": ("trainer.kubeflow.org/v1alpha1", "jobset.sigs.k8s.io/jobset-name"),
+}
+
+
 @dataclass(frozen=True)
 class JobObs:
     version: str
@@ -24,6 +32,16 @@ class JobObs:
     state: Literal["Running", "Succeeded", "Failed"]
     result: str | None  # the trainer's termination message, once recorded
     reason: str  # the Job's own failure message, if any
+    kind: str = "Job"  # a key of TRAINERS
+
+    @property
+    def api_version(self) -> str:
+        return TRAINERS[self.kind][0]
+
+    @property
+    def pod_selector(self) -> dict[str, str]:
+        """The label its pods carry."""
+        return {TRAINERS[self.kind][1]: self.name}
 
 
 @dataclass(frozen=True)
@@ -57,6 +75,7 @@ def job(body: dict[str, Any]) -> JobObs:
         state=state,
         result=(meta.get("annotations") or {}).get(RESULT_ANNOTATION),
         reason=(failed or {}).get("message") or (failed or {}).get("reason") or "",
+        kind=body.get("kind") or "Job",
     )
 
 

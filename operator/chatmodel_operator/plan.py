@@ -374,7 +374,7 @@ def plan(
     _retire(out, deployments, versions, {d.active, d.canary, target if d.target_replicas else None})
     for v, j in jobs.items():
         if v not in kept:  # the Job and, if it spanned nodes, its rendezvous Service (same name)
-            out.delete += [Ref("batch/v1", "Job", j.name), Ref("v1", "Service", j.name)]
+            out.delete += [Ref(j.api_version, j.kind, j.name), Ref("v1", "Service", j.name)]
             out.create_only.append(prune_job(cm, v, config))  # created before the deletes: never lost
 
     phase, message = _phase(cm, target, d.state, job, dep, d, prev)

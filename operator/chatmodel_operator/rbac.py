@@ -45,8 +45,14 @@ ACCESS: tuple[Access, ...] = (
     # Children: the operator diffs and applies them; Jobs and Deployments are also watched (kopf indexes).
     # Jobs: created once, watched, and annotated with the trainer's result (patch).
     Access("batch", "jobs", (*WATCH, *CREATE_ONLY, "patch"), "fine-tune Jobs", "Job"),
-    # fineTune.engine kubeflow: a Kubeflow Trainer TrainJob, created once; its ownerReference removes it.
-    Access("trainer.kubeflow.org", "trainjobs", ("create",), "Kubeflow Trainer fine-tunes", "TrainJob"),
+    # fineTune.engine kubeflow: a Kubeflow Trainer TrainJob, the same as a Job (its conditions are read).
+    Access(
+        "trainer.kubeflow.org",
+        "trainjobs",
+        (*WATCH, *CREATE_ONLY, "patch"),
+        "Kubeflow fine-tunes",
+        "TrainJob",
+    ),
     Access("apps", "deployments", (*WATCH, *APPLY), "serving Deployments", "Deployment"),
     Access("", "services", APPLY, "the ChatModel's Service", "Service"),
     Access("", "persistentvolumeclaims", CREATE_ONLY, "the artifact volume", "PersistentVolumeClaim"),

@@ -143,9 +143,10 @@ class Reconciler:
         if p.event is not None:
             kind, reason, message = p.event
             kopf.event(kopf.Body(dict(body)), type=kind, reason=reason, message=message)  # type: ignore[arg-type]
-        if any(o["kind"] in ("Job", "Deployment") for o in created):
+        if any(o["kind"] in (*observe.TRAINERS, "Deployment") for o in created):
             # What was just created exists: say so now rather than in one more status write after its event.
-            jobs = {**jobs, **{j.version: j for j in map(observe.job, _of(created, "Job"))}}
+            trainers = [o for o in created if o["kind"] in observe.TRAINERS]
+            jobs = {**jobs, **{j.version: j for j in map(observe.job, trainers)}}
             deps = {**deps, **{d.version: d for d in map(observe.deployment, _of(created, "Deployment"))}}
             p = plan(cm, jobs, deps, self.config, at, generation, live, troubles)
         written = await self._write_status(key, body, previous, p.status)
@@ -181,10 +182,10 @@ class Reconciler:
         for version, job in jobs.items():
             if job.state == "Running" or job.result is not None:
                 continue
-            pods = await self.client.list("v1", "Pod", ns, {"batch.kubernetes.io/job-name": job.name})
+            pods = await self.client.list("v1", "Pod", ns, job.pod_selector)
             text = observe.termination_message(pods) or job.reason or f"the training Job {job.state.lower()}"
             annotation = {"metadata": {"annotations": {observe.RESULT_ANNOTATION: text}}}
-            await self.client.patch("batch/v1", "Job", ns, job.name, annotation)
+            await self.client.patch(job.api_version, job.kind, ns, job.name, annotation)
             out[version] = dataclasses.replace(job, result=text)
             metrics.TRAINING_JOBS.labels(job.state).inc()
         return out
@@ -231,7 +232,7 @@ class Reconciler:
     async def _delete_children(
         self, namespace: str, name: str, jobs: Iterable[JobObs], deps: Iterable[DeploymentObs]
     ) -> None:
-        refs = [Ref("batch/v1", "Job", j.name) for j in jobs]
+        refs = [Ref(j.api_version, j.kind, j.name) for j in jobs]
         for d in deps:
             refs += serving_refs(d.name)
         cm = ChatModel.model_validate({"metadata": {"name": name, "namespace": namespace}})

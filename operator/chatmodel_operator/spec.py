@@ -176,7 +176,8 @@ class FineTune(Placement):
     engine: Literal["job", "kubeflow"] = Field(
         "job",
         description="job: a batch/v1 Job (an Indexed Job plus a headless Service across nodes); "
-        "kubeflow: a Kubeflow Trainer TrainJob on the torch-distributed ClusterTrainingRuntime.",
+        "kubeflow: a Kubeflow Trainer TrainJob on the torch-distributed ClusterTrainingRuntime; its "
+        "Complete/Failed conditions (and failure message) move the version on as a Job's do.",
     )
     queue_name: str | None = Field(
         None,

@@ -18,6 +18,7 @@ from test_operator_lifecycle import CM, FINE_TUNE, NS, finish_job, make_ready, m
 from chatmodel_operator import rbac
 from chatmodel_operator.builders import all_objects
 from chatmodel_operator.config import Config
+from chatmodel_operator.observe import RESULT_ANNOTATION
 from chatmodel_operator.spec import load_manifests
 
 Triple = tuple[str, str, str]
@@ -78,6 +79,11 @@ async def restored(c: Cluster, url: str, change: dict[str, Any]) -> bool:
     return all(live.get(k) != v for k, v in change["spec"].items())
 
 
+async def result_recorded(c: Cluster, url: str) -> bool:
+    body = await c.get(url)
+    return RESULT_ANNOTATION in ((body or {}).get("metadata", {}).get("annotations") or {})
+
+
 async def lifecycle(c: Cluster) -> None:
     v1 = version("m", FINE_TUNE)
     ve = version("edge", EDGE)
@@ -106,6 +112,10 @@ async def lifecycle(c: Cluster) -> None:
         kf = f"kf-{version('kf', KUBEFLOW)}-train"
         trainjob = path("trainer.kubeflow.org/v1alpha1", "trainjobs", NS, kf)
         await eventually(lambda: c.get(trainjob))
+        # Trainer's controller reports it Complete: the operator reads it like a Job and records the result.
+        done = {"conditions": [{"type": "Complete", "status": "True", "reason": "JobsCompleted"}]}
+        await c.patch(trainjob, {"status": done})
+        await eventually(lambda: result_recorded(c, trainjob))
         # A failing fine-tune posts a Warning and Failed.
         vb = version("bad", FINE_TUNE)
         await c.create(CM, manifest("bad", FINE_TUNE))
@@ -149,6 +159,7 @@ async def lifecycle(c: Cluster) -> None:
         await eventually(lambda: gone(edge_urls[3]))
         await c.delete(f"{CM}/m")
         await c.delete(f"{CM}/edge")
+        await c.delete(f"{CM}/kf")  # its TrainJob goes with it
         for url in edge_urls[:3]:
             await eventually(lambda url=url: gone(url))
         await eventually(lambda: gone(path("v1", "persistentvolumeclaims", NS, "m-artifacts")))

@@ -193,3 +193,35 @@ def test_delete_lets_the_garbage_collector_remove_every_child(cluster: LocalClus
         assert children(cluster, "gone") == []
     finally:
         operator.resume()
+
+
+@pytest.mark.parametrize("outcome", ["Complete", "Failed"])
+def test_a_kubeflow_trainjob_is_read_like_a_job(cluster: LocalCluster, operator: Any, outcome: str) -> None:
+    name = f"kf-{outcome.lower()}"
+    cluster.apply([chatmodel(name, {"fineTune": {**FINE_TUNE, "engine": "kubeflow"}})], "-n", NS)
+    wait_for(cluster, name, phase("FineTuning"), "FineTuning")
+    trainjob = get(cluster, "trainjobs.trainer.kubeflow.org", "-l", f"chatmodel.dev/name={name}")["items"][0]
+    # What Trainer's controller would write (none runs here): the real server takes it through /status.
+    condition = {
+        "type": outcome,
+        "status": "True",
+        "reason": "JobsCompleted" if outcome == "Complete" else "TrainingFailed",
+        "message": "node 0 ran out of memory",
+        "lastTransitionTime": "2026-12-02T00:00:00Z",
+    }
+    cluster.kubectl(
+        "patch",
+        "trainjobs.trainer.kubeflow.org",
+        trainjob["metadata"]["name"],
+        "-n",
+        NS,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": {"conditions": [condition]}}),
+    )
+    if outcome == "Complete":
+        wait_for(cluster, name, phase("Ready"), "Ready after the TrainJob completed")
+    else:
+        body = wait_for(cluster, name, phase("Failed"), "Failed after the TrainJob failed")
+        assert "node 0 ran out of memory" in body["status"]["message"]

@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from chatmodel_operator.config import Config
-from chatmodel_operator.observe import DeploymentObs, JobObs, parse_result, termination_message
+from chatmodel_operator.observe import (
+    DeploymentObs,
+    JobObs,
+    PodTrouble,
+    parse_result,
+    pod_trouble,
+    termination_message,
+)
 from chatmodel_operator.plan import Plan, Ref, plan
 from chatmodel_operator.spec import ChatModel, model_version
 
@@ -188,3 +195,54 @@ def test_a_version_the_status_lost_stays_in_the_history() -> None:
     assert [o["metadata"]["name"] for o in p.create_only if o["metadata"]["name"].endswith("-prune")] == [
         "x-v1-prune"
     ]
+
+
+def pod(labels: dict[str, str], status: dict[str, Any], deleting: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": "x-abc-1", "labels": labels}
+    if deleting:
+        meta["deletionTimestamp"] = NOW
+    return {"metadata": meta, "status": status}
+
+
+def test_pod_trouble_names_what_holds_a_pod_back() -> None:
+    labels = {"chatmodel.dev/version": "v1", "app.kubernetes.io/component": "serving"}
+    unschedulable = {
+        "phase": "Pending",
+        "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3"}
+        ],
+    }
+    t = pod_trouble(pod(labels, unschedulable))
+    assert t == PodTrouble("v1", "serving", "x-abc-1", "Unschedulable", "0/3")
+    pulling = {
+        "phase": "Pending",
+        "containerStatuses": [{"name": "c", "state": {"waiting": {"reason": "ImagePullBackOff"}}}],
+    }
+    assert pod_trouble(pod(labels, pulling)).reason == "ImagePullBackOff"  # type: ignore[union-attr]
+    # Passing states are not trouble: still creating, running, finished, or on the way out.
+    creating = {
+        "phase": "Pending",
+        "containerStatuses": [{"name": "c", "state": {"waiting": {"reason": "ContainerCreating"}}}],
+    }
+    for status in (creating, {"phase": "Running"}, {"phase": "Succeeded"}):
+        assert pod_trouble(pod(labels, status)) is None
+    assert pod_trouble(pod(labels, unschedulable, deleting=True)) is None
+
+
+def test_a_stuck_pod_of_the_target_version_is_the_status_message() -> None:
+    spec: dict[str, Any] = {"serving": {"nodeSelector": {"pool": "gpu"}}}
+    v = model_version(cm(spec).spec)
+    dep = DeploymentObs(v, f"x-{v}", 1, 0)
+    stuck = PodTrouble(v, "serving", "x-1", "Unschedulable", "0/3 nodes are available")
+    other = PodTrouble("older", "serving", "x-2", "CrashLoopBackOff", "")
+    p = plan(cm(spec), {}, {v: dep}, NO_PROM, NOW, 4, None, [stuck, other])
+    assert p.status["message"] == "serving pod x-1: Unschedulable: 0/3 nodes are available"
+    conditions = {c["type"]: c for c in p.status["conditions"]}
+    assert (
+        conditions["PodsHealthy"]["status"] == "False"
+        and conditions["Progressing"]["reason"] == "Unschedulable"
+    )
+    # Another version's trouble, or none, leaves the message as it was.
+    calm = plan(cm(spec), {}, {v: dep}, NO_PROM, NOW, 4, None, [other])
+    assert "PodsHealthy" not in {c["type"] for c in calm.status["conditions"]}
+    assert calm.status["message"] == "0 of 1 replicas ready"
