@@ -287,8 +287,9 @@ def up(root: Path) -> None:
     kubectl = cluster.tool("kubectl")
     print(f"dev cluster up: API server {cluster.server}, logs in {root}")
     print(f"  export KUBECONFIG={cluster.kubeconfig}")
-    print(f"  export PATH={cluster.bin}:$PATH   # kubectl and helm {build.K8S_VERSION}-compatible")
+    print(f"  export PATH={cluster.bin}:$PATH   # kubectl {build.K8S_VERSION}, helm, kwok")
     print(f"  {kubectl} --kubeconfig {cluster.kubeconfig} get nodes")
+    print("  kwok's pods run no containers: run the operator here, `.venv/bin/python -m chatmodel_operator`")
     print("  stop it: make cluster-down")
 
 
