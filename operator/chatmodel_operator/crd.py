@@ -112,6 +112,8 @@ def field_schema(field: FieldInfo) -> dict[str, Any]:
     schema = type_schema(field.annotation)
     schema["description"] = field.description or ""
     schema.update(_constraints(field))
+    if schema.get("type") == "object" and "maxLength" in schema:  # pydantic's max_length on a dict
+        schema["maxProperties"] = schema.pop("maxLength")
     if schema.get("type") == "array":
         if "maxLength" in schema:  # pydantic's max_length on a list
             schema["maxItems"] = schema.pop("maxLength")

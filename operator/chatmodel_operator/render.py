@@ -4,12 +4,30 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any, TextIO
 
 import yaml
 
 from chatmodel_operator.builders import all_objects
 from chatmodel_operator.config import Config
 from chatmodel_operator.spec import load_manifests
+
+
+class _KubeDumper(yaml.SafeDumper):
+    """Quotes the strings YAML 1.1 reads as booleans that PyYAML leaves bare (y, n): kubectl's parser
+    would turn them into booleans ("cannot unmarshal bool into ... of type string")."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "'" if value in ("y", "Y", "n", "N") else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_KubeDumper.add_representer(str, _str)
+
+
+def dump(objs: list[dict[str, Any]], stream: TextIO) -> None:
+    yaml.dump_all(objs, stream, Dumper=_KubeDumper, sort_keys=False)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = Config.from_env()
     objs = [o for cm in load_manifests(args.manifest) for o in all_objects(cm, config)]
-    yaml.safe_dump_all(objs, sys.stdout, sort_keys=False)
+    dump(objs, sys.stdout)
     return 0
 
 

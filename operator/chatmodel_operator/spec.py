@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic.alias_generators import to_camel, to_snake
 
 GROUP = "chatmodel.dev"
 VERSION = "v1alpha1"
@@ -29,12 +30,30 @@ DEFAULT_BASE_MODEL = "builtin://smollm2-135m"
 # Model sources: builtin demo models, Hugging Face ids, a path on a PVC, or a path inside the image.
 MODEL_SOURCE_PATTERN = r"^((builtin|hf|pvc|file)://.+|/.+)$"
 DATA_SOURCE_PATTERN = r"^((builtin|pvc|file)://.+|/.+)$"
-QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
+# CPU: cores (up to 3 decimals) or whole millicores. Bytes: a whole, non-zero number with an optional suffix
+# (the API server warns about fractional bytes and refuses a zero-sized claim).
+CPU_PATTERN = r"^([0-9]{1,6}(\.[0-9]{1,3})?|[0-9]{1,9}m)$"
+BYTES_PATTERN = r"^[1-9][0-9]{0,14}(k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?$"
+# Kubernetes label keys ([prefix/]name) and values.
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+LABEL_KEY_PATTERN = rf"^({_DNS_LABEL}(\.{_DNS_LABEL})*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{{0,61}}[A-Za-z0-9])?$"
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 # Printable ASCII but '=' (Kubernetes' relaxed environment variable names).
 ENV_NAME_PATTERN = r"^[!-<>-~]+$"
+# Variables the operator sets in serving containers itself; a second definition would hide one of them.
+OPERATOR_ENV = (
+    "CHATMODEL_CACHE",
+    "HF_HOME",
+    "HOME",
+    "VLLM_CACHE_ROOT",
+    "VLLM_NO_USAGE_STATS",
+    "VLLM_CPU_KVCACHE_SPACE",
+    "VLLM_API_KEY",
+)
+LabelValue = Annotated[str, StringConstraints(pattern=LABEL_VALUE_PATTERN, max_length=63)]
 
 Phase = Literal["Pending", "FineTuning", "Deploying", "Ready", "Failed", "Degraded"]
 PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]
@@ -115,15 +134,15 @@ class Resources(_Model):
     """Compute for one pod."""
 
     gpu: int = Field(0, ge=0, le=16, description="NVIDIA GPUs (nvidia.com/gpu limit); 0 runs on CPU.")
-    cpu: str = Field("1", pattern=QUANTITY_PATTERN, description="CPU request, e.g. 500m or 2.")
-    memory: str = Field("2Gi", pattern=QUANTITY_PATTERN, description="Memory request and limit, e.g. 4Gi.")
+    cpu: str = Field("1", pattern=CPU_PATTERN, description="CPU request, e.g. 500m or 2.")
+    memory: str = Field("2Gi", pattern=BYTES_PATTERN, description="Memory request and limit, e.g. 4Gi.")
 
 
 class TrainingResources(Resources):
     """Compute for the training pods: `gpu`, `cpu` and `memory` are per node."""
 
-    cpu: str = Field("2", pattern=QUANTITY_PATTERN, description="CPU request, e.g. 500m or 2.")
-    memory: str = Field("4Gi", pattern=QUANTITY_PATTERN, description="Memory request and limit, e.g. 8Gi.")
+    cpu: str = Field("2", pattern=CPU_PATTERN, description="CPU request, e.g. 500m or 2.")
+    memory: str = Field("4Gi", pattern=BYTES_PATTERN, description="Memory request and limit, e.g. 8Gi.")
     nodes: int = Field(
         1,
         ge=1,
@@ -136,13 +155,39 @@ class TrainingResources(Resources):
 class Toleration(_Model):
     """A pod toleration (core/v1 Toleration)."""
 
-    key: str | None = Field(None, description="Taint key; empty with operator Exists matches all taints.")
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "(has(self.key) && self.key != '') || self.operator == 'Exists'",
+            "spec.fineTune/serving.tolerations: an empty key needs operator Exists",
+            lambda t: bool(t.key) or t.operator == "Exists",
+        ),
+        Rule(
+            "self.operator != 'Exists' || !has(self.value) || self.value == ''",
+            "spec.fineTune/serving.tolerations: operator Exists takes no value",
+            lambda t: t.operator != "Exists" or not t.value,
+        ),
+        Rule(
+            "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            "spec.fineTune/serving.tolerations: tolerationSeconds needs effect NoExecute",
+            lambda t: t.toleration_seconds is None or t.effect == "NoExecute",
+        ),
+    )
+    key: str | None = Field(
+        None,
+        pattern=LABEL_KEY_PATTERN,
+        max_length=317,
+        description="Taint key; empty with operator Exists matches all taints.",
+    )
     operator: Literal["Exists", "Equal"] = Field("Equal", description="Exists or Equal.")
-    value: str | None = Field(None, description="Taint value for operator Equal.")
+    value: str | None = Field(
+        None, pattern=LABEL_VALUE_PATTERN, max_length=63, description="Taint value for operator Equal."
+    )
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         None, description="Taint effect to match; empty matches all effects."
     )
-    toleration_seconds: int | None = Field(None, ge=0, description="How long a NoExecute taint is tolerated.")
+    toleration_seconds: int | None = Field(
+        None, ge=0, le=31536000, description="How long a NoExecute taint is tolerated."
+    )
 
 
 class EnvVar(_Model):
@@ -152,10 +197,33 @@ class EnvVar(_Model):
     value: str = Field("", description="Variable value.")
 
 
+_LABEL_KEY = re.compile(LABEL_KEY_PATTERN.removeprefix("^").removesuffix("$"))
+
+
+def _cel_string(text: str) -> str:
+    """`text` inside a single-quoted CEL string literal (CEL knows no `\\.` escape)."""
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def label_keys_rule(field: str, path: str) -> Rule:
+    """Every key of the map `field` is a Kubernetes label key (the schema checks the values)."""
+    return Rule(
+        f"!has(self.{field}) || "
+        f"self.{field}.all(k, k.size() <= 317 && k.matches('{_cel_string(LABEL_KEY_PATTERN)}'))",
+        f"{path}: keys must be label keys ([prefix/]name, the name at most 63 characters)",
+        lambda m: all(len(k) <= 317 and _LABEL_KEY.fullmatch(k) for k in getattr(m, to_snake(field))),
+    )
+
+
 class Placement(_Model):
     """Scheduling knobs shared by the training and serving pods."""
 
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pods require.")
+    rules: ClassVar[tuple[Rule, ...]] = (
+        label_keys_rule("nodeSelector", "spec.fineTune/serving.nodeSelector"),
+    )
+    node_selector: dict[str, LabelValue] = Field(
+        default_factory=dict, max_length=32, description="Node labels the pods require."
+    )
     tolerations: list[Toleration] = Field(default_factory=list, description="Taints the pods tolerate.")
 
 
@@ -313,10 +381,24 @@ class Gateway(_Model):
     endpoint_picker_port: int = Field(9002, ge=1, le=65535, description="The endpoint picker's gRPC port.")
 
 
+_OPERATOR_ENV_CEL = ", ".join(f"'{n}'" for n in OPERATOR_ENV)
+
+
 class Serving(Placement):
     """How the model is served."""
 
     rules: ClassVar[tuple[Rule, ...]] = (
+        *Placement.rules,
+        Rule(
+            f"!has(self.env) || self.env.all(e, !(e.name in [{_OPERATOR_ENV_CEL}]))",
+            "spec.serving.env may not set " + ", ".join(OPERATOR_ENV) + ": the operator sets them",
+            lambda s: not any(e.name in OPERATOR_ENV for e in s.env),
+        ),
+        Rule(
+            "!has(self.env) || self.env.all(e, self.env.exists_one(f, f.name == e.name))",
+            "spec.serving.env: each name at most once",
+            lambda s: len({e.name for e in s.env}) == len(s.env),
+        ),
         Rule(
             "self.replicas.min > 0 || (has(self.autoscaling) && self.autoscaling.engine == 'KEDA')",
             "spec.serving.replicas.min 0 needs spec.serving.autoscaling.engine KEDA (HPAs stop at 1)",
@@ -354,10 +436,12 @@ class Serving(Placement):
     max_waiting_requests: int | None = Field(
         None, ge=1, le=100000, description="Queue bound; beyond it requests get 429."
     )
-    shm_size: str = Field("1Gi", pattern=QUANTITY_PATTERN, description="Size of the /dev/shm memory volume.")
+    shm_size: str = Field("1Gi", pattern=BYTES_PATTERN, description="Size of the /dev/shm memory volume.")
     image: str | None = Field(None, description="Serving image; defaults to the operator's runtime image.")
     ui: bool = Field(True, description="Serve the playground chat page at / (pytorch and triton runtimes).")
-    env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables.")
+    env: list[EnvVar] = Field(
+        default_factory=list, max_length=64, description="Extra environment variables (names unique)."
+    )
     gateway: Gateway | None = Field(
         None, description="Route through a Gateway with an InferencePool; canary weights go in the HTTPRoute."
     )
@@ -379,9 +463,11 @@ class SecretKeyRef(_Model):
 class Quota(_Model):
     """Per-API-key limits, enforced by each serving replica over a sliding minute (429 with Retry-After)."""
 
-    requests_per_minute: int | None = Field(None, ge=1, description="Requests per key per minute.")
+    requests_per_minute: int | None = Field(
+        None, ge=1, le=10_000_000, description="Requests per key per minute."
+    )
     tokens_per_minute: int | None = Field(
-        None, ge=1, description="Prompt + completion tokens per key per minute."
+        None, ge=1, le=10_000_000_000, description="Prompt + completion tokens per key per minute."
     )
 
 
@@ -403,13 +489,19 @@ class NetworkPolicy(_Model):
     """Admit traffic to the serving port only from these namespaces and pods (a NetworkPolicy; the cluster's
     network plugin must enforce NetworkPolicies). Both empty admits no one."""
 
+    rules: ClassVar[tuple[Rule, ...]] = (
+        label_keys_rule("allowPodLabels", "spec.access.networkPolicy.allowPodLabels"),
+    )
+
     allow_namespaces: list[NamespaceName] = Field(
         default_factory=list,
         max_length=32,
         description="Namespaces whose pods may connect: the gateway's, Prometheus' (it scrapes this port).",
     )
-    allow_pod_labels: dict[str, str] = Field(
-        default_factory=dict, description="Pods of the ChatModel's namespace with these labels may connect."
+    allow_pod_labels: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Pods of the ChatModel's namespace with these labels may connect.",
     )
 
 
@@ -449,7 +541,10 @@ class LiveGate(_Model):
         None, gt=0.0, description="Highest p95 end-to-end request latency, in seconds."
     )
     min_requests: int = Field(
-        1, ge=0, description="Requests the canary must have answered in the window before it is judged."
+        1,
+        ge=0,
+        le=1_000_000_000,
+        description="Requests the canary must have answered in the window before it is judged.",
     )
     window_seconds: int = Field(300, ge=10, le=86400, description="PromQL range the figures cover.")
 
@@ -479,7 +574,7 @@ class Rollout(_Model):
 class Storage(_Model):
     """The PersistentVolumeClaim holding fine-tuned artifacts (one folder per version)."""
 
-    size: str = Field("10Gi", pattern=QUANTITY_PATTERN, description="Requested capacity.")
+    size: str = Field("10Gi", pattern=BYTES_PATTERN, description="Requested capacity, e.g. 10Gi.")
     storage_class_name: str | None = Field(
         None,
         pattern=SUBDOMAIN_PATTERN,

@@ -231,7 +231,9 @@ class LocalCluster:
         self._wait("Ready nodes", self._nodes_ready, timeout=60)
         # The service-account controller makes "default" in each namespace; pods need it.
         self._wait("the default ServiceAccount", lambda: self.kubectl("get", "sa", "default").returncode == 0)
-        (d / "pids.json").write_text(json.dumps({n: p.pid for n, p in self.procs.items()}))
+        (d / "pids.json").write_text(
+            json.dumps({n: [p.pid, started_at(p.pid)] for n, p in self.procs.items()})
+        )
         return self
 
     def kwok_stages(self) -> Path:
@@ -255,12 +257,10 @@ class LocalCluster:
         return len(ready) == len(NODES)
 
     def stop(self) -> None:
-        # Reverse start order: nothing logs a lost API server while stopping.
-        for name in reversed(list(self.procs)):
-            stop_group(self.procs[name].pid)
-        for p in self.procs.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=10)
+        # One at a time in reverse start order: kube-apiserver hangs on an etcd that went first.
+        for p in reversed(list(self.procs.values())):
+            end_group(p.pid, lambda p=p: p.poll() is not None)
+            p.wait(timeout=10)
         self.procs.clear()
 
 
@@ -268,9 +268,24 @@ def _conditions(obj: dict[str, Any]) -> list[dict[str, Any]]:
     return list((obj.get("status") or {}).get("conditions") or [])
 
 
-def stop_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGTERM)
+def started_at(pid: int) -> str:
+    """The process' start time in clock ticks since boot (/proc/PID/stat field 22): a reused pid differs."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except OSError:
+        return ""
+
+
+def end_group(pid: int, ended: Any, grace: float = 10.0) -> None:
+    """SIGTERM to the process group of pid, then SIGKILL if `ended()` is still false after `grace` s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if ended():
+                return
+            time.sleep(0.1)
 
 
 def default_dir() -> Path:
@@ -298,8 +313,9 @@ def down(root: Path) -> None:
     if not pids.exists():
         print(f"dev cluster: none running in {root}")
         return
-    for pid in reversed(list(json.loads(pids.read_text()).values())):
-        stop_group(pid)
+    for pid, started in reversed(list(json.loads(pids.read_text()).values())):
+        if started_at(pid) == started:  # still our process, not a reused pid
+            end_group(pid, lambda pid=pid, started=started: started_at(pid) != started)
     pids.unlink()
     print(f"dev cluster in {root} stopped")
 

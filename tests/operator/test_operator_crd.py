@@ -127,6 +127,38 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("triton-lora", {"spec": {"fineTune": FT, "serving": {"runtime": "triton"}}}, "runtime"),
     ("long-name", {"metadata": {"name": "n" * 41}}, "metadata.name"),
     ("canary-100", {"spec": {"rollout": {"canaryPercent": 100}}}, "canaryPercent"),
+    # Found by the real API server (tests/cluster/test_schemas_real.py): each was accepted by the CRD and
+    # then refused in the Deployment, Job, PVC or NetworkPolicy the operator made from it.
+    ("node-selector-key", {"spec": {"serving": {"nodeSelector": {"a b": "x"}}}}, "nodeSelector"),
+    ("node-selector-value", {"spec": {"fineTune": {**FT, "nodeSelector": {"pool": "a b"}}}}, "nodeSelector"),
+    ("toleration-no-key", {"spec": {"serving": {"tolerations": [{"operator": "Equal"}]}}}, "tolerations"),
+    (
+        "toleration-seconds",
+        {"spec": {"serving": {"tolerations": [{"key": "k", "tolerationSeconds": 5}]}}},
+        "tolerations",
+    ),
+    ("zero-storage", {"spec": {"storage": {"size": "0"}}}, "size"),
+    ("fractional-bytes", {"spec": {"serving": {"resources": {"memory": "1500m"}}}}, "memory"),
+    ("operator-env", {"spec": {"serving": {"env": [{"name": "HOME", "value": "/"}]}}}, "spec.serving.env"),
+    (
+        "env-twice",
+        {"spec": {"serving": {"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}}},
+        "spec.serving.env",
+    ),
+    (
+        "pod-label-key",
+        {
+            "spec": {
+                "access": {"apiKeySecretRef": {"name": "k"}, "networkPolicy": {"allowPodLabels": {"-x": "y"}}}
+            }
+        },
+        "allowPodLabels",
+    ),
+    (
+        "huge-quota",
+        {"spec": {"access": {"apiKeySecretRef": {"name": "k"}, "quota": {"requestsPerMinute": 10**20}}}},
+        "requestsPerMinute",
+    ),
 ]
 
 
