@@ -25,8 +25,9 @@ pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 # DDP sums the same gradients in another order and autocasts in bfloat16 where the CPU has it: the
-# trajectories drift apart slightly. Measured here: 0.3% after 2 steps, <2% after the full recipe.
-EVAL_LOSS_TOLERANCE = 0.05  # relative to the single-process run's eval loss
+# trajectories drift apart slightly. Measured: 0.3% after 2 steps, <2% after 2 epochs; 5.3% after the
+# quickstart's 3 epochs (45 steps) in bfloat16 on a CPU with avx512_bf16 (2026-12-02: 0.806 vs 0.851).
+EVAL_LOSS_TOLERANCE = 0.10  # relative to the single-process run's eval loss
 
 
 def torchrun(args: list[str], log: Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
