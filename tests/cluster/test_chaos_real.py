@@ -7,7 +7,8 @@ a history limit of one, so that versions are pruned; one changes only the replic
 
 The server's own record says what was created: API watches (the admin token) run from before the first
 ChatModel to the end and keep every ADDED/DELETED with its uid, and the API server's request counter
-(apiserver_request_total) must count exactly as many successful creates. Child names are per version and
+(apiserver_request_total) must count as many successful creates (a create answered with a timeout counts
+as tried). Child names are per version and
 no spec comes back to an earlier version, so a second uid under one name is a recreation; the only deletes
 by design are a pruned version's children (its version gone from status.versions), all of them. Each
 Deployment keeps one ReplicaSet (no restart changed a pod template). Creates answered 409 (a restarted
@@ -462,6 +463,10 @@ def test_operator_killed_at_random_points_converges_without_duplicates(
     # The API server's own count of successful creates agrees with what the watches saw.
     delta = creates_after - creates_before
     server_created = {r: delta[r, 201] for r in RESOURCES.values()}
+    # A create the server carried out may still be answered 504 (a timeout under load): those count as tries.
+    server_tried = {
+        r: sum(n for (res, code), n in delta.items() if res == r and code != 409) for r in server_created
+    }
     per_kind = Counter(k for (k, _), u in uids.items() for _ in u)
     watched_created = {RESOURCES[k]: per_kind[k] for k in CHILDREN}
     conflicts = {r: delta[r, 409] for r in RESOURCES.values() if delta[r, 409]}
@@ -498,6 +503,7 @@ def test_operator_killed_at_random_points_converges_without_duplicates(
     assert any(n == "moving" for n, _ in pruned_trained), f"no version of moving pruned: {pruned}"
     assert not rolled, f"pod templates changed (a new ReplicaSet, pods replaced): {rolled}"
     assert not [e for e in recorder.errors if "watch error" in e], recorder.errors  # no gap (410)
-    assert server_created == watched_created, f"server {server_created} vs watches {watched_created}"
+    counts = f"server: {server_created} created, {server_tried} tried; watches: {watched_created}"
+    assert all(server_created[r] <= watched_created[r] <= server_tried[r] for r in server_created), counts
     # The final operator, never interrupted, had no failing handler.
     assert not final.trouble(), final.trouble()
