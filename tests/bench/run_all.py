@@ -27,6 +27,7 @@ BENCHMARKS = {
     "train": ["bench_train.py"],
     "triton": ["bench_triton.py"],
     "operator": ["bench_operator.py"],
+    "operator-cluster": ["bench_operator.py", "--cluster", "local"],
 }
 Check = Callable[[float, float], bool]
 # key -> (comparison, target); None = reported only.
@@ -44,6 +45,10 @@ TARGETS: dict[str, tuple[str, float] | None] = {
     "operator.peak_rss_mb": ("<", 150.0),
     "operator.seconds_1000": None,
     "operator.baseline_seconds_1000": None,
+    "operator.local.cpu_ratio_vs_kopf_baseline": ("<=", 1.5),
+    "operator.local.peak_rss_mb": ("<", 100.0),
+    "operator.local.seconds_1000": None,
+    "operator.local.baseline_seconds_1000": None,
     "operator.reconcile_p95_ms": None,
 }
 COMPARE: dict[str, Check] = {">=": operator.ge, "<=": operator.le, "<": operator.lt}

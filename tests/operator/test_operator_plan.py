@@ -75,12 +75,22 @@ def test_degraded_when_a_ready_model_loses_replicas() -> None:
 
 
 def test_hpa_and_pdb_are_removed_when_no_longer_wanted() -> None:
-    spec = {"serving": {"replicas": {"min": 1, "max": 1}}}
-    v = model_version(cm(spec).spec)
-    p = run(cm(spec), deps=[DeploymentObs(v, f"x-{v}", 1, 1)])
+    wide = {"serving": {"replicas": {"min": 2, "max": 4}}}
+    v = model_version(cm(wide).spec)
+    dep = DeploymentObs(v, f"x-{v}", 2, 2)
+    served = plan(cm(wide), {}, {v: dep}, NO_PROM, NOW, generation=4).status
+    spec = {"serving": {"replicas": {"min": 1, "max": 1}}}  # the next generation wants neither
+    p = plan(cm(spec, served), {}, {v: dep}, NO_PROM, NOW, generation=5)
     assert Ref("autoscaling/v2", "HorizontalPodAutoscaler", f"x-{v}") in p.delete
     assert Ref("policy/v1", "PodDisruptionBudget", f"x-{v}") in p.delete
     assert Ref("apps/v1", "Deployment", f"x-{v}") not in p.delete
+
+
+def test_a_new_chatmodel_deletes_nothing() -> None:
+    """Its first status-writing reconcile has nothing from an earlier spec to remove (no DELETE answered 404)."""
+    spec = {"serving": {"replicas": {"min": 1}}}
+    v = model_version(cm(spec).spec)
+    assert run(cm(spec), deps=[DeploymentObs(v, f"x-{v}", 1, 0)]).delete == []
 
 
 def test_history_limit_trims_versions_and_their_jobs() -> None:
