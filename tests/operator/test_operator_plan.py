@@ -87,7 +87,7 @@ def test_hpa_and_pdb_are_removed_when_no_longer_wanted() -> None:
 
 
 def test_a_new_chatmodel_deletes_nothing() -> None:
-    """Its first status-writing reconcile has nothing from an earlier spec to remove (no DELETE answered 404)."""
+    """Its first status-writing reconcile has nothing from an earlier spec to remove (no DELETE, no 404)."""
     spec = {"serving": {"replicas": {"min": 1}}}
     v = model_version(cm(spec).spec)
     assert run(cm(spec), deps=[DeploymentObs(v, f"x-{v}", 1, 0)]).delete == []
