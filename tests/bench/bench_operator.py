@@ -203,6 +203,16 @@ def histogram_quantile(q: float, text: str, name: str) -> tuple[float, int]:
     return lower, int(total)
 
 
+def reconcile_figures(exposition: str) -> dict[str, float]:
+    """Reconcile count and p50/p95 from the operator's own histogram (zeros when it has none)."""
+    reconcile = "chatmodel_operator_reconcile_duration_seconds"
+    if f"{reconcile}_bucket" not in exposition:
+        return {"reconciles": 0, "reconcile_p50_seconds": 0.0, "reconcile_p95_seconds": 0.0}
+    p50, reconciles = histogram_quantile(0.5, exposition, reconcile)
+    p95, _ = histogram_quantile(0.95, exposition, reconcile)
+    return {"reconciles": reconciles, "reconcile_p50_seconds": p50, "reconcile_p95_seconds": p95}
+
+
 async def drive(
     url: str, count: int, operator_pid: int, timeout: float, metrics_url: str
 ) -> dict[str, float]:
@@ -249,14 +259,8 @@ async def drive(
         cpu_idle, _ = proc_stats(operator_pid)
         async with http.get(metrics_url) as resp:
             exposition = await resp.text()
-    reconcile = "chatmodel_operator_reconcile_duration_seconds"
-    has_histogram = f"{reconcile}_bucket" in exposition
-    p50, reconciles = histogram_quantile(0.5, exposition, reconcile) if has_histogram else (0.0, 0)
-    p95, _ = histogram_quantile(0.95, exposition, reconcile) if has_histogram else (0.0, 0)
     return {
-        "reconciles": reconciles,
-        "reconcile_p50_seconds": p50,
-        "reconcile_p95_seconds": p95,
+        **reconcile_figures(exposition),
         "seconds": seconds,
         "create_seconds": created,
         "cpu_seconds": cpu_after - cpu_before,
@@ -542,14 +546,8 @@ async def drive_local(cluster: Any, count: int, op: Any, trivial: bool, timeout:
                 task.cancel()
     with urllib.request.urlopen(f"http://127.0.0.1:{op.metrics_port}/metrics", timeout=10) as resp:
         exposition = resp.read().decode()
-    reconcile = "chatmodel_operator_reconcile_duration_seconds"
-    has_histogram = f"{reconcile}_bucket" in exposition
-    p50, reconciles = histogram_quantile(0.5, exposition, reconcile) if has_histogram else (0.0, 0)
-    p95, _ = histogram_quantile(0.95, exposition, reconcile) if has_histogram else (0.0, 0)
     return {
-        "reconciles": reconciles,
-        "reconcile_p50_seconds": p50,
-        "reconcile_p95_seconds": p95,
+        **reconcile_figures(exposition),
         "seconds": reached["done"],
         "status_seconds": reached["status"],
         "pods_ready_seconds": pods_ready["ready"],
