@@ -107,7 +107,9 @@ def test_operator_promql_on_two_real_servers(servers: dict[str, ServerProcess], 
         n_load = 3 * BATCH
         try:
             with ThreadPoolExecutor(n_load) as pool:
-                latencies = list(pool.map(lambda _: ask(v1, 8), range(n_load)))
+                # Long enough that the queue outlasts a few scrapes on a fast machine (with 8 tokens it
+                # drained between two scrapes, and no waiting request was ever seen).
+                latencies = list(pool.map(lambda _: ask(v1, 96), range(n_load)))
             wait_scrapes()
         finally:
             stop.set()
