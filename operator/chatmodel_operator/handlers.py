@@ -39,6 +39,12 @@ def _troubles(kwargs: dict[str, Any], key: tuple[str, str]) -> Callable[[], list
     return lambda: list(kwargs["stuck_pods"].get(key, []))
 
 
+async def _reconcile_owner(key: tuple[str, str], memo: kopf.Memo, kwargs: dict[str, Any]) -> None:
+    """Reconcile the ChatModel a child belongs to, with what the indexes hold now."""
+    for cm_body in list(kwargs["chatmodel_bodies"].get(key, [])):
+        await memo.reconciler.reconcile(cm_body, *_children(kwargs, key), troubles=_troubles(kwargs, key))
+
+
 def _is_stuck(body: kopf.Body, **_: Any) -> bool:
     return observe.pod_trouble(dict(body)) is not None
 
@@ -133,10 +139,17 @@ def register(registry: kopf.OperatorRegistry, config: Config) -> None:
     @kopf.on.event("batch", "v1", "jobs", labels=OURS, registry=registry)
     @kopf.on.event("trainer.kubeflow.org", "v1alpha1", "trainjobs", labels=OURS, registry=registry)
     @kopf.on.event("apps", "v1", "deployments", labels=OURS, registry=registry)
-    @kopf.on.event("", "v1", "pods", labels=OURS, registry=registry)
     async def child_changed(
         namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any
     ) -> None:
+        await _reconcile_owner(_key(namespace, labels.get(NAME_LABEL)), memo, kwargs)
+
+    # A pod's event matters only for the stuck-pod reason (the Deployment's own events carry readiness),
+    # so most pod events (created, scheduled, ready) skip the reconcile entirely.
+    @kopf.on.event("", "v1", "pods", labels=OURS, registry=registry)
+    async def pod_changed(
+        body: kopf.Body, namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any
+    ) -> None:
         key = _key(namespace, labels.get(NAME_LABEL))
-        for cm_body in list(kwargs["chatmodel_bodies"].get(key, [])):
-            await memo.reconciler.reconcile(cm_body, *_children(kwargs, key), troubles=_troubles(kwargs, key))
+        if _is_stuck(body) or memo.reconciler.knew_stuck_pods(key):
+            await _reconcile_owner(key, memo, kwargs)

@@ -12,6 +12,7 @@ from chatmodel_operator.builders.meta import (
     DOMAIN,
     VERSION_LABEL,
 )
+from chatmodel_operator.builders.training import TRAINJOB_API
 
 # The trainer's termination message, copied onto the Job once it finishes (pods may be gone later).
 RESULT_ANNOTATION = f"{DOMAIN}/result"
@@ -21,7 +22,7 @@ RESULT_ANNOTATION = f"{DOMAIN}/result"
 # name owns). Both report Complete/Failed conditions.
 TRAINERS: dict[str, tuple[str, str]] = {
     "Job": ("batch/v1", "batch.kubernetes.io/job-name"),
-    "TrainJob": ("trainer.kubeflow.org/v1alpha1", "jobset.sigs.k8s.io/jobset-name"),
+    "TrainJob": (TRAINJOB_API, "jobset.sigs.k8s.io/jobset-name"),
 }
 
 

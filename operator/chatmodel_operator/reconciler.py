@@ -65,6 +65,10 @@ class Reconciler:
         # ...and the spec it acted on: with both unchanged, a reconcile would change nothing.
         self._spec_seen: dict[Key, str] = {}
 
+    def knew_stuck_pods(self, key: Key) -> bool:
+        """Whether the last reconcile of this ChatModel acted on a stuck pod (one may have come unstuck)."""
+        return any(isinstance(o, PodTrouble) for o in self._acted_on.get(key, ()))
+
     def is_news(self, key: Key, obs: JobObs | DeploymentObs) -> bool:
         """Whether a child's event tells the last reconcile something it did not know (most events are the
         echo of our own writes; skipping those halves the work per ChatModel)."""
