@@ -1,12 +1,13 @@
-"""Thin kopf handlers: keep indexes of ChatModels and their children, and call the Reconciler.
+"""Thin kopf handlers: keep indexes of ChatModels and their children, and queue the ChatModel a change
+concerns; the work queue's workers run the Reconciler with what the indexes hold then.
 
-Every trigger (ChatModel created/updated/resumed, a Job or Deployment changed) runs the same level-based
-reconcile, so handlers stay idempotent and a restarted operator converges without creating duplicates."""
+Every trigger (a ChatModel listed or changed, a Job or Deployment changed, a pod stuck) runs the same
+level-based reconcile, so handlers stay idempotent and a restarted operator converges without creating
+duplicates."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -17,56 +18,81 @@ from chatmodel_operator.config import Config
 from chatmodel_operator.k8s import Client
 from chatmodel_operator.reconciler import Reconciler
 from chatmodel_operator.spec import GROUP, PLURAL, VERSION
+from chatmodel_operator.workqueue import Key, WorkQueue
 
 OURS = {MANAGED_BY_LABEL: MANAGED_BY}
 TRAINING = {**OURS, COMPONENT_LABEL: "training"}
 RETRY_SECONDS = 5
+# Reconciles at once (controller-runtime's MaxConcurrentReconciles): each sends its requests in turn.
+WORKERS = 16
 
 
-def _key(namespace: str | None, name: str | None) -> tuple[str, str]:
+def _key(namespace: str | None, name: str | None) -> Key:
     return namespace or "default", name or ""
 
 
-def _children(kwargs: dict[str, Any], key: tuple[str, str]) -> tuple[Any, Any]:
+def _children(indexes: dict[str, Any], key: Key) -> tuple[Any, Any]:
     """The observed Jobs and Deployments of one ChatModel, from the indexes kopf passes by name."""
     # Copies: the stores change while a reconcile awaits.
-    jobs = [*kwargs["training_jobs"].get(key, []), *kwargs["training_trainjobs"].get(key, [])]
-    return jobs, list(kwargs["serving_deployments"].get(key, []))
+    jobs = [*indexes["training_jobs"].get(key, []), *indexes["training_trainjobs"].get(key, [])]
+    return jobs, list(indexes["serving_deployments"].get(key, []))
 
 
-def _troubles(kwargs: dict[str, Any], key: tuple[str, str]) -> Callable[[], list[observe.PodTrouble]]:
-    """The ChatModel's stuck pods, read when called (the index is live)."""
-    return lambda: list(kwargs["stuck_pods"].get(key, []))
+def reconcile_from(reconciler: Reconciler, indexes: dict[str, Any]) -> Any:
+    """The work queue's reconcile of one key, with what kopf's (live) indexes hold when it runs."""
 
+    async def reconcile(key: Key) -> None:
+        for body in list(indexes["chatmodel_bodies"].get(key, [])):  # none once deleted
+            await reconciler.reconcile(
+                body,
+                *_children(indexes, key),
+                # The stuck pods are read once the ChatModel's lock is held (a pod has one such event).
+                troubles=lambda: list(indexes["stuck_pods"].get(key, [])),
+            )
 
-async def _reconcile_owner(key: tuple[str, str], memo: kopf.Memo, kwargs: dict[str, Any]) -> None:
-    """Reconcile the ChatModel a child belongs to, with what the indexes hold now."""
-    for cm_body in list(kwargs["chatmodel_bodies"].get(key, [])):
-        await memo.reconciler.reconcile(cm_body, *_children(kwargs, key), troubles=_troubles(kwargs, key))
+    return reconcile
 
 
 def _is_stuck(body: kopf.Body, **_: Any) -> bool:
     return observe.pod_trouble(dict(body)) is not None
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No diff base: this operator has no change-detecting handlers (only event handlers, indexes and a
+    timer), yet kopf builds the diff base of every event of every watched kind, a deep copy of the whole
+    object (managedFields and status included), which was a third of the operator's CPU."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
+        return None
+
+    def fetch(self, *, body: kopf.Body) -> None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
+        return None
+
+
 def register(registry: kopf.OperatorRegistry, config: Config) -> None:
     """Register every handler on `registry` (main.py and the tests each bring their own)."""
 
     @kopf.on.startup(registry=registry)
-    async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_: Any) -> None:
-        # kopf's bookkeeping goes into our own annotations; only warnings become Kubernetes Events.
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="chatmodel.dev")
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix="chatmodel.dev", key="last-handled-configuration"
-        )
+    async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **kwargs: Any) -> None:
+        settings.persistence.diffbase_storage = NoDiffBase()
+        # Only warnings become Kubernetes Events.
         settings.posting.level = logging.WARNING
         settings.posting.reporting_component = "chatmodel-operator"
         memo.reconciler = Reconciler(config, Client(settings, logger))
+        # kwargs holds kopf's indexes by their ids (live objects, filled before any handler runs).
+        memo.queue = WorkQueue(reconcile_from(memo.reconciler, kwargs), WORKERS, RETRY_SECONDS)
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        await memo.queue.stop()
 
     # Async on purpose: kopf runs plain functions in a thread pool, which costs more than the work.
     @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="chatmodel_bodies")
     async def chatmodel_bodies(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
-        return {_key(namespace, name): dict(body)}
+        return {_key(namespace, name): observe.chatmodel(dict(body))}
 
     # Only training Jobs: the artifact-prune Jobs carry the same version label.
     @kopf.index("batch", "v1", "jobs", labels=TRAINING, registry=registry, id="training_jobs")
@@ -98,18 +124,25 @@ def register(registry: kopf.OperatorRegistry, config: Config) -> None:
     async def stuck_pods(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> Any:
         return {_key(namespace, labels.get(NAME_LABEL)): observe.pod_trouble(dict(body))}
 
-    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, backoff=RETRY_SECONDS)
-    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, backoff=RETRY_SECONDS)
-    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, backoff=RETRY_SECONDS)
-    async def chatmodel_changed(
-        body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any
+    # kopf's event handlers, not its create/update/resume ones: the reconcile is level-based and knows a
+    # repeat by itself, and kopf's change tracking (a diff-base annotation written on every ChatModel, a
+    # diff computed on every event) was half the operator's CPU. Retries are the work queue's.
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def chatmodel_event(
+        event: kopf.RawEvent,
+        body: kopf.Body,
+        namespace: str | None,
+        name: str,
+        memo: kopf.Memo,
+        **kwargs: Any,
     ) -> None:
-        # The reconciler writes the status itself, under the ChatModel's lock: kopf's own patch would land
-        # after the handler returns, over a status a child's event wrote meanwhile (a lost stuck-pod reason).
         key = _key(namespace, name)
-        await memo.reconciler.reconcile(
-            dict(body), *_children(kwargs, key), fresh=True, troubles=_troubles(kwargs, key)
-        )
+        if event["type"] == "DELETED":
+            # No finalizer: ownerReferences let the garbage collector clean up even when the operator is down.
+            memo.queue.forget(key)
+            await memo.reconciler.cleanup(dict(body), *_children(kwargs, key))
+        else:
+            memo.queue.add(key)
 
     def canary_running(status: kopf.Status, **_: Any) -> bool:
         return any(v.get("state") == "Canary" for v in status.get("versions") or [])
@@ -118,38 +151,21 @@ def register(registry: kopf.OperatorRegistry, config: Config) -> None:
     @kopf.timer(
         GROUP, VERSION, PLURAL, registry=registry, interval=config.rollout_check_seconds, when=canary_running
     )
-    async def rollout_check(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
-        key = _key(namespace, name)
-        for cm_body in list(kwargs["chatmodel_bodies"].get(key, [])):
-            await memo.reconciler.reconcile(cm_body, *_children(kwargs, key), troubles=_troubles(kwargs, key))
-
-    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    async def chatmodel_deleted(
-        event: kopf.RawEvent,
-        body: kopf.Body,
-        namespace: str | None,
-        name: str,
-        memo: kopf.Memo,
-        **kwargs: Any,
-    ) -> None:
-        # No finalizer: ownerReferences let the garbage collector clean up even when the operator is down.
-        if event["type"] == "DELETED":
-            await memo.reconciler.cleanup(dict(body), *_children(kwargs, _key(namespace, name)))
+    async def rollout_check(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+        memo.queue.add(_key(namespace, name))
 
     @kopf.on.event("batch", "v1", "jobs", labels=OURS, registry=registry)
     @kopf.on.event("trainer.kubeflow.org", "v1alpha1", "trainjobs", labels=OURS, registry=registry)
     @kopf.on.event("apps", "v1", "deployments", labels=OURS, registry=registry)
-    async def child_changed(
-        namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any
-    ) -> None:
-        await _reconcile_owner(_key(namespace, labels.get(NAME_LABEL)), memo, kwargs)
+    async def child_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+        memo.queue.add(_key(namespace, labels.get(NAME_LABEL)))
 
     # A pod's event matters only for the stuck-pod reason (the Deployment's own events carry readiness),
-    # so most pod events (created, scheduled, ready) skip the reconcile entirely.
+    # so most pod events (created, scheduled, ready) queue nothing.
     @kopf.on.event("", "v1", "pods", labels=OURS, registry=registry)
     async def pod_changed(
-        body: kopf.Body, namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any
+        body: kopf.Body, namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
     ) -> None:
         key = _key(namespace, labels.get(NAME_LABEL))
         if _is_stuck(body) or memo.reconciler.knew_stuck_pods(key):
-            await _reconcile_owner(key, memo, kwargs)
+            memo.queue.add(key)

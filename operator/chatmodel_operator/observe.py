@@ -1,4 +1,4 @@
-"""Pure summaries of live children (what the operator needs to know about a Job or a Deployment)."""
+"""Pure summaries of live objects: what the operator needs to know of a ChatModel, a Job, a Deployment."""
 
 from __future__ import annotations
 
@@ -24,6 +24,24 @@ TRAINERS: dict[str, tuple[str, str]] = {
     "Job": ("batch/v1", "batch.kubernetes.io/job-name"),
     "TrainJob": (TRAINJOB_API, "jobset.sigs.k8s.io/jobset-name"),
 }
+
+
+# The metadata a reconcile reads (uid for ownerReferences, generation for observedGeneration, and
+# deletionTimestamp: a ChatModel on its way out is left to the garbage collector).
+CHATMODEL_METADATA = ("name", "namespace", "uid", "generation", "deletionTimestamp")
+
+
+def chatmodel(body: dict[str, Any]) -> dict[str, Any]:
+    """A ChatModel without what only the API server needs: managedFields and kopf's annotations (a copy of
+    the whole spec) were most of each indexed body, and every reconcile parsed them."""
+    meta = body.get("metadata") or {}
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {k: meta[k] for k in CHATMODEL_METADATA if k in meta},
+        "spec": body.get("spec"),
+        "status": body.get("status"),
+    }
 
 
 @dataclass(frozen=True)

@@ -336,13 +336,13 @@ def plan(
         )
         out.apply += objs
         # An HPA, ScaledObject or PDB the spec no longer wants can only exist beside an existing Deployment,
-        # and only goes away after a spec change or a canary promotion: check just then.
-        # A version not yet in the status was never rendered with another spec by a status-writing reconcile:
-        # nothing to remove (sparing a new ChatModel four DELETEs answered 404).
+        # and only goes away after a spec change or during and at the end of a canary: check just then.
+        # A version not yet in the status, or one becoming Serving for the first time, was never rendered
+        # otherwise: nothing to remove (sparing each new ChatModel three DELETEs answered 404).
         if (
             dep is not None
             and record is not None
-            and (generation != prev.observed_generation or canary or d.state != record.state)
+            and (generation != prev.observed_generation or canary or record.state == "Canary")
         ):
             kinds = {o["kind"] for o in objs}
             out.delete += [

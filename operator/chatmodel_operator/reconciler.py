@@ -69,29 +69,23 @@ class Reconciler:
         """Whether the last reconcile of this ChatModel acted on a stuck pod (one may have come unstuck)."""
         return any(isinstance(o, PodTrouble) for o in self._acted_on.get(key, ()))
 
-    def is_news(self, key: Key, obs: JobObs | DeploymentObs) -> bool:
-        """Whether a child's event tells the last reconcile something it did not know (most events are the
-        echo of our own writes; skipping those halves the work per ChatModel)."""
-        return obs not in self._acted_on.get(key, ())
-
     async def reconcile(
         self,
         body: Mapping[str, Any],
         jobs: Iterable[JobObs],
         deployments: Iterable[DeploymentObs],
-        fresh: bool = False,
         troubles: Callable[[], Iterable[PodTrouble]] = tuple,
     ) -> dict[str, Any] | None:
         """Reconcile one ChatModel and write its status (through /status) while holding its lock, so two
-        reconciles' writes land in the order they were made. `fresh` bodies come from the ChatModel's own
-        handler (not an index). Returns the status written, or None when unchanged. `troubles` reads the
-        stuck pods once the lock is held: a stuck pod has one event only, and a reconcile queued before it
-        must not write a status that forgets it."""
+        reconciles' writes land in the order they were made (the work queue runs one per key at a time;
+        cleanup takes the lock too). Returns the status written, or None when unchanged. `troubles` reads
+        the stuck pods once the lock is held: a stuck pod has one event only, and a reconcile that started
+        before it must not write a status that forgets it."""
         key: Key = (body["metadata"].get("namespace") or "default", body["metadata"]["name"])
-        if fresh:
-            self._gone.pop(key, None)
-        elif key in self._gone and self._gone[key] == body["metadata"].get("uid"):
-            return None
+        if body["metadata"].get("deletionTimestamp"):
+            return None  # being deleted (foreground): a reconcile would re-create what the collector removes
+        if key in self._gone and self._gone[key] == body["metadata"].get("uid"):
+            return None  # a deleted ChatModel's last body (a re-created one has another uid)
         self._first_seen.setdefault(key, asyncio.get_running_loop().time())
         async with self._locks[key]:
             if key in self._gone and self._gone[key] == body["metadata"].get("uid"):
@@ -211,6 +205,7 @@ class Reconciler:
         phase, old = status["phase"], previous.get("phase")
         self.phases.set(key, phase)
         if phase != old:
+            log.info("%s/%s: %s (%s)", key[0], key[1], phase, status.get("message") or "")
             kind = "Warning" if phase in ("Failed", "Degraded") else "Normal"
             ref = kopf.Body(dict(body))  # type: ignore[arg-type]
             kopf.event(ref, type=kind, reason=phase, message=status.get("message") or phase)

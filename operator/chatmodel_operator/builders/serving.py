@@ -8,6 +8,7 @@ from chatmodel_operator.builders import meta
 from chatmodel_operator.builders.meta import Obj
 from chatmodel_operator.builders.sources import Mounts
 from chatmodel_operator.config import Config
+from chatmodel_operator.runtime_args import ServeOptions
 from chatmodel_operator.spec import ChatModel, Serving
 
 API_KEYS_DIR = "/etc/chatmodel/api-keys"
@@ -39,39 +40,35 @@ RUNTIMES = {
 }
 
 
-def serve_args(cm: ChatModel, model: str, runtime: Runtime, config: Config, api_keys: bool) -> list[str]:
+def serve_options(cm: ChatModel, model: str, config: Config, api_keys: bool) -> ServeOptions:
+    """What `chatmodel serve` runs with in the pod; `model` is the model source as the pod sees it."""
     sv = cm.spec.serving
-    args = [
-        runtime.subcommand,
-        "--model", model,
-        "--host", "0.0.0.0",
-        "--port", str(config.service_port),
-        "--served-model-name", cm.metadata.name,
-        "--dtype", sv.dtype,
-        "--device", "cuda" if sv.resources.gpu else "cpu",
-        "--default-max-tokens", str(sv.generation.max_tokens),
-        "--default-temperature", str(sv.generation.temperature),
-        # In-flight requests get the pod's whole drain budget (terminationGracePeriodSeconds - preStop).
-        "--drain-timeout", str(config.drain_seconds),
-    ]  # fmt: skip
-    if api_keys:
-        args += ["--api-keys-file", API_KEYS_FILE]
     access = cm.spec.access
-    if access is not None and access.quota is not None:
-        q = access.quota
-        if q.requests_per_minute:
-            args += ["--requests-per-minute", str(q.requests_per_minute)]
-        if q.tokens_per_minute:
-            args += ["--tokens-per-minute", str(q.tokens_per_minute)]
-    if access is not None and access.tls is not None:
-        args += ["--tls-cert-file", TLS_CERT, "--tls-key-file", TLS_KEY]
-    if not sv.ui:
-        args.append("--no-ui")
+    quota = access.quota if access is not None else None
+    tls = access is not None and access.tls is not None
+    opts = ServeOptions(
+        models=[model],
+        served_model_names=[cm.metadata.name],
+        host="0.0.0.0",
+        port=config.service_port,
+        api_keys_file=API_KEYS_FILE if api_keys else None,
+        dtype=sv.dtype,
+        device="cuda" if sv.resources.gpu else "cpu",
+        default_max_tokens=sv.generation.max_tokens,
+        default_temperature=sv.generation.temperature,
+        # In-flight requests get the pod's whole drain budget (terminationGracePeriodSeconds - preStop).
+        drain_timeout=config.drain_seconds,
+        ui=sv.ui,
+        requests_per_minute=(quota.requests_per_minute or 0) if quota else 0,
+        tokens_per_minute=(quota.tokens_per_minute or 0) if quota else 0,
+        tls_cert_file=TLS_CERT if tls else None,
+        tls_key_file=TLS_KEY if tls else None,
+    )
     if sv.max_batch_size is not None:
-        args += ["--max-batch-size", str(sv.max_batch_size)]
+        opts.max_batch_size = sv.max_batch_size
     if sv.max_waiting_requests is not None:
-        args += ["--max-waiting-requests", str(sv.max_waiting_requests)]
-    return args
+        opts.max_waiting_requests = sv.max_waiting_requests
+    return opts
 
 
 def serves_https(cm: ChatModel) -> bool:
@@ -111,7 +108,25 @@ def uses_hpa(serving: Serving) -> bool:
     return serving.replicas.ceiling > max(serving.replicas.min, 1) or scale_to_zero
 
 
+@dataclass(frozen=True)
+class Built:
+    """A serving Deployment and the options its `server` container runs `chatmodel serve` with: the
+    triton and vllm builders reshape the Deployment and take the model path and flags from `options`."""
+
+    deployment: Obj
+    options: ServeOptions
+
+    @property
+    def model(self) -> str:
+        """The model source as the pod sees it (the fine-tuned artifact on the PVC, or the base model)."""
+        return self.options.models[0]
+
+
 def deployment(cm: ChatModel, version: str, config: Config, fine_tuned: bool | None = None) -> Obj:
+    return build(cm, version, config, fine_tuned).deployment
+
+
+def build(cm: ChatModel, version: str, config: Config, fine_tuned: bool | None = None) -> Built:
     sv = cm.spec.serving
     runtime = RUNTIMES[sv.runtime]
     mounts = Mounts()
@@ -130,12 +145,13 @@ def deployment(cm: ChatModel, version: str, config: Config, fine_tuned: bool | N
             volumes.append({"name": "tls", "secret": tls})
             mounts.mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
     scratch_vols, scratch_mounts = meta.scratch_volumes(sv.shm_size)
+    options = serve_options(cm, model, config, access is not None)
     container: Obj = {
         "name": "server",
         "image": runtime.image(config, sv),
         "imagePullPolicy": config.image_pull_policy,
         "command": ["chatmodel"],
-        "args": serve_args(cm, model, runtime, config, access is not None),
+        "args": [runtime.subcommand, *options.to_argv()],
         "ports": [{"name": "http", "containerPort": config.service_port, "protocol": "TCP"}],
         "env": meta.base_env() + [e.model_dump(by_alias=True) for e in sv.env],
         "resources": meta.resources(sv.resources.gpu, sv.resources.cpu, sv.resources.memory),
@@ -177,12 +193,13 @@ def deployment(cm: ChatModel, version: str, config: Config, fine_tuned: bool | N
     if not uses_hpa(sv):
         # With an HPA, replicas belong to it; writing them here would fight it on every apply.
         spec["replicas"] = sv.replicas.min
-    return {
+    obj = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": meta.metadata(cm, meta.deployment_name(cm, version), "serving", version),
         "spec": spec,
     }
+    return Built(obj, options)
 
 
 def service(cm: ChatModel, version: str | None, config: Config) -> Obj:

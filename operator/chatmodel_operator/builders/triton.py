@@ -11,10 +11,12 @@ One pod per replica, three parts sharing an emptyDir with the model repository:
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 from chatmodel_operator.builders import meta, serving
 from chatmodel_operator.builders.meta import Obj
 from chatmodel_operator.config import Config
+from chatmodel_operator.runtime_args import ServeOptions
 from chatmodel_operator.spec import ChatModel
 
 # tritonserver's defaults, except HTTP: the OpenAI front keeps the service port (8000).
@@ -25,8 +27,17 @@ REPO_MOUNT = {"name": "model-repo", "mountPath": REPO_DIR}
 FRONT_RESOURCES = ("500m", "1Gi")  # a tokenizer and the HTTP API; the weights live in Triton
 
 
-def _flag(args: list[str], name: str) -> str:
-    return args[args.index(name) + 1]
+def repo_args(cm: ChatModel, opts: ServeOptions) -> list[str]:
+    """`chatmodel triton-repo` for the engine behind Triton: the same model and engine options as the
+    front's `chatmodel serve`, so both sides agree on the queue bound."""
+    args = ["triton-repo", "--model", opts.models[0], "--out", REPO_DIR, "--name", cm.metadata.name]
+    args += ["--dtype", opts.dtype, "--device", opts.device]
+    defaults = ServeOptions()
+    if opts.max_batch_size != defaults.max_batch_size:
+        args += ["--max-batch-size", str(opts.max_batch_size)]
+    if opts.max_waiting_requests != defaults.max_waiting_requests:
+        args += ["--max-waiting-requests", str(opts.max_waiting_requests)]
+    return args
 
 
 def _probe(path: str, period: int, failures: int) -> Obj:
@@ -39,30 +50,23 @@ def _probe(path: str, period: int, failures: int) -> Obj:
 
 
 def deployment(cm: ChatModel, version: str, config: Config, fine_tuned: bool | None = None) -> Obj:
-    obj = serving.deployment(cm, version, config, fine_tuned)
+    built = serving.build(cm, version, config, fine_tuned)
+    obj, opts = built.deployment, built.options
     pod = obj["spec"]["template"]["spec"]
     base = pod["containers"][0]
-    sv = cm.spec.serving
     # The front's flags are the pytorch runtime's: the same API options, plus where Triton is.
-    front_args = serving.serve_args(
-        cm, _flag(base["args"], "--model"), serving.RUNTIMES["pytorch"], config, cm.spec.access is not None
-    )
+    front_opts = dataclasses.replace(opts, backend=f"triton://127.0.0.1:{GRPC_PORT}/{cm.metadata.name}")
     front = {
         **copy.deepcopy(base),
-        "args": [*front_args, "--backend", f"triton://127.0.0.1:{GRPC_PORT}/{cm.metadata.name}"],
+        "args": ["serve", *front_opts.to_argv()],
         "resources": meta.resources(0, *FRONT_RESOURCES),
     }
-    repo_args = ["triton-repo", "--model", _flag(front_args, "--model"), "--out", REPO_DIR]
-    repo_args += ["--name", cm.metadata.name, "--dtype", sv.dtype, "--device", _flag(front_args, "--device")]
-    for flag in ("--max-batch-size", "--max-waiting-requests"):
-        if flag in front_args:
-            repo_args += [flag, _flag(front_args, flag)]
     init = {
         "name": "repo",
         "image": base["image"],
         "imagePullPolicy": base["imagePullPolicy"],
         "command": ["chatmodel"],
-        "args": repo_args,
+        "args": repo_args(cm, opts),
         "env": base["env"],
         "resources": meta.resources(0, "100m", "256Mi"),
         "securityContext": meta.container_security_context(),

@@ -119,10 +119,10 @@ def _vllm_model(source: str) -> str:
 
 
 def deployment(cm: ChatModel, version: str, config: Config, fine_tuned: bool | None = None) -> Obj:
-    obj = serving.deployment(cm, version, config, fine_tuned)
+    built = serving.build(cm, version, config, fine_tuned)
+    obj, model = built.deployment, built.model
     pod = obj["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    model = container["args"][container["args"].index("--model") + 1]
     loras = None
     if uses_lora(cm) and fine_tuned is not False:
         # The PVC is mounted already (the artifact of `version`); vLLM loads the base and the adapters.

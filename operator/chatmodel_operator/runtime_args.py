@@ -1,0 +1,197 @@
+"""The runtime's command line, described once: `chatmodel serve` parses it with `add_arguments` and
+`from_args`; `chatmodel run`, the demo and every operator builder render it with `to_argv`.
+
+It lives beside spec.py because both sides use it: the serving runtime (which may import the shared spec
+package) and the operator (which never imports the runtime). Plain dataclasses and argparse: no torch,
+no pydantic, no kopf.
+
+One field = one flag. Its metadata says the flag, help text and, where set, the environment variable that
+supplies the default, argparse's `choices`, or that the flag is a negation (`--no-ui` stores False). List
+fields repeat their flag; `models` and `served_model_names` are rendered as pairs (`--model M
+--served-model-name N` per model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_MODEL = "builtin://smollm2-135m"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _opt(flag: str, help: str, **extra: Any) -> dict[str, Any]:
+    return {"flag": flag, "help": help, **extra}
+
+
+@dataclass
+class ServeOptions:
+    """Everything `chatmodel serve` takes, with its defaults."""
+
+    models: list[str] = field(
+        default_factory=lambda: [DEFAULT_MODEL],
+        metadata=_opt(
+            "--model",
+            "builtin://smollm2-135m (default), a local folder, file://..., or hf://org/name "
+            "from the local cache; repeat to serve several models",
+            metavar="SRC",
+        ),
+    )
+    served_model_names: list[str] | None = field(
+        default=None,
+        metadata=_opt(
+            "--served-model-name",
+            "name in /v1/models and the `model` field (one per --model)",
+            metavar="NAME",
+        ),
+    )
+    host: str = field(default="127.0.0.1", metadata=_opt("--host", "address to listen on"))
+    port: int = field(default=8000, metadata=_opt("--port", "port to listen on"))
+    api_keys_file: str | None = field(
+        default=None,
+        metadata=_opt(
+            "--api-keys-file",
+            "file with one API key per line (env CHATMODEL_API_KEYS_FILE); none = open API",
+            env="CHATMODEL_API_KEYS_FILE",
+        ),
+    )
+    max_waiting_requests: int = field(
+        default=64,
+        metadata=_opt("--max-waiting-requests", "queue bound; beyond it requests get 429 with Retry-After"),
+    )
+    max_batch_size: int = field(default=32, metadata=_opt("--max-batch-size", "sequences decoded together"))
+    max_kv_tokens: int = field(
+        default=131072,
+        metadata=_opt(
+            "--max-kv-tokens",
+            "KV-cache capacity in tokens: admission waits beyond it; kv_cache_usage_perc is use ÷ this",
+        ),
+    )
+    dtype: str = field(
+        default="auto",
+        metadata=_opt(
+            "--dtype", "auto = bfloat16 where the CPU/GPU computes it natively, else float32", choices=DTYPES
+        ),
+    )
+    device: str = field(default="auto", metadata=_opt("--device", "auto, cpu, cuda or cuda:N"))
+    default_max_tokens: int = field(
+        default=512, metadata=_opt("--default-max-tokens", "max_tokens when a request gives none")
+    )
+    default_temperature: float = field(
+        default=0.7, metadata=_opt("--default-temperature", "temperature when a request gives none")
+    )
+    drain_timeout: float = field(
+        default=120.0, metadata=_opt("--drain-timeout", "seconds to finish in-flight requests after SIGTERM")
+    )
+    log_prompts: bool = field(
+        default=False, metadata=_opt("--log-prompts", "log prompts (off by default for privacy)")
+    )
+    ui: bool = field(
+        default=True, metadata=_opt("--no-ui", "do not serve the playground page at /", negate=True)
+    )
+    backend: str | None = field(
+        default=None,
+        metadata=_opt(
+            "--backend",
+            "triton://HOST:GRPC_PORT[/MODEL]: serve the API by forwarding to a Triton server running "
+            "a `chatmodel triton-repo` repository (MODEL defaults to the served model name)",
+            metavar="URL",
+        ),
+    )
+    requests_per_minute: int = field(
+        default=0,
+        metadata=_opt(
+            "--requests-per-minute",
+            "per API key (a key's own rpm= in the keys file wins); 0 = unlimited",
+            env="CHATMODEL_REQUESTS_PER_MINUTE",
+        ),
+    )
+    tokens_per_minute: int = field(
+        default=0,
+        metadata=_opt(
+            "--tokens-per-minute",
+            "prompt + completion tokens per API key (a key's own tpm= wins); 0 = unlimited",
+            env="CHATMODEL_TOKENS_PER_MINUTE",
+        ),
+    )
+    # Tests shorten the quota window to see it free up; not a user setting.
+    quota_window_seconds: float = field(
+        default=60.0, metadata=_opt("--quota-window-seconds", argparse.SUPPRESS)
+    )
+    max_request_bytes: int = field(
+        default=1 << 20,
+        metadata=_opt("--max-request-bytes", "largest request body; beyond it 413 (default 1 MiB)"),
+    )
+    tls_cert_file: str | None = field(
+        default=None,
+        metadata=_opt("--tls-cert-file", "serve HTTPS with this certificate", env="CHATMODEL_TLS_CERT_FILE"),
+    )
+    tls_key_file: str | None = field(
+        default=None, metadata=_opt("--tls-key-file", "the certificate's key", env="CHATMODEL_TLS_KEY_FILE")
+    )
+
+    # Rendered even at their defaults: a Deployment states how it generates, so a runtime image with other
+    # defaults serves it the same.
+    PINNED = ("port", "dtype", "default_max_tokens", "default_temperature", "drain_timeout")
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """One flag per field; defaults from the environment where a field names a variable."""
+        for f in dataclasses.fields(cls):
+            meta = dict(f.metadata)
+            flag, help_text = meta.pop("flag"), meta.pop("help")
+            env = meta.pop("env", None)
+            if meta.pop("negate", False):
+                parser.add_argument(flag, dest=f.name, action="store_false", help=help_text)
+                continue
+            if f.type == "bool":
+                parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)
+                continue
+            if f.type.startswith("list["):  # repeated; None = the field's default (see from_args)
+                parser.add_argument(flag, dest=f.name, action="append", help=help_text, **meta)
+                continue
+            convert = {"int": int, "float": float}.get(f.type, str)
+            default = f.default
+            if env and os.environ.get(env) is not None:
+                default = convert(os.environ[env])
+            parser.add_argument(flag, dest=f.name, type=convert, default=default, help=help_text, **meta)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ServeOptions:
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if v is not None})  # None: the field's default
+
+    def to_argv(self, exclude: Collection[str] = ()) -> list[str]:
+        """`chatmodel serve` arguments (without the subcommand) that parse back to these options: every
+        field that differs from its default, and the PINNED ones always; `exclude` names fields to leave out
+        (a launcher that sets --host/--port itself)."""
+        defaults = ServeOptions()
+        args: list[str] = []
+        for f in dataclasses.fields(self):
+            if f.name in exclude:
+                continue
+            value, flag = getattr(self, f.name), f.metadata["flag"]
+            if f.name == "served_model_names":
+                continue  # rendered with models
+            if f.name == "models":
+                args += self._model_args()
+            elif value == getattr(defaults, f.name) and f.name not in self.PINNED:
+                continue
+            elif isinstance(value, bool):
+                args.append(flag)  # --log-prompts, or --no-ui when ui is False
+            elif value is not None:
+                args += [flag, str(value)]
+        return args
+
+    def _model_args(self) -> list[str]:
+        names: Iterator[str | None] = iter(self.served_model_names or [None] * len(self.models))
+        args: list[str] = []
+        for model, name in zip(self.models, names, strict=True):
+            args += ["--model", model]
+            if name is not None:
+                args += ["--served-model-name", name]
+        return args
