@@ -242,8 +242,10 @@ def _rollout_condition(
     else:
         reason, message = d.reason, d.message or why
     before = next((c.reason for c in prev.conditions if c.type == "RolledOut"), None)
+    # The first version of a ChatModel replaces nothing: its Ready Event says it all.
+    first = reason == "RolledOut" and all(v.name == d.active for v in prev.versions)
     event = None
-    if reason != before and reason in EVENT_REASONS:
+    if reason != before and reason in EVENT_REASONS and not first:
         event = ("Warning" if reason in WARNING_REASONS else "Normal", reason, message)
     return (ok, reason, message), event
 

@@ -93,6 +93,27 @@ def test_a_new_chatmodel_deletes_nothing() -> None:
     assert run(cm(spec), deps=[DeploymentObs(v, f"x-{v}", 1, 0)]).delete == []
 
 
+def test_a_first_rollout_deletes_nothing_and_its_ready_event_says_it_all() -> None:
+    """Deploying, then Ready: no DELETE answered 404 on the way, and no RolledOut Event beside Ready's;
+    the next version's rollout replaces one, and says so."""
+    spec = {"serving": {"replicas": {"min": 1}}}
+    v = model_version(cm(spec).spec)
+    deploying = run(cm(spec), deps=[DeploymentObs(v, f"x-{v}", 1, 0)])
+    ready = run(cm(spec, deploying.status), deps=[DeploymentObs(v, f"x-{v}", 1, 1)])
+    assert ready.phase == "Ready", ready.message
+    assert deploying.delete == ready.delete == []
+    assert deploying.event is None and ready.event is None
+    spec2 = {**spec, "baseModel": {"source": "pvc://models/other"}}  # a new version
+    v2 = model_version(cm(spec2).spec)
+    assert v2 != v
+    status = ready.status
+    for ready_replicas in (0, 1):  # the new version's pod starting, then ready
+        deps = [DeploymentObs(v, f"x-{v}", 1, 1), DeploymentObs(v2, f"x-{v2}", 1, ready_replicas)]
+        p = plan(cm(spec2, status), {}, {d.version: d for d in deps}, NO_PROM, NOW, generation=5)
+        status = p.status
+    assert p.event is not None and p.event[1] == "RolledOut", p.event
+
+
 def test_history_limit_trims_versions_and_their_jobs() -> None:
     spec = {"fineTune": FT, "rollout": {"historyLimit": 2}}
     v = model_version(cm(spec).spec)

@@ -223,6 +223,8 @@ async function ask(event) {
   $("prompt").value = "";
   $("send").disabled = true;
   $("stop").disabled = false;
+  $("columns").setAttribute("aria-busy", "true");
+  $("announce").textContent = "";
   controllers = [];
   const models = activeModels();
   const jobs = Array.from(document.querySelectorAll(".column")).map((col, i) => {
@@ -255,6 +257,27 @@ async function ask(event) {
   await Promise.all(jobs);
   $("send").disabled = false;
   $("stop").disabled = true;
+  $("columns").removeAttribute("aria-busy");
+  const ended = Array.from(document.querySelectorAll(".turn.answer")).slice(-jobs.length);
+  $("announce").textContent = ended.every((a) => a.dataset.done === "true") ? "Answer complete." : "";
+  // Back to the input for the next question, unless the user has moved on to another field meanwhile
+  // (a clicked Send button is disabled while answering, which leaves the focus on the page itself).
+  const at = document.activeElement;
+  if (!at || at === document.body || at === $("send") || at === $("stop") || at === $("prompt")) {
+    $("prompt").focus();
+  }
+}
+
+// Enter sends, Shift+Enter adds a line. An Enter that confirms an IME composition (Japanese, Chinese, Korean
+// input) must not send: Chrome and Firefox flag it with isComposing, Safari sends it after compositionend
+// with keyCode 229, so both are checked, besides our own composition flag.
+let composing = false;
+
+function onPromptKey(event) {
+  if (event.key !== "Enter" || event.shiftKey || event.altKey) return;
+  if (composing || event.isComposing || event.keyCode === 229) return;
+  event.preventDefault();
+  if (!$("send").disabled) $("ask").requestSubmit();
 }
 
 function stop() {
@@ -265,13 +288,22 @@ async function useKey(event) {
   event.preventDefault();
   sessionStorage.setItem(KEY, $("api-key").value);
   $("api-key").value = "";
-  if (await loadModels()) layoutColumns();
+  if (await loadModels()) {
+    layoutColumns();
+    $("prompt").focus();
+  }
 }
 
 document.addEventListener("DOMContentLoaded", async () => {
   $("key-form").addEventListener("submit", useKey);
   $("ask").addEventListener("submit", ask);
   $("stop").addEventListener("click", stop);
+  $("prompt").addEventListener("keydown", onPromptKey);
+  $("prompt").addEventListener("compositionstart", () => (composing = true));
+  $("prompt").addEventListener("compositionend", () => (composing = false));
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && !event.isComposing && !$("stop").disabled) stop();
+  });
   $("clear").addEventListener("click", () => {
     $("columns").dataset.keys = "";
     layoutColumns();
@@ -279,5 +311,10 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("compare").addEventListener("change", layoutColumns);
   $("model-a").addEventListener("change", layoutColumns);
   $("model-b").addEventListener("change", layoutColumns);
-  if (await loadModels()) layoutColumns();
+  if (await loadModels()) {
+    layoutColumns();
+    $("prompt").focus();
+  } else {
+    $("api-key").focus();
+  }
 });
