@@ -36,8 +36,8 @@ ACCESS: tuple[Access, ...] = (
     # then assumes they exist).
     Access("apiextensions.k8s.io", "customresourcedefinitions", WATCH, "kopf resource discovery", "", True),
     Access("", "namespaces", WATCH, "kopf namespace observation", "", True, modes=("namespaced",)),
-    # The ChatModels: kopf watches them and patches its progress annotations and the status in one write.
-    Access("chatmodel.dev", "chatmodels", (*WATCH, "patch"), "kopf handlers and annotations", "ChatModel"),
+    # The ChatModels: kopf watches them, and adds (then removes) its finalizer while a canary's timer runs.
+    Access("chatmodel.dev", "chatmodels", (*WATCH, "patch"), "kopf: events, timer finalizer", "ChatModel"),
     Access("chatmodel.dev", "chatmodels/status", ("patch",), "status of ChatModels"),
     # Children carry ownerReferences with blockOwnerDeletion; where the OwnerReferencesPermissionEnforcement
     # admission plugin runs (OpenShift enables it), that needs update on the owner's finalizers.

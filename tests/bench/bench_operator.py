@@ -293,6 +293,7 @@ CHATMODELS = "/apis/chatmodel.dev/v1alpha1/namespaces/{ns}/chatmodels"
 # After convergence the operator is quiet once it spends under this many CPU seconds a second, twice.
 QUIET_CPU_PER_SECOND = 0.03
 SETTLE_SECONDS = 60.0
+BASELINE_PODS_GRACE_SECONDS = 60.0
 # The dev cluster's service range (a /24) holds 253 ClusterIPs; a second range for 1,000 Services (the
 # ServiceCIDR API, GA since 1.33), so that neither operator meets "range is full".
 SERVICE_CIDR: dict[str, Any] = {
@@ -463,7 +464,7 @@ def deployment_ready(obj: dict[str, Any]) -> bool:
     return bool(((obj.get("status") or {}).get("readyReplicas") or 0) >= 1)
 
 
-async def drive_local(cluster: Any, count: int, op: Any, trivial: bool, timeout: float) -> dict[str, float]:
+async def drive_local(cluster: Any, count: int, op: Any, trivial: bool, timeout: float) -> dict[str, Any]:
     """Create `count` ChatModels (server-side apply, 16 at a time) and watch until each has converged:
     ours at phase Ready, the baseline at its status patch. The operator's CPU counts from just before the
     first create until it is quiet again after convergence."""
@@ -538,7 +539,13 @@ async def drive_local(cluster: Any, count: int, op: Any, trivial: bool, timeout:
             cpu_after, peak = proc_stats(pid)
             api_after, _ = proc_stats(apiserver)
             settled = time.monotonic() - settle_start
-            pods_ready = await pods
+            if trivial:
+                # The baseline's work ends at its status patch; its pods are the cluster's business (at
+                # 1,000, a ReplicaSet backlog can take many minutes), so they are timed only if soon.
+                await asyncio.wait({pods}, timeout=BASELINE_PODS_GRACE_SECONDS)
+                pods_ready = pods.result() if pods.done() else {"ready": None}
+            else:
+                pods_ready = await pods
             await asyncio.sleep(IDLE_SECONDS)  # converged: what does watching cost?
             cpu_idle, _ = proc_stats(pid)
         finally:
@@ -562,7 +569,7 @@ async def drive_local(cluster: Any, count: int, op: Any, trivial: bool, timeout:
     }
 
 
-def measure_local(count: int, trivial: bool, timeout: float, crds: list[dict[str, Any]]) -> dict[str, float]:
+def measure_local(count: int, trivial: bool, timeout: float, crds: list[dict[str, Any]]) -> dict[str, Any]:
     """One operator against a fresh cluster of its own. The cluster's folder (etcd's data: 60+ MB) goes
     once measured, the operator's log stays in /tmp; a failed run keeps the folder, logs and all."""
     label = "baseline" if trivial else "ours"
@@ -623,8 +630,11 @@ def main_local(n: int, timeout: float, skip_baseline: bool) -> int:
     }
     if not skip_baseline:
         base = measure_local(n, trivial=True, timeout=timeout, crds=crds)
+        pods = base["pods_ready_seconds"]
+        grace = BASELINE_PODS_GRACE_SECONDS
+        pods_said = f"in {pods:.1f} s" if pods is not None else f"not yet {grace:.0f} s after converging"
         print(f"baseline: {n} ChatModels with its status in {base['seconds']:.1f} s (every Deployment "
-              f"ready in {base['pods_ready_seconds']:.1f} s); operator CPU {base['cpu_seconds']:.1f} s "
+              f"ready {pods_said}); operator CPU {base['cpu_seconds']:.1f} s "
               f"({1000 * base['cpu_seconds'] / n:.1f} ms each), peak RSS {base['peak_rss_mb']:.0f} MB, up "
               f"to {base['peak_sockets']} sockets; API server CPU "
               f"{base['apiserver_cpu_seconds']:.1f} s")  # fmt: skip
@@ -632,7 +642,7 @@ def main_local(n: int, timeout: float, skip_baseline: bool) -> int:
         figures.update(
             {
                 f"local.baseline_seconds_{n}": round(base["seconds"], 1),
-                f"local.baseline_pods_ready_seconds_{n}": round(base["pods_ready_seconds"], 1),
+                f"local.baseline_pods_ready_seconds_{n}": None if pods is None else round(pods, 1),
                 "local.baseline_cpu_seconds": round(base["cpu_seconds"], 2),
                 "local.baseline_cpu_ms_per_chatmodel": round(1000 * base["cpu_seconds"] / n, 2),
                 "local.baseline_peak_rss_mb": round(base["peak_rss_mb"], 1),
