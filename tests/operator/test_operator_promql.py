@@ -21,8 +21,8 @@ from chatmodel_operator import prometheus as operator_prometheus
 from chatmodel_operator import promql
 from chatmodel_operator.rollout import live_gate_failure
 from chatmodel_operator.spec import LiveGate
+from chatmodel_serving.api.metrics import LATENCY_BUCKETS
 from chatmodel_serving.launch import ServerProcess
-from chatmodel_serving.metrics import LATENCY_BUCKETS
 
 NS, NAME, MODEL, RUNTIME = "team", "bot", "smollm2-135m", "pytorch"
 BATCH = 2  # --max-batch-size: with more concurrent requests than this, the rest wait

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from chatmodel_serving.cli import main
-from chatmodel_serving.run_cmd import ManifestError, plan, serve_args, serve_options
+from chatmodel_serving.cli.run import ManifestError, plan, serve_args, serve_options
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "manifests" / "samples" / "quickstart.yaml"

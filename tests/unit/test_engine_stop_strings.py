@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from chatmodel_serving.engine import Event, SamplingParams, _Request, _Sequence
+from chatmodel_serving.engine.sequence import Request, Sequence
+from chatmodel_serving.engine.types import Event, SamplingParams
 from chatmodel_serving.models import resolve_source
 
 TEXT = "Hi! The answer is forty-two, and that is the end of it."
@@ -20,8 +21,8 @@ def tokenizer():
 
 def feed(tokenizer, stop: tuple[str, ...], max_tokens: int = 100) -> list[Event]:
     events: list[Event] = []
-    req = _Request(1, [1], SamplingParams(max_tokens=max_tokens, stop=stop), events.append, 0.0)
-    seq = _Sequence(req, tokenizer, eos_ids={2})
+    req = Request(1, [1], SamplingParams(max_tokens=max_tokens, stop=stop), events.append)
+    seq = Sequence(req, tokenizer, eos_ids={2})
     for tok in [*tokenizer.encode(TEXT, add_special_tokens=False), 2]:
         seq.add(tok, context_length=8192)
         if seq.finish_reason:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from chatmodel_serving.kvcache import HEADROOM, GrowingLayer
+from chatmodel_serving.engine.kvcache import HEADROOM, GrowingLayer
 
 
 def test_a_long_prefill_onto_a_cached_prefix_fits() -> None:

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from chatmodel_serving.protocol import (
+from chatmodel_serving.api.protocol import (
     MAX_N,
     MAX_STOPS,
     ChatCompletionRequest,

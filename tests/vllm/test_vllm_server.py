@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from chatmodel_operator.signals import signals
+from chatmodel_serving.cli.vllm import INSTALL, vllm_python
 from chatmodel_serving.launch import ReadyProcess, free_port
-from chatmodel_serving.vllm_cmd import INSTALL, vllm_python
 from tests.tools import missing
 
 SAMPLE = Path(__file__).parents[2] / "manifests/samples/vllm.yaml"

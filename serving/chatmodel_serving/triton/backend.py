@@ -15,7 +15,8 @@ from typing import Any, ClassVar
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from ..engine import Engine, EngineStats, EngineStoppedError, Event, QueueFullError, SamplingParams
+from ..engine.core import Engine
+from ..engine.types import EngineStats, EngineStoppedError, Event, QueueFullError, SamplingParams
 from ..models import load_model
 from . import contract
 

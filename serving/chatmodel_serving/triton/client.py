@@ -1,7 +1,7 @@
 """The OpenAI front for a Triton server: `chatmodel serve --backend triton://HOST:GRPC_PORT[/MODEL]`.
 
-TritonBackend has the Engine's interface (submit, cancel, stats, idle, stop_accepting, shutdown), so api.py
-serves it unchanged. Each request is one gRPC bidirectional stream (tritonclient.grpc.aio) on one shared
+TritonBackend implements engine.types.EngineClient, as the in-process Engine does, so the API serves it
+unchanged. Each request is one gRPC bidirectional stream (tritonclient.grpc.aio) on one shared
 channel, run as a task in the API's event loop: the model is decoupled, so text deltas arrive as separate
 responses, and cancelling the task cancels the stream, which Triton passes on to the engine.
 
@@ -26,7 +26,15 @@ import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 
-from ..engine import EngineStats, EngineStoppedError, Event, QueueFullError, SamplingParams, Sink
+from ..engine.types import (
+    EngineClient,
+    EngineStats,
+    EngineStoppedError,
+    Event,
+    QueueFullError,
+    SamplingParams,
+    Sink,
+)
 from ..models import DEFAULT_SOURCE, LoadedModel, default_model_name, resolve_source
 from . import contract
 
@@ -102,7 +110,7 @@ class _Flight:
     tokens: int = 0
 
 
-class TritonBackend:
+class TritonBackend(EngineClient):
     def __init__(self, grpc_url: str, model: str, max_in_flight: int = 96, kv_capacity: int = 131072):
         self.grpc_url, self.model, self.max_in_flight = grpc_url, model, max_in_flight
         self.kv_capacity = kv_capacity  # the engine's budget behind Triton (same flag on both sides)

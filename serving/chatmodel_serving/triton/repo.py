@@ -12,6 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
+from chatmodel_operator.runtime_args import DEFAULT_MODEL, DTYPES, ServeOptions
+
 from . import contract
 
 SITE_DIRS_ENV = "CHATMODEL_SITE_DIRS"
@@ -106,14 +108,20 @@ def write_repo(
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="builtin://smollm2-135m", metavar="SRC", help="as for chatmodel serve")
+    # The engine's options mean and default what they do for `chatmodel serve` (one description of them).
+    serve = ServeOptions
+    p.add_argument("--model", default=DEFAULT_MODEL, metavar="SRC", help="as for chatmodel serve")
     p.add_argument("--out", required=True, type=Path, help="the model repository folder")
     p.add_argument("--name", help="Triton model name (default: the last part of --model)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--max-batch-size", type=int, default=32, help="sequences the engine decodes together")
-    p.add_argument("--max-waiting-requests", type=int, default=64, help="engine queue bound")
-    p.add_argument("--max-kv-tokens", type=int, default=131072, help="engine KV-cache capacity in tokens")
+    p.add_argument("--dtype", default=serve.dtype, choices=DTYPES)
+    p.add_argument("--device", default=serve.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--max-batch-size", type=int, default=serve.max_batch_size, help="sequences decoded together"
+    )
+    p.add_argument("--max-waiting-requests", type=int, default=serve.max_waiting_requests, help="queue bound")
+    p.add_argument(
+        "--max-kv-tokens", type=int, default=serve.max_kv_tokens, help="KV-cache capacity in tokens"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

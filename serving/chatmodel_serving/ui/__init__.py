@@ -1,1 +1,1 @@
-"""The playground's static files (index.html, app.js, style.css), served at / by ui_routes.py."""
+"""The playground's static files (index.html, app.js, style.css), served at / by api/playground.py."""

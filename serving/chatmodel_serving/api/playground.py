@@ -9,7 +9,7 @@ from importlib.resources import files
 from fastapi import FastAPI
 from fastapi.responses import Response
 
-from .api import ApiError
+from .protocol import ApiError
 
 ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
 POLICY = (

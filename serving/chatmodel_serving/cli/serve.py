@@ -1,4 +1,7 @@
-"""`chatmodel serve`: load one or more models, start their engines and the OpenAI API, drain on SIGTERM."""
+"""`chatmodel serve`: load one or more models, start their engines and the OpenAI API, drain on SIGTERM.
+
+Its options are chatmodel_operator.runtime_args.ServeOptions, the one description of the runtime's command
+line that `chatmodel run` and the operator's builders render too."""
 
 from __future__ import annotations
 
@@ -12,38 +15,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING
 
-from .logs import setup_logging
-from .quota import Limits, Quotas, parse_key_line
+from chatmodel_operator.runtime_args import ServeOptions
+
+from ..api.quota import Limits, Quotas, parse_key_line
+from ..logs import setup_logging
+
+if TYPE_CHECKING:
+    from ..api.state import ServerState
 
 log = logging.getLogger("chatmodel.serve")
-
-
-@dataclass
-class ServeOptions:
-    models: list[str] = field(default_factory=lambda: ["builtin://smollm2-135m"])
-    served_model_names: list[str] | None = None
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_keys_file: str | None = None
-    max_waiting_requests: int = 64
-    max_batch_size: int = 32
-    max_kv_tokens: int = 131072
-    dtype: str = "auto"
-    device: str = "auto"
-    default_max_tokens: int = 512
-    default_temperature: float = 0.7
-    drain_timeout: float = 120.0
-    log_prompts: bool = False
-    ui: bool = True
-    backend: str | None = None  # triton://HOST:GRPC_PORT[/MODEL]: forward generation to Triton
-    requests_per_minute: int = 0  # per API key, 0 = unlimited
-    tokens_per_minute: int = 0
-    quota_window_seconds: float = 60.0
-    max_request_bytes: int = 1 << 20
-    tls_cert_file: str | None = None
-    tls_key_file: str | None = None
 
 
 @dataclass
@@ -77,10 +59,12 @@ def read_api_keys(path: str | None) -> ApiKeys:
     return out
 
 
-def build_state(opts: ServeOptions, api_keys: ApiKeys):  # -> ServerState; imports torch, so called late
-    from .api import ServedModel, ServerState
-    from .engine import Engine
-    from .models import load_model
+def build_state(opts: ServeOptions, api_keys: ApiKeys) -> ServerState:
+    """The models loaded and their engines started (imports torch, so called late)."""
+    from ..api.state import ServedModel, ServerState
+    from ..engine.core import Engine
+    from ..engine.types import EngineClient
+    from ..models import load_model
 
     names = opts.served_model_names or []
     if names and len(names) != len(opts.models):
@@ -88,7 +72,7 @@ def build_state(opts: ServeOptions, api_keys: ApiKeys):  # -> ServerState; impor
     served: dict[str, ServedModel] = {}
     for i, source in enumerate(opts.models):
         if opts.backend:  # Triton holds the weights; the API needs the tokenizer and config only
-            from .triton.client import load_front
+            from ..triton.client import load_front
 
             loaded = load_front(source)
         else:
@@ -96,9 +80,9 @@ def build_state(opts: ServeOptions, api_keys: ApiKeys):  # -> ServerState; impor
         name = names[i] if names else loaded.name
         if name in served:
             raise SystemExit(f"--served-model-name: {name!r} is used twice")
-        engine: Any  # an Engine, or a TritonBackend with the same methods
+        engine: EngineClient
         if opts.backend:
-            from .triton.client import TritonBackend
+            from ..triton.client import TritonBackend
 
             bound = opts.max_batch_size + opts.max_waiting_requests
             engine = TritonBackend.from_url(opts.backend, name, bound, opts.max_kv_tokens)
@@ -140,7 +124,7 @@ def serve(opts: ServeOptions) -> int:
     """Serve until SIGTERM/SIGINT; then stop taking requests, finish those in flight and return 0."""
     import uvicorn
 
-    from .api import create_app
+    from ..api.app import create_app
 
     keys = read_api_keys(opts.api_keys_file)  # fail fast, before minutes of model loading
     tls = tls_files(opts)
@@ -190,122 +174,17 @@ def serve(opts: ServeOptions) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    env = os.environ.get
-    p.add_argument(
-        "--model",
-        action="append",
-        dest="models",
-        metavar="SRC",
-        help="builtin://smollm2-135m (default), a local folder, file://..., or hf://org/name "
-        "from the local cache; repeat to serve several models",
-    )
-    p.add_argument(
-        "--served-model-name",
-        action="append",
-        dest="served_model_names",
-        metavar="NAME",
-        help="name in /v1/models and the `model` field (one per --model)",
-    )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument(
-        "--api-keys-file",
-        default=env("CHATMODEL_API_KEYS_FILE"),
-        help="file with one API key per line (env CHATMODEL_API_KEYS_FILE); none = open API",
-    )
-    p.add_argument(
-        "--max-waiting-requests",
-        type=int,
-        default=64,
-        help="queue bound; beyond it requests get 429 with Retry-After",
-    )
-    p.add_argument("--max-batch-size", type=int, default=32, help="sequences decoded together")
-    p.add_argument(
-        "--max-kv-tokens",
-        type=int,
-        default=131072,
-        help="KV-cache capacity in tokens: admission waits beyond it; kv_cache_usage_perc is use ÷ this",
-    )
-    p.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        help="auto = bfloat16 where the CPU/GPU computes it natively, else float32",
-    )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--default-max-tokens", type=int, default=512)
-    p.add_argument("--default-temperature", type=float, default=0.7)
-    p.add_argument(
-        "--drain-timeout",
-        type=float,
-        default=120.0,
-        help="seconds to finish in-flight requests after SIGTERM",
-    )
-    p.add_argument("--log-prompts", action="store_true", help="log prompts (off by default for privacy)")
-    p.add_argument("--no-ui", dest="ui", action="store_false", help="do not serve the playground page at /")
-    p.add_argument(
-        "--backend",
-        metavar="URL",
-        help="triton://HOST:GRPC_PORT[/MODEL]: serve the API by forwarding to a Triton server running "
-        "a `chatmodel triton-repo` repository (MODEL defaults to the served model name)",
-    )
-    p.add_argument(
-        "--requests-per-minute",
-        type=int,
-        default=int(env("CHATMODEL_REQUESTS_PER_MINUTE", "0")),
-        help="per API key (a key's own rpm= in the keys file wins); 0 = unlimited",
-    )
-    p.add_argument(
-        "--tokens-per-minute",
-        type=int,
-        default=int(env("CHATMODEL_TOKENS_PER_MINUTE", "0")),
-        help="prompt + completion tokens per API key (a key's own tpm= wins); 0 = unlimited",
-    )
-    # Tests shorten the quota window to see it free up; not a user setting.
-    p.add_argument("--quota-window-seconds", type=float, default=60.0, help=argparse.SUPPRESS)
-    p.add_argument(
-        "--max-request-bytes",
-        type=int,
-        default=1 << 20,
-        help="largest request body; beyond it 413 (default 1 MiB)",
-    )
-    p.add_argument(
-        "--tls-cert-file", default=env("CHATMODEL_TLS_CERT_FILE"), help="serve HTTPS with this certificate"
-    )
-    p.add_argument("--tls-key-file", default=env("CHATMODEL_TLS_KEY_FILE"), help="the certificate's key")
+    ServeOptions.add_arguments(p)  # the runtime's options, described once (chatmodel_operator.runtime_args)
     p.add_argument("--log-format", choices=["json", "text"], default="json")
 
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_format)
-    opts = ServeOptions(
-        models=args.models or ["builtin://smollm2-135m"],
-        served_model_names=args.served_model_names,
-        host=args.host,
-        port=args.port,
-        api_keys_file=args.api_keys_file,
-        max_waiting_requests=args.max_waiting_requests,
-        max_batch_size=args.max_batch_size,
-        max_kv_tokens=args.max_kv_tokens,
-        dtype=args.dtype,
-        device=args.device,
-        default_max_tokens=args.default_max_tokens,
-        default_temperature=args.default_temperature,
-        drain_timeout=args.drain_timeout,
-        log_prompts=args.log_prompts,
-        ui=args.ui,
-        backend=args.backend,
-        requests_per_minute=args.requests_per_minute,
-        tokens_per_minute=args.tokens_per_minute,
-        quota_window_seconds=args.quota_window_seconds,
-        max_request_bytes=args.max_request_bytes,
-        tls_cert_file=args.tls_cert_file,
-        tls_key_file=args.tls_key_file,
-    )
+    opts = ServeOptions.from_args(args)
     try:
         return serve(opts)
     except Exception as exc:
-        from .models import ModelSourceError
+        from ..models import ModelSourceError
 
         if isinstance(exc, ModelSourceError):
             print(f"chatmodel serve: {exc}", file=sys.stderr)

@@ -70,3 +70,14 @@ def contents(cache: Cache) -> list[KV]:
 def assign(cache: Cache, layers: list[KV]) -> None:
     for layer, (k, v) in zip(cache.layers, layers, strict=True):
         cast(GrowingLayer, layer).assign(k, v)
+
+
+def left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Pad dim -2 of a KV tensor (or dim 1 of a mask) on the left with zeros up to `width`."""
+    dim = 1 if t.dim() == 2 else 2
+    missing = width - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim)

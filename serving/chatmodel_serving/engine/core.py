@@ -10,6 +10,9 @@ Batch layout: one KV cache of shape [rows, heads, columns, head_dim] per layer p
 attention mask. A row's tokens need not be contiguous: masked columns (padding from merging groups of
 different lengths) are skipped by attention, and position ids are given explicitly per row. New decode
 tokens always go in a fresh column at the right, so no query ever sees only masked keys.
+
+This module is the loop and the batch's KV layout; its parts live beside it: scheduler.py (admission),
+sequence.py (detokenisation, stop strings), sampler.py, prefix_cache.py, beam.py and kvcache.py.
 """
 
 from __future__ import annotations
@@ -18,173 +21,26 @@ import collections
 import itertools
 import logging
 import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers.cache_utils import Cache
 
+from ..models import LoadedModel
 from . import kvcache
-from .models import LoadedModel
+from .beam import beam_search
+from .prefix_cache import LayerKV, PrefixCache
+from .sampler import sample
+from .scheduler import Budget, admit
+from .sequence import Request, Sequence
+from .types import EngineClient, EngineStats, EngineStoppedError, Event, QueueFullError, SamplingParams, Sink
 
 log = logging.getLogger("chatmodel.engine")
 
 
-class QueueFullError(RuntimeError):
-    """The waiting queue is at its bound; the client should retry later (HTTP 429)."""
+class Engine(EngineClient):
+    """The in-process engine: one thread owns the model (module docstring)."""
 
-
-class EngineStoppedError(RuntimeError):
-    """The engine is draining or stopped and takes no new requests (HTTP 503)."""
-
-
-# Temperatures below this sample as greedy (as vLLM's _SAMPLING_EPS): logits / 1e-300 are inf.
-GREEDY_BELOW = 1e-5
-
-
-@dataclass
-class SamplingParams:
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    ignore_eos: bool = False
-    beams: int = 1  # > 1 = beam search (an extension, as in vLLM); deterministic, runs unbatched
-
-
-@dataclass
-class Event:
-    """What a sink receives: text deltas, then one final event with finish_reason set."""
-
-    text: str = ""
-    token_ids: list[int] = field(default_factory=list)
-    finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
-    completion_tokens: int = 0
-    error: str | None = None
-
-
-Sink = Callable[[Event], None]
-
-
-@dataclass
-class EngineStats:
-    waiting: int
-    running: int
-    kv_tokens: int
-    kv_capacity: int
-
-    @property
-    def kv_usage(self) -> float:
-        return self.kv_tokens / self.kv_capacity if self.kv_capacity else 0.0
-
-
-@dataclass
-class _Request:
-    id: int
-    prompt: list[int]
-    params: SamplingParams
-    sink: Sink
-    submitted: float
-    generator: torch.Generator | None = None
-    cancelled: bool = False
-
-
-class _Sequence:
-    """A running request: its tokens, detokenisation state and stop checks."""
-
-    def __init__(self, req: _Request, tokenizer: Any, eos_ids: set[int]):
-        self.req = req
-        self.tokenizer = tokenizer
-        self.eos_ids = set() if req.params.ignore_eos else eos_ids
-        self.length = len(req.prompt)  # tokens whose KV is in the cache once the last sampled one is fed
-        self.generated: list[int] = []
-        self.sent = 0  # characters of text already handed out
-        self.hold = max((len(s) for s in req.params.stop), default=1) - 1
-        self.finish_reason: str | None = None
-
-    @property
-    def last_token(self) -> int:
-        return self.generated[-1]
-
-    def add(self, token: int, context_length: int) -> None:
-        """Record a sampled token and emit the new text; sets finish_reason when the sequence ends."""
-        params = self.req.params
-        if token in self.eos_ids:
-            self.finish_reason = "stop"
-        else:
-            self.generated.append(token)
-        text = self.tokenizer.decode(self.generated, skip_special_tokens=True)
-        if params.stop:
-            cut = min(
-                (i for s in params.stop if (i := text.find(s, max(0, self.sent - len(s)))) >= 0), default=-1
-            )
-            if cut >= 0:
-                text, self.finish_reason = text[:cut], "stop"
-        if self.finish_reason is None and (
-            len(self.generated) >= params.max_tokens or self.length + 1 >= context_length
-        ):
-            self.finish_reason = "length"
-        end = len(text)
-        if self.finish_reason is None:
-            end = max(self.sent, end - self.hold)  # a stop string may still be forming
-            while end > self.sent and text[end - 1] == "\ufffd":  # an incomplete UTF-8 character
-                end -= 1
-        delta, self.sent = text[self.sent : end], max(self.sent, end)
-        if delta or self.finish_reason:
-            self.req.sink(
-                Event(
-                    text=delta,
-                    token_ids=[token] if token not in self.eos_ids else [],
-                    finish_reason=self.finish_reason,
-                    completion_tokens=len(self.generated),
-                )
-            )
-
-
-class PrefixCache:
-    """Keeps the KV of recent prompts so a new prompt that shares a prefix (a system prompt, the chat
-    template's header, an earlier turn) prefills only what differs. Bounded by total tokens, LRU."""
-
-    def __init__(self, max_tokens: int = 16384, min_tokens: int = 8):
-        self.entries: collections.OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = (
-            collections.OrderedDict()
-        )
-        self.max_tokens, self.min_tokens, self.tokens = max_tokens, min_tokens, 0
-        self.hits = 0
-
-    def lookup(self, prompt: list[int]) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]] | None]:
-        """The longest cached prefix of `prompt`, leaving at least one token to compute."""
-        best, best_key = 0, None
-        for key in self.entries:
-            n = 0
-            for a, b in zip(key, prompt, strict=False):
-                if a != b:
-                    break
-                n += 1
-            n = min(n, len(prompt) - 1)
-            if n > best:
-                best, best_key = n, key
-        if best_key is None or best < self.min_tokens:
-            return 0, None
-        self.entries.move_to_end(best_key)
-        self.hits += 1
-        return best, [(k[:, :, :best], v[:, :, :best]) for k, v in self.entries[best_key]]
-
-    def store(self, prompt: list[int], kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        key = tuple(prompt)
-        if len(key) < self.min_tokens or key in self.entries:
-            return
-        self.entries[key] = kv
-        self.tokens += len(key)
-        while self.tokens > self.max_tokens and self.entries:
-            old, _ = self.entries.popitem(last=False)
-            self.tokens -= len(old)
-
-
-class Engine:
     def __init__(
         self,
         loaded: LoadedModel,
@@ -204,10 +60,10 @@ class Engine:
         self.max_kv_tokens = max_kv_tokens
         self.eos_ids = self._eos_ids()
         self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens else None
-        self._waiting: collections.deque[_Request] = collections.deque()
+        self._waiting: collections.deque[Request] = collections.deque()
         self._lock = threading.Condition()
         self._ids = itertools.count(1)
-        self._rows: list[_Sequence] = []
+        self._rows: list[Sequence] = []
         self._cache: Cache | None = None
         self._mask: torch.Tensor | None = None
         self._accepting = True
@@ -237,7 +93,7 @@ class Engine:
             gen = None
             if params.seed is not None:
                 gen = torch.Generator(device=self.device).manual_seed(params.seed % 2**64)  # any int64
-            req = _Request(next(self._ids), prompt, params, sink, time.monotonic(), gen)
+            req = Request(next(self._ids), prompt, params, sink, generator=gen)
             self._waiting.append(req)
             self._lock.notify()
         return req.id
@@ -304,30 +160,13 @@ class Engine:
                 self._fail_all(exc, admitted)
         self._fail_all(EngineStoppedError("engine stopped"), [])
 
-    def _admit(self) -> list[_Request]:
+    def _admit(self) -> list[Request]:
         """Take waiting requests for one prefill group (called with the lock held)."""
-        free = self.max_batch_size - len(self._rows)
         kv_used = sum(s.length for s in self._rows)
-        batch: list[_Request] = []
-        tokens = 0
-        while self._waiting and len(batch) < free:
-            req = self._waiting[0]
-            if req.cancelled:
-                self._waiting.popleft()
-                req.sink(Event(finish_reason="abort"))
-                continue
-            n = len(req.prompt)
-            if batch and (tokens + n > self.max_prefill_tokens or kv_used + tokens + n > self.max_kv_tokens):
-                break
-            if req.params.beams > 1 and (batch or self._rows):
-                break  # beam search runs alone
-            batch.append(self._waiting.popleft())
-            tokens += n
-            if req.params.beams > 1:
-                break
-        return batch
+        budget = Budget(self.max_batch_size, self.max_prefill_tokens, self.max_kv_tokens)
+        return admit(self._waiting, len(self._rows), kv_used, budget)
 
-    def _fail_all(self, exc: BaseException, admitted: list[_Request]) -> None:
+    def _fail_all(self, exc: BaseException, admitted: list[Request]) -> None:
         failed = [s.req for s in self._rows] + admitted
         with self._lock:
             if self._stop:
@@ -346,27 +185,13 @@ class Engine:
                 s.req.sink(Event(finish_reason="abort", completion_tokens=len(s.generated)))
         self._keep_rows(keep)
 
-    def _sample(self, logits: torch.Tensor, seqs: list[_Sequence]) -> list[int]:
-        """One token per row: greedy rows in one argmax, sampled rows with their own generator."""
-        tokens = logits.argmax(-1).tolist()
-        for i, seq in enumerate(seqs):
-            p = seq.req.params
-            if p.temperature < GREEDY_BELOW:  # dividing by ~0 overflows the softmax: that is greedy
-                continue
-            probs = torch.softmax(logits[i].float() / p.temperature, -1)
-            if p.top_p < 1.0:
-                sorted_probs, order = probs.sort(descending=True)
-                keep = sorted_probs.cumsum(-1) - sorted_probs < p.top_p
-                keep[0] = True  # the top token, always: a denormal top_p is 0 in float32
-                probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_probs[keep])
-            tokens[i] = int(torch.multinomial(probs, 1, generator=seq.req.generator).item())
-        return tokens
-
-    def _prefill(self, reqs: list[_Request]) -> None:
+    def _prefill(self, reqs: list[Request]) -> None:
         if reqs[0].params.beams > 1:
-            self._beam_search(reqs[0])
+            r = reqs[0]
+            pad = self.eos_token_for_padding
+            beam_search(self.model, self.tokenizer, self.device, r, self.eos_ids, pad, self.context_length)
             return
-        seqs = [_Sequence(r, self.tokenizer, self.eos_ids) for r in reqs]
+        seqs = [Sequence(r, self.tokenizer, self.eos_ids) for r in reqs]
         cached = [self.prefix_cache.lookup(r.prompt) if self.prefix_cache else (0, None) for r in reqs]
         past = max(n for n, _ in cached)
         width = max(len(r.prompt) - n for r, (n, _) in zip(reqs, cached, strict=True))
@@ -396,7 +221,7 @@ class Engine:
         if self.prefix_cache:
             self._remember_prompts(reqs, cached, cache, past)
         self._merge(seqs, cache, mask)
-        for seq, tok in zip(seqs, self._sample(logits, seqs), strict=True):
+        for seq, tok in zip(seqs, sample(logits, seqs), strict=True):
             seq.add(tok, self.context_length)
         self._retire_finished()
 
@@ -405,9 +230,7 @@ class Engine:
         pad = self.tokenizer.pad_token_id
         return int(pad if pad is not None else next(iter(self.eos_ids), 0))
 
-    def _stack_prefixes(
-        self, cached: list[tuple[int, list[tuple[torch.Tensor, torch.Tensor]] | None]], past: int
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _stack_prefixes(self, cached: list[tuple[int, LayerKV | None]], past: int) -> LayerKV:
         """Per layer, the rows' cached prefixes right-aligned in `past` columns (zeros where masked)."""
         template = next(kv for _, kv in cached if kv is not None)
         layers = []
@@ -423,7 +246,7 @@ class Engine:
 
     def _remember_prompts(
         self,
-        reqs: list[_Request],
+        reqs: list[Request],
         cached: list[tuple[int, Any]],
         cache: Cache,
         past: int,
@@ -439,7 +262,7 @@ class Engine:
             ]
             self.prefix_cache.store(r.prompt, kv)
 
-    def _merge(self, seqs: list[_Sequence], cache: Cache, mask: torch.Tensor) -> None:
+    def _merge(self, seqs: list[Sequence], cache: Cache, mask: torch.Tensor) -> None:
         """Add a prefilled group to the running batch, left-padding whichever is shorter."""
         mask = mask.to(self.device)
         if self._cache is None or self._mask is None or not self._rows:
@@ -451,15 +274,15 @@ class Engine:
             self._cache,
             [
                 (
-                    torch.cat([_left_pad(ok, width), _left_pad(nk, width)], 0),
-                    torch.cat([_left_pad(ov, width), _left_pad(nv, width)], 0),
+                    torch.cat([kvcache.left_pad(ok, width), kvcache.left_pad(nk, width)], 0),
+                    torch.cat([kvcache.left_pad(ov, width), kvcache.left_pad(nv, width)], 0),
                 )
                 for (ok, ov), (nk, nv) in zip(
                     kvcache.contents(self._cache), kvcache.contents(cache), strict=True
                 )
             ],
         )
-        self._mask = torch.cat([_left_pad(self._mask, width), _left_pad(mask, width)], 0)
+        self._mask = torch.cat([kvcache.left_pad(self._mask, width), kvcache.left_pad(mask, width)], 0)
         self._rows = self._rows + seqs
 
     def _decode_step(self) -> None:
@@ -476,7 +299,7 @@ class Engine:
             past_key_values=self._cache,
             use_cache=True,
         )
-        tokens = self._sample(out.logits[:, -1], rows)
+        tokens = sample(out.logits[:, -1], rows)
         for seq, tok in zip(rows, tokens, strict=True):
             seq.length += 1
             seq.add(tok, self.context_length)
@@ -506,36 +329,3 @@ class Engine:
                 ],
             )
             self._rows = [self._rows[i] for i in keep]
-
-    def _beam_search(self, req: _Request) -> None:
-        p = req.params
-        ids = torch.tensor([req.prompt], device=self.device)
-        out = self.model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            num_beams=p.beams,
-            num_return_sequences=1,
-            do_sample=False,
-            max_new_tokens=min(p.max_tokens, self.context_length - len(req.prompt)),
-            eos_token_id=sorted(self.eos_ids) or None,
-            pad_token_id=self.eos_token_for_padding,
-        )
-        seq = _Sequence(req, self.tokenizer, self.eos_ids)
-        for tok in out[0, len(req.prompt) :].tolist():
-            seq.add(tok, self.context_length)
-            if seq.finish_reason:
-                break
-        if not seq.finish_reason:
-            seq.finish_reason = "length"
-            req.sink(Event(finish_reason="length", completion_tokens=len(seq.generated)))
-
-
-def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
-    """Pad dim -2 of a KV tensor (or dim 1 of a mask) on the left with zeros up to `width`."""
-    dim = 1 if t.dim() == 2 else 2
-    missing = width - t.shape[dim]
-    if missing <= 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = missing
-    return torch.cat([t.new_zeros(shape), t], dim)

@@ -50,8 +50,8 @@ def stream_answer(client, model: str, question: str) -> str:  # type: ignore[no-
 def main() -> int:
     import openai
 
-    from .launch import ServerProcess
-    from .run_cmd import fine_tune, plan, serve_args, serve_options
+    from ..launch import ServerProcess
+    from .run import fine_tune, plan, serve_args, serve_options
 
     manifest = Path(sys.argv[1]) if len(sys.argv) > 1 else MANIFEST
     print(f"== chatmodel run {manifest.name} --with-base\n")

@@ -15,7 +15,7 @@ from pathlib import Path
 from chatmodel_operator.builders.vllm import server_args, server_env
 from chatmodel_operator.spec import ChatModel
 
-from .launch import ReadyProcess, free_port
+from ..launch import ReadyProcess, free_port
 
 INSTALL = "make install-vllm"
 ENTRYPOINT = ["-m", "vllm.entrypoints.openai.api_server"]
@@ -86,8 +86,8 @@ def serve_manifest(
 
     from chatmodel_operator.builders.vllm import uses_lora
 
-    from .models import resolve_source
-    from .serve_cmd import read_api_keys
+    from ..models import resolve_source
+    from .serve import read_api_keys
 
     keys = read_api_keys(api_keys_file).keys
     if len(keys) > 1:

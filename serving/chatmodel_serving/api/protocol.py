@@ -9,9 +9,17 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    WithJsonSchema,
+    field_validator,
+    model_serializer,
+)
 
 MAX_N = 16
 MAX_STOPS = 4
@@ -172,10 +180,133 @@ class CompletionRequest(SamplingFields):
         return self.max_tokens
 
 
-class Usage(BaseModel):
+# ---------------------------------------------------------------- responses
+
+
+class ResponseModel(BaseModel):
+    """A response shape. Fields named in `omitted_when_none` are left out of the JSON when None (as OpenAI
+    leaves them out); every other field is always sent, null included."""
+
+    omitted_when_none: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _omit_nones(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        return {k: v for k, v in data.items() if v is not None or k not in self.omitted_when_none}
+
+    def body(self) -> dict[str, Any]:
+        """The JSON object to send."""
+        return self.model_dump()
+
+
+class Usage(ResponseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
+        total = prompt_tokens + completion_tokens
+        return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=total)
+
+
+class AssistantMessage(ResponseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(ResponseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: str
+
+
+class TextChoice(ResponseModel):
+    index: int
+    text: str
+    logprobs: None = None
+    finish_reason: str
+
+
+class _Answer(ResponseModel):
+    """What every completion response and chunk carries; subclasses narrow `object` and `choices` (a
+    field redeclared in a subclass keeps its place in the JSON)."""
+
+    id: str
+    object: str
+    created: int
+    model: str
+    choices: list[Any]
+
+
+class ChatCompletion(_Answer):
+    object: Literal["chat.completion"] = "chat.completion"
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class Completion(_Answer):
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[TextChoice]
+    usage: Usage
+
+
+class ChatDelta(ResponseModel):
+    omitted_when_none = frozenset({"role"})
+    role: Literal["assistant"] | None = None  # in the first chunk of a choice only
+    content: str
+
+
+class ChatChunkOpening(ResponseModel):
+    """The first streamed chunk of a chat choice: the role, no text, no finish_reason yet."""
+
+    index: int
+    delta: ChatDelta
+    logprobs: None = None
+
+
+class ChatChunkChoice(ResponseModel):
+    index: int
+    delta: ChatDelta
+    logprobs: None = None
+    finish_reason: str | None
+
+
+class TextChunkChoice(ResponseModel):
+    index: int
+    text: str
+    logprobs: None = None
+    finish_reason: str | None
+
+
+class _Chunk(_Answer):
+    omitted_when_none = frozenset({"usage"})
+    usage: Usage | None = None  # only in the last chunk, when stream_options.include_usage is set
+
+
+class ChatCompletionChunk(_Chunk):
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    choices: list[ChatChunkOpening | ChatChunkChoice]
+
+
+class CompletionChunk(_Chunk):
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[TextChunkChoice]
+
+
+class ModelCard(ResponseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "chatmodel"
+    root: str
+    max_model_len: int
+
+
+class ModelList(ResponseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
 
 
 def new_id(prefix: str) -> str:

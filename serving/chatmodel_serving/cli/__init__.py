@@ -9,10 +9,10 @@ import sys
 
 # name -> (module, help). Each module defines add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("chatmodel_serving.serve_cmd", "serve a model with the OpenAI API"),
-    "chat": ("chatmodel_serving.chat_cmd", "streaming terminal chat against an OpenAI-compatible URL"),
+    "serve": ("chatmodel_serving.cli.serve", "serve a model with the OpenAI API"),
+    "chat": ("chatmodel_serving.cli.chat", "streaming terminal chat against an OpenAI-compatible URL"),
     "train": ("chatmodel_serving.train.cli", "fine-tune a model on a JSONL dataset"),
-    "run": ("chatmodel_serving.run_cmd", "run a ChatModel manifest locally: fine-tune, then serve"),
+    "run": ("chatmodel_serving.cli.run", "run a ChatModel manifest locally: fine-tune, then serve"),
     "triton-repo": ("chatmodel_serving.triton.repo", "write a Triton model repository that runs our engine"),
     "triton-server": ("chatmodel_serving.triton.server", "run the bundled tritonserver on a repository"),
     "render": (
@@ -22,10 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The command line as the `chatmodel` command reads it (argparse exits on an invalid one)."""
     parser = argparse.ArgumentParser(prog="chatmodel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    argv = sys.argv[1:] if argv is None else argv
     # Import only the module of the command being run (and none for --help on the top level).
     chosen = argv[0] if argv and argv[0] in COMMANDS else None
     for name, (module_name, help_text) in COMMANDS.items():
@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
             module = importlib.import_module(module_name)
             module.add_arguments(sp)
             sp.set_defaults(_run=module.run)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
     return int(args._run(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

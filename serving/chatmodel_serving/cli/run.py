@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from chatmodel_operator.runtime_args import ServeOptions
     from chatmodel_operator.spec import ChatModel
 
-    from .serve_cmd import ServeOptions
-    from .train.config import TrainConfig
+    from ..train.config import TrainConfig
 
 log = logging.getLogger("chatmodel.run")
 DEFAULT_WORK_DIR = Path("artifacts")
@@ -72,7 +72,7 @@ def load(manifest_path: Path) -> ChatModel:
 def plan(manifest_path: Path, work_dir: Path = DEFAULT_WORK_DIR, device: str = "auto") -> Plan:
     from chatmodel_operator.spec import model_version
 
-    from .train.config import TrainConfig
+    from ..train.config import TrainConfig
 
     cm = load(manifest_path)
     folder = manifest_path.resolve().parent
@@ -109,8 +109,8 @@ def fine_tune(p: Plan, json_lines: bool | None = None) -> dict[str, Any] | None:
     """Train unless an earlier run left a model made from the same recipe and data; return its metrics."""
     if p.train is None:
         return None
-    from .train.artifact import read_metrics
-    from .train.trainer import train
+    from ..train.artifact import read_metrics
+    from ..train.trainer import train
 
     cfg = p.train
     done = read_metrics(cfg.output) if cfg.output.exists() else None
@@ -122,7 +122,7 @@ def fine_tune(p: Plan, json_lines: bool | None = None) -> dict[str, Any] | None:
 
 
 def serve_options(p: Plan, host: str, port: int, with_base: bool, api_keys_file: str | None) -> ServeOptions:
-    from .serve_cmd import ServeOptions
+    from chatmodel_operator.runtime_args import ServeOptions
 
     sv = p.manifest.spec.serving
     models, names = [p.model_source], [p.name]
@@ -148,19 +148,9 @@ def serve_options(p: Plan, host: str, port: int, with_base: bool, api_keys_file:
 
 
 def serve_args(opts: ServeOptions) -> list[str]:
-    """The same options as `chatmodel serve` arguments (for a server in a child process)."""
-    args = []
-    for model, name in zip(opts.models, opts.served_model_names or opts.models, strict=True):
-        args += ["--model", model, "--served-model-name", name]
-    args += ["--dtype", opts.dtype, "--max-batch-size", str(opts.max_batch_size)]
-    args += ["--max-waiting-requests", str(opts.max_waiting_requests)]
-    args += ["--default-max-tokens", str(opts.default_max_tokens)]
-    args += ["--default-temperature", str(opts.default_temperature)]
-    if opts.api_keys_file:
-        args += ["--api-keys-file", opts.api_keys_file]
-    if not opts.ui:
-        args.append("--no-ui")
-    return args
+    """The same options as `chatmodel serve` arguments, for a server in a child process (which is given
+    its own --host and --port)."""
+    return opts.to_argv(exclude=("host", "port"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -177,10 +167,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .logs import setup_logging
+    from ..logs import setup_logging
 
     setup_logging("text" if sys.stderr.isatty() else "json")
-    from .train.data import DataError
+    from ..train.data import DataError
 
     try:
         p = plan(args.manifest, args.work_dir, args.device)
@@ -200,12 +190,12 @@ def run(args: argparse.Namespace) -> int:
     if p.manifest.spec.access is not None and not args.api_keys_file:
         log.warning("spec.access names a Secret, which exists only in a cluster: this local API is open")
     if p.manifest.spec.serving.runtime == "vllm":
-        from .vllm_cmd import serve_manifest
+        from .vllm import serve_manifest
 
         trained = str(p.train.output) if p.train else None
         return serve_manifest(p.manifest, p.base_source, trained, args.host, args.port, args.api_keys_file)
     opts = serve_options(p, args.host, args.port, args.with_base, args.api_keys_file)
-    from .serve_cmd import serve
+    from .serve import serve
 
     names = ", ".join(opts.served_model_names or [])
     print(f"OpenAI endpoint: http://{args.host}:{args.port}/v1  models: {names}", file=sys.stderr, flush=True)

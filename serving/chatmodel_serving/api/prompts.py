@@ -1,0 +1,90 @@
+"""From an OpenAI request to the engine's input: token ids of the prompt(s) and SamplingParams."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..engine.types import SamplingParams
+from .protocol import ApiError, ChatCompletionRequest, CompletionRequest, SamplingFields
+from .state import ServedModel
+
+
+def chat_prompt(served: ServedModel, req: ChatCompletionRequest) -> list[int]:
+    tokenizer = served.loaded.tokenizer
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ApiError(400, f"model {served.name!r} has no chat template; use /v1/completions", param="model")
+    messages = [
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages
+    ]
+    try:
+        ids = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+    except Exception as exc:  # the template's own checks (role order, ...) are client errors
+        raise ApiError(
+            400, f"messages do not fit the model's chat template: {exc}", param="messages"
+        ) from None
+    return list(ids)
+
+
+def completion_prompts(served: ServedModel, req: CompletionRequest) -> list[list[int]]:
+    p = req.prompt
+    tokenizer = served.loaded.tokenizer
+
+    def encode(text: str) -> list[int]:
+        # Text can encode to no token at all (found by the fuzzer): start from end-of-text then.
+        return tokenizer.encode(text, add_special_tokens=False) or [tokenizer.eos_token_id]
+
+    if isinstance(p, str):
+        return [encode(p)]
+    if all(isinstance(x, str) for x in p):
+        return [encode(s) for s in p]  # type: ignore[arg-type]
+    prompts: list[list[int]] = [p] if all(isinstance(x, int) for x in p) else p  # type: ignore[list-item,assignment]
+    vocab = served.loaded.model.config.vocab_size
+    for ids in prompts:
+        if any(not 0 <= t < vocab for t in ids):
+            raise ApiError(400, f"token ids must lie in [0, {vocab})", param="prompt")
+    return [list(ids) for ids in prompts]
+
+
+def sampling_params(
+    served: ServedModel, req: SamplingFields, requested: int | None, prompt_len: int, prompt_param: str
+) -> SamplingParams:
+    ctx = served.loaded.context_length
+    room = ctx - prompt_len
+    if room <= 0:
+        raise ApiError(
+            413,
+            f"the prompt is {prompt_len} tokens; this model's context is {ctx} tokens",
+            param=prompt_param,
+            code="context_length_exceeded",
+        )
+    max_tokens = requested if requested is not None else min(served.default_max_tokens, room)
+    if max_tokens > room:
+        raise ApiError(
+            400,
+            f"max_tokens is {max_tokens} but only {room} tokens of the {ctx}-token context "
+            f"are left after the {prompt_len}-token prompt",
+            param="max_tokens",
+        )
+    beams = req.beams()
+    if beams > 1 and req.n > 1:
+        raise ApiError(400, "use_beam_search returns one answer per prompt; set n to 1", param="n")
+    temperature = served.default_temperature if req.temperature is None else req.temperature
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=0.0 if beams > 1 else temperature,
+        top_p=req.top_p or 1.0,
+        seed=req.seed,
+        stop=req.stop_list(),
+        ignore_eos=req.ignore_eos,
+        beams=beams,
+    )
+
+
+def with_seed(params: SamplingParams, i: int) -> SamplingParams:
+    """The i-th of n choices: its own seed, so choices differ yet the whole answer is reproducible."""
+    if i == 0 or params.seed is None:
+        return params
+    seed = (params.seed + i + 2**63) % 2**64 - 2**63  # stays an int64 (Triton's seed tensor)
+    return dataclasses.replace(params, seed=seed)

@@ -1,0 +1,59 @@
+"""What the routes share: the served models (each with its engine) and the server's settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..engine.types import EngineClient
+from ..models import LoadedModel
+from .metrics import ServingMetrics
+from .protocol import ApiError, now
+from .quota import Limits, Quotas
+
+
+@dataclass
+class ServedModel:
+    name: str
+    loaded: LoadedModel
+    engine: EngineClient  # the in-process Engine, or the Triton client
+    default_max_tokens: int = 512
+    default_temperature: float = 0.7
+    created: int = field(default_factory=now)
+
+
+@dataclass
+class ServerState:
+    models: dict[str, ServedModel]
+    api_keys: list[str]
+    log_prompts: bool = False
+    ui: bool = True  # the playground page at /
+    quotas: Quotas = field(default_factory=lambda: Quotas(Limits()))
+    max_request_bytes: int = 1 << 20
+    draining: bool = False
+    metrics: ServingMetrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = ServingMetrics(lambda: {n: m.engine.stats() for n, m in self.models.items()})
+        for name in self.models:  # exported at 0, so rate() sees the first refusal
+            for kind in ("requests", "tokens"):
+                self.metrics.rate_limited.labels(name, kind)
+
+    def inflight(self) -> bool:
+        return any(not m.engine.idle() for m in self.models.values())
+
+    def pick_model(self, name: str) -> ServedModel:
+        model = self.models.get(name)
+        if model is None:
+            raise ApiError(
+                404,
+                f"model {name!r} does not exist; see GET /v1/models",
+                param="model",
+                code="model_not_found",
+            )
+        return model
+
+
+@dataclass(frozen=True)
+class Caller:
+    key: str  # the quota bucket
+    headers: dict[str, str]  # x-ratelimit-* for the response

@@ -1,0 +1,13 @@
+"""The generation engine, by role (this package imports nothing, so `engine.types` stays torch-free):
+
+types.py         SamplingParams, Event, Sink, EngineStats, the engine errors and the EngineClient protocol
+                 that both the Engine and the Triton client implement (no torch: metrics and the Triton
+                 client import it)
+core.py          Engine: the engine thread, prefill, decode steps and the running batch's KV layout
+scheduler.py     admission: which waiting requests join the batch in the next prefill group
+sequence.py      Request and Sequence: one request's tokens, incremental detokenisation and stop strings
+sampler.py       greedy, temperature and top-p sampling of one token per row
+prefix_cache.py  the KV of recent prompts, reused for prompts that share a prefix
+beam.py          beam search (an extension, as in vLLM), run alone through transformers' generate()
+kvcache.py       a KV cache whose layers grow in place
+"""

@@ -1,0 +1,45 @@
+"""The KV of recent prompts, so a new prompt that shares a prefix (a system prompt, the chat template's
+header, an earlier turn) prefills only what differs. Bounded by total tokens, LRU."""
+
+from __future__ import annotations
+
+import collections
+
+import torch
+
+LayerKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer, (keys, values) of one row
+
+
+class PrefixCache:
+    def __init__(self, max_tokens: int = 16384, min_tokens: int = 8):
+        self.entries: collections.OrderedDict[tuple[int, ...], LayerKV] = collections.OrderedDict()
+        self.max_tokens, self.min_tokens, self.tokens = max_tokens, min_tokens, 0
+        self.hits = 0
+
+    def lookup(self, prompt: list[int]) -> tuple[int, LayerKV | None]:
+        """The longest cached prefix of `prompt`, leaving at least one token to compute."""
+        best, best_key = 0, None
+        for key in self.entries:
+            n = 0
+            for a, b in zip(key, prompt, strict=False):
+                if a != b:
+                    break
+                n += 1
+            n = min(n, len(prompt) - 1)
+            if n > best:
+                best, best_key = n, key
+        if best_key is None or best < self.min_tokens:
+            return 0, None
+        self.entries.move_to_end(best_key)
+        self.hits += 1
+        return best, [(k[:, :, :best], v[:, :, :best]) for k, v in self.entries[best_key]]
+
+    def store(self, prompt: list[int], kv: LayerKV) -> None:
+        key = tuple(prompt)
+        if len(key) < self.min_tokens or key in self.entries:
+            return
+        self.entries[key] = kv
+        self.tokens += len(key)
+        while self.tokens > self.max_tokens and self.entries:
+            old, _ = self.entries.popitem(last=False)
+            self.tokens -= len(old)

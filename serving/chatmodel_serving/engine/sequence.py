@@ -1,0 +1,81 @@
+"""One request inside the engine: Request (what was asked) and Sequence (its tokens so far, incremental
+detokenisation and stop strings). Public, so the detokeniser can be tested with a tokenizer and no model:
+
+    req = Request(1, prompt, SamplingParams(max_tokens=16, stop=("\\n",)), sink=events.append)
+    seq = Sequence(req, tokenizer, eos_ids={eos})
+    seq.add(token, context_length=8192)  # emits Events to the sink; sets seq.finish_reason at the end
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .types import Event, SamplingParams, Sink
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class Request:
+    id: int
+    prompt: list[int]
+    params: SamplingParams
+    sink: Sink
+    submitted: float = field(default_factory=time.monotonic)
+    generator: torch.Generator | None = None  # set when params.seed is
+    cancelled: bool = False
+
+
+class Sequence:
+    """A running request: its tokens, detokenisation state and stop checks."""
+
+    def __init__(self, req: Request, tokenizer: Any, eos_ids: set[int]):
+        self.req = req
+        self.tokenizer = tokenizer
+        self.eos_ids = set() if req.params.ignore_eos else eos_ids
+        self.length = len(req.prompt)  # tokens whose KV is in the cache once the last sampled one is fed
+        self.generated: list[int] = []
+        self.sent = 0  # characters of text already handed out
+        self.hold = max((len(s) for s in req.params.stop), default=1) - 1
+        self.finish_reason: str | None = None
+
+    @property
+    def last_token(self) -> int:
+        return self.generated[-1]
+
+    def add(self, token: int, context_length: int) -> None:
+        """Record a sampled token and emit the new text; sets finish_reason when the sequence ends."""
+        params = self.req.params
+        if token in self.eos_ids:
+            self.finish_reason = "stop"
+        else:
+            self.generated.append(token)
+        text = self.tokenizer.decode(self.generated, skip_special_tokens=True)
+        if params.stop:
+            cut = min(
+                (i for s in params.stop if (i := text.find(s, max(0, self.sent - len(s)))) >= 0), default=-1
+            )
+            if cut >= 0:
+                text, self.finish_reason = text[:cut], "stop"
+        if self.finish_reason is None and (
+            len(self.generated) >= params.max_tokens or self.length + 1 >= context_length
+        ):
+            self.finish_reason = "length"
+        end = len(text)
+        if self.finish_reason is None:
+            end = max(self.sent, end - self.hold)  # a stop string may still be forming
+            while end > self.sent and text[end - 1] == "\ufffd":  # an incomplete UTF-8 character
+                end -= 1
+        delta, self.sent = text[self.sent : end], max(self.sent, end)
+        if delta or self.finish_reason:
+            self.req.sink(
+                Event(
+                    text=delta,
+                    token_ids=[token] if token not in self.eos_ids else [],
+                    finish_reason=self.finish_reason,
+                    completion_tokens=len(self.generated),
+                )
+            )

@@ -1,0 +1,101 @@
+"""The engine's parts without a model: admission (scheduler), the prefix cache and the sampler."""
+
+from __future__ import annotations
+
+import collections
+
+import torch
+
+from chatmodel_serving.engine.prefix_cache import PrefixCache
+from chatmodel_serving.engine.sampler import sample
+from chatmodel_serving.engine.scheduler import Budget, admit
+from chatmodel_serving.engine.sequence import Request, Sequence
+from chatmodel_serving.engine.types import Event, SamplingParams
+
+
+def request(rid: int, prompt_len: int, events: list[Event] | None = None, **params: object) -> Request:
+    sink = (events if events is not None else []).append
+    return Request(rid, [1] * prompt_len, SamplingParams(max_tokens=4, **params), sink)  # type: ignore[arg-type]
+
+
+def test_admission_respects_free_rows_and_the_prefill_budget() -> None:
+    waiting = collections.deque(request(i, 10) for i in range(5))
+    got = admit(waiting, running=1, kv_used=0, budget=Budget(8, 25, 1000))
+    assert [r.id for r in got] == [0, 1]  # 20 of 25 prefill tokens: a third would make 30
+    assert [r.id for r in waiting] == [2, 3, 4]
+    got = admit(waiting, running=7, kv_used=0, budget=Budget(8, 1000, 1000))
+    assert [r.id for r in got] == [2]  # one free row
+
+
+def test_the_first_request_is_admitted_even_over_budget() -> None:
+    waiting = collections.deque([request(1, 500), request(2, 1)])
+    assert [r.id for r in admit(waiting, 0, 0, Budget(8, 100, 100))] == [1]
+
+
+def test_kv_budget_holds_back_a_second_request() -> None:
+    waiting = collections.deque([request(1, 10), request(2, 10)])
+    assert [r.id for r in admit(waiting, 1, kv_used=85, budget=Budget(8, 1000, 100))] == [1]
+
+
+def test_cancelled_requests_are_dropped_with_abort() -> None:
+    events: list[Event] = []
+    gone = request(1, 3, events)
+    gone.cancelled = True
+    waiting = collections.deque([gone, request(2, 3)])
+    assert [r.id for r in admit(waiting, 0, 0, Budget(8, 100, 100))] == [2]
+    assert [e.finish_reason for e in events] == ["abort"]
+
+
+def test_beam_search_runs_alone() -> None:
+    waiting = collections.deque([request(1, 3, beams=2), request(2, 3)])
+    assert admit(waiting, running=1, kv_used=3, budget=Budget(8, 100, 100)) == []  # waits for an empty batch
+    assert [r.id for r in admit(waiting, 0, 0, Budget(8, 100, 100))] == [1]
+    waiting = collections.deque([request(2, 3), request(1, 3, beams=2)])
+    assert [r.id for r in admit(waiting, 0, 0, Budget(8, 100, 100))] == [2]  # nothing joins it either
+
+
+def kv(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    t = torch.arange(n, dtype=torch.float32).reshape(1, 1, n, 1)
+    return [(t, t + 100)]
+
+
+def test_prefix_cache_returns_the_longest_shared_prefix() -> None:
+    cache = PrefixCache(max_tokens=100, min_tokens=2)
+    cache.store([1, 2, 3, 4, 5], kv(5))
+    n, hit = cache.lookup([1, 2, 3, 9])
+    assert n == 3 and hit is not None and hit[0][0].shape[2] == 3 and cache.hits == 1
+    n, hit = cache.lookup([1, 2, 3, 4, 5])  # one token is always left to compute
+    assert n == 4 and hit is not None
+    assert cache.lookup([7, 8, 9]) == (0, None) and cache.hits == 2
+
+
+def test_prefix_cache_evicts_least_recently_used_beyond_its_bound() -> None:
+    cache = PrefixCache(max_tokens=10, min_tokens=2)
+    cache.store([1] * 4, kv(4))
+    cache.store([2] * 4, kv(4))
+    cache.lookup([1, 1, 1, 9])  # [1]*4 is now the most recent
+    cache.store([3] * 4, kv(4))
+    assert set(cache.entries) == {(1,) * 4, (3,) * 4} and cache.tokens == 8
+
+
+def seq(**params: object) -> Sequence:
+    return Sequence(request(1, 1, **params), tokenizer=None, eos_ids=set())
+
+
+def test_sampler_greedy_and_top_p() -> None:
+    logits = torch.tensor([[0.0, 5.0, 1.0], [0.0, 5.0, 4.9]])
+    assert sample(logits, [seq(temperature=0.0), seq(temperature=0.0)]) == [1, 1]
+    # top_p small keeps only the most likely token, whatever the temperature
+    sampled = {sample(logits, [seq(temperature=2.0, top_p=1e-9)] * 2)[1] for _ in range(20)}
+    assert sampled == {1}
+
+
+def test_sampler_seeded_rows_are_reproducible() -> None:
+    logits = torch.zeros((1, 50))
+
+    def draw() -> list[int]:
+        s = seq(temperature=1.0)
+        s.req.generator = torch.Generator().manual_seed(7)
+        return [sample(logits, [s])[0] for _ in range(5)]
+
+    assert draw() == draw()
