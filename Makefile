@@ -41,7 +41,9 @@ $(VLLM_STAMP):
 	$(VLLM_VENV)/bin/python requirements/wheel_requires.py build/vllm-wheel/*.whl $(VLLM_NOT_DEPS) > build/vllm-wheel/requires.txt
 	$(VLLM_PIP) install -r build/vllm-wheel/requires.txt
 	$(VLLM_PIP) install --no-deps build/vllm-wheel/*.whl
-	$(VLLM_VENV)/bin/python -c "import vllm, vllm._C"
+	# vLLM's own kernel pick: vllm._C is the AVX-512 BF16 build (SIGILL on an AVX2-only CPU); _C_AVX2 and
+	# _C_AVX512 register the same torch.ops._C, which the check then looks up.
+	$(VLLM_VENV)/bin/python -c "from vllm.platforms.cpu import CpuPlatform; CpuPlatform.import_kernels(); import torch; torch.ops._C.rms_norm"
 	touch $(VLLM_STAMP)
 
 # Debian tools that tests drive for real: promtool + prometheus (rules, PromQL), chromium (browser tests).
