@@ -99,7 +99,7 @@ def _default(field: FieldInfo, schema: dict[str, Any]) -> Any:
     default (CEL rules included) as it stands, without filling in the defaults nested inside it, so
     `default: {}` on an object whose rules read its fields is refused ("no such key")."""
     if field.default_factory is not None:
-        made = field.default_factory()  # type: ignore[call-arg]
+        made = field.get_default(call_default_factory=True, validated_data={})
         if isinstance(made, BaseModel):
             return _without_empty(made.model_dump(mode="json", by_alias=True, exclude_none=True))
         return None  # empty lists and maps: leave absent

@@ -8,6 +8,8 @@ duplicates."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -16,8 +18,9 @@ from chatmodel_operator import observe
 from chatmodel_operator.builders.meta import COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL, NAME_LABEL
 from chatmodel_operator.config import Config
 from chatmodel_operator.k8s import Client
+from chatmodel_operator.observe import DeploymentObs, JobObs, PodTrouble
 from chatmodel_operator.reconciler import Reconciler
-from chatmodel_operator.spec import GROUP, PLURAL, VERSION
+from chatmodel_operator.spec import GROUP, PLURAL, VERSION, canary_running
 from chatmodel_operator.workqueue import Key, WorkQueue
 
 OURS = {MANAGED_BY_LABEL: MANAGED_BY}
@@ -31,23 +34,43 @@ def _key(namespace: str | None, name: str | None) -> Key:
     return namespace or "default", name or ""
 
 
-def _children(indexes: dict[str, Any], key: Key) -> tuple[Any, Any]:
-    """The observed Jobs and Deployments of one ChatModel, from the indexes kopf passes by name."""
-    # Copies: the stores change while a reconcile awaits.
-    jobs = [*indexes["training_jobs"].get(key, []), *indexes["training_trainjobs"].get(key, [])]
-    return jobs, list(indexes["serving_deployments"].get(key, []))
+@dataclass(frozen=True)
+class Indexes:
+    """kopf's indexes by their ids (live mappings kopf keeps filled), typed."""
+
+    chatmodels: kopf.Index[Key, dict[str, Any]]
+    jobs: kopf.Index[Key, JobObs]
+    trainjobs: kopf.Index[Key, JobObs]
+    deployments: kopf.Index[Key, DeploymentObs]
+    stuck_pods: kopf.Index[Key, PodTrouble]
+
+    @classmethod
+    def of(cls, kwargs: Mapping[str, Any]) -> Indexes:
+        return cls(
+            kwargs["chatmodel_bodies"],
+            kwargs["training_jobs"],
+            kwargs["training_trainjobs"],
+            kwargs["serving_deployments"],
+            kwargs["stuck_pods"],
+        )
+
+    def children(self, key: Key) -> tuple[list[JobObs], list[DeploymentObs]]:
+        """The observed Jobs and Deployments of one ChatModel (copies: the stores change while a
+        reconcile awaits)."""
+        jobs = [*self.jobs.get(key, []), *self.trainjobs.get(key, [])]
+        return jobs, list(self.deployments.get(key, []))
 
 
-def reconcile_from(reconciler: Reconciler, indexes: dict[str, Any]) -> Any:
+def reconcile_from(reconciler: Reconciler, indexes: Indexes) -> Callable[[Key], Awaitable[None]]:
     """The work queue's reconcile of one key, with what kopf's (live) indexes hold when it runs."""
 
     async def reconcile(key: Key) -> None:
-        for body in list(indexes["chatmodel_bodies"].get(key, [])):  # none once deleted
+        for body in list(indexes.chatmodels.get(key, [])):  # none once deleted
             await reconciler.reconcile(
                 body,
-                *_children(indexes, key),
+                *indexes.children(key),
                 # The stuck pods are read once the ChatModel's lock is held (a pod has one such event).
-                troubles=lambda: list(indexes["stuck_pods"].get(key, [])),
+                troubles=lambda: list(indexes.stuck_pods.get(key, [])),
             )
 
     return reconcile
@@ -83,7 +106,7 @@ def register(registry: kopf.OperatorRegistry, config: Config) -> None:
         settings.posting.reporting_component = "chatmodel-operator"
         memo.reconciler = Reconciler(config, Client(settings, logger))
         # kwargs holds kopf's indexes by their ids (live objects, filled before any handler runs).
-        memo.queue = WorkQueue(reconcile_from(memo.reconciler, kwargs), WORKERS, RETRY_SECONDS)
+        memo.queue = WorkQueue(reconcile_from(memo.reconciler, Indexes.of(kwargs)), WORKERS, RETRY_SECONDS)
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
@@ -140,16 +163,16 @@ def register(registry: kopf.OperatorRegistry, config: Config) -> None:
         if event["type"] == "DELETED":
             # No finalizer: ownerReferences let the garbage collector clean up even when the operator is down.
             memo.queue.forget(key)
-            await memo.reconciler.cleanup(dict(body), *_children(kwargs, key))
+            await memo.reconciler.cleanup(dict(body), *Indexes.of(kwargs).children(key))
         else:
             memo.queue.add(key)
 
-    def canary_running(status: kopf.Status, **_: Any) -> bool:
-        return any(v.get("state") == "Canary" for v in status.get("versions") or [])
+    def in_canary(status: kopf.Status, **_: Any) -> bool:
+        return canary_running(status)
 
     # A canary is judged after spec.rollout.analysisSeconds: time, not an event, moves it on.
     @kopf.timer(
-        GROUP, VERSION, PLURAL, registry=registry, interval=config.rollout_check_seconds, when=canary_running
+        GROUP, VERSION, PLURAL, registry=registry, interval=config.rollout_check_seconds, when=in_canary
     )
     async def rollout_check(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
         memo.queue.add(_key(namespace, name))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -16,7 +16,7 @@ from kopf._cogs.clients import api as kopf_api
 from kopf._cogs.clients import errors as kopf_errors
 
 from chatmodel_operator import rbac
-from chatmodel_operator.plan import Ref
+from chatmodel_operator.refs import Ref
 
 Obj = dict[str, Any]
 log = logging.getLogger("chatmodel.k8s")
@@ -93,10 +93,10 @@ class Client:
 
     async def create(self, obj: Obj) -> Obj | None:
         kind, ns, _ = _key(obj)
-        return await self._call("post", url(obj["apiVersion"], kind, ns), obj)  # type: ignore[no-any-return]
+        return cast(Obj | None, await self._call("post", url(obj["apiVersion"], kind, ns), obj))
 
     async def get(self, api_version: str, kind: str, ns: str, name: str) -> Obj | None:
-        return await self._call("get", url(api_version, kind, ns, name))  # type: ignore[no-any-return]
+        return cast(Obj | None, await self._call("get", url(api_version, kind, ns, name)))
 
     async def patch(
         self, api_version: str, kind: str, ns: str, name: str, body: Obj, sub: str | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from chatmodel_operator.builders.meta import (
     COMPLETION_INDEX_ANNOTATION,
@@ -75,7 +75,7 @@ class DeploymentObs:
 def _condition(status: dict[str, Any], kind: str) -> dict[str, Any] | None:
     for c in status.get("conditions") or []:
         if c.get("type") == kind and c.get("status") == "True":
-            return c
+            return cast(dict[str, Any], c)
     return None
 
 

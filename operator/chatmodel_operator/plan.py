@@ -9,29 +9,24 @@ from typing import Any
 
 from chatmodel_operator import rollout
 from chatmodel_operator.builders import gateway_objects, meta, service, serving_objects, training_objects
-from chatmodel_operator.builders.autoscaling import uses_hpa
 from chatmodel_operator.builders.meta import Obj
 from chatmodel_operator.builders.network import network_policy
-from chatmodel_operator.builders.serving import serves_https
+from chatmodel_operator.builders.serving import serves_https, uses_hpa
 from chatmodel_operator.builders.storage import prune_job
 from chatmodel_operator.config import Config
 from chatmodel_operator.observe import DeploymentObs, JobObs, PodTrouble, TrainResult, parse_result
-from chatmodel_operator.rollout import Decision, LiveFigures, VersionState
+from chatmodel_operator.refs import Ref, serving_refs
+from chatmodel_operator.rollout import Decision, LiveFigures
 from chatmodel_operator.spec import (
+    SERVABLE,
     ChatModel,
     ChatModelStatus,
     Gate,
     ModelSource,
+    VersionState,
     VersionStatus,
     model_version,
 )
-
-
-@dataclass(frozen=True)
-class Ref:
-    api_version: str
-    kind: str
-    name: str
 
 
 @dataclass
@@ -98,9 +93,6 @@ def _target_state(
     return ("Rejected", rejected) if rejected else ("Trained", "")
 
 
-SERVABLE = ("Trained", "Canary", "Serving", "Retired", "RolledBack")
-
-
 def _pinned_state(pin: str, record: VersionStatus | None) -> tuple[VersionState, str]:
     if record is None or record.state not in SERVABLE:
         return "Failed", f"spec.rollout.pinVersion {pin} is not a servable version in status.versions"
@@ -113,17 +105,6 @@ def _source_of(cm: ChatModel, record: VersionStatus | None) -> ChatModel:
         return cm
     spec = cm.spec.model_copy(update={"base_model": ModelSource(source=record.base_model)})
     return cm.model_copy(update={"spec": spec})
-
-
-def serving_refs(name: str) -> list[Ref]:
-    """Every object one serving version may have (deleting an absent one, or an unknown kind, is a 404)."""
-    return [
-        Ref("apps/v1", "Deployment", name),
-        Ref("autoscaling/v2", "HorizontalPodAutoscaler", name),
-        Ref("keda.sh/v1alpha1", "ScaledObject", name),
-        Ref("policy/v1", "PodDisruptionBudget", name),
-        Ref("inference.networking.k8s.io/v1", "InferencePool", name),
-    ]
 
 
 def _phase(
@@ -169,7 +150,7 @@ def _versions(
 
 def _condition(
     kind: str, ok: bool | None, reason: str, message: str, prev: ChatModelStatus, now: str, gen: int | None
-):
+) -> dict[str, Any]:
     status = "Unknown" if ok is None else ("True" if ok else "False")
     since = next(
         (c.last_transition_time for c in prev.conditions if c.type == kind and c.status == status), now
@@ -283,27 +264,34 @@ def _stuck_pod(troubles: Iterable[PodTrouble], target: str, state: str, phase: s
     return min(mine, key=lambda t: t.pod) if mine else None
 
 
-def plan(
+@dataclass(frozen=True)
+class Target:
+    """The version this reconcile works toward, and what is known of it."""
+
+    name: str
+    pin: str | None  # spec.rollout.pinVersion, when it names the target
+    record: VersionStatus | None  # its entry in status.versions, if any
+    job: JobObs | None  # its training Job (none for a pinned version)
+    result: TrainResult
+    state: VersionState
+    why: str  # why it failed or was rejected
+    fine_tuned: bool
+    dep: DeploymentObs | None
+    want: int  # spec.serving.replicas.min
+
+
+def _target(
     cm: ChatModel,
+    prev: ChatModelStatus,
     jobs: dict[str, JobObs],
     deployments: dict[str, DeploymentObs],
     config: Config,
-    now: str,
-    generation: int | None = None,
-    live: LiveFigures | None = None,
-    troubles: Iterable[PodTrouble] = (),
-) -> Plan:
-    spec_version = model_version(cm.spec)
+    stable_loss: float | None,
+) -> Target:
     pin = cm.spec.rollout.pin_version
-    target = pin or spec_version
-    prev = _with_unrecorded(cm, cm.status or ChatModelStatus(), jobs, deployments, target)
-    records = {v.name: v for v in prev.versions}
-    record = records.get(target)
-    stable = (
-        prev.active_version if prev.active_version in deployments and prev.active_version != target else None
-    )
-    stable_loss = records[stable].eval_loss if stable in records else None
-    job = None if pin else jobs.get(target)
+    name = pin or model_version(cm.spec)
+    record = {v.name: v for v in prev.versions}.get(name)
+    job = None if pin else jobs.get(name)
     result = parse_result(job.result) if job else TrainResult()
     if pin:
         state, why = _pinned_state(pin, record)
@@ -314,47 +302,64 @@ def plan(
     missing = missing_prometheus(cm, config)
     if missing and state != "Failed":  # re-checked every reconcile: setting the URL lets it go on
         state, why = "Failed", missing
-    dep = deployments.get(target)
     want = cm.spec.serving.replicas.min
-    d = rollout.decide(cm, target, state, record, stable, dep, max(want, 1), now, live)
+    return Target(name, pin, record, job, result, state, why, fine_tuned, deployments.get(name), want)
 
-    out = Plan()
-    if cm.spec.fine_tune is not None and not pin:
-        pvc, *workload = training_objects(cm, target, config)
+
+def _train(out: Plan, cm: ChatModel, t: Target, config: Config) -> None:
+    """The artifacts PVC, and the training Job until it exists."""
+    if cm.spec.fine_tune is not None and not t.pin:
+        pvc, *workload = training_objects(cm, t.name, config)
         out.create_only.append(pvc)
-        if job is None:
+        if t.job is None:
             out.create_only += workload
-    if d.target_replicas is not None:
-        canary = d.target_replicas != max(want, 1)
-        restore = dep is not None and dep.desired_replicas == 0
-        source = _source_of(cm, record) if pin else cm
-        objs = serving_objects(
-            source,
-            target,
-            config,
-            fine_tuned,
-            canary_replicas=d.target_replicas if canary else None,
-            restore=restore,
-        )
-        out.apply += objs
-        # An HPA, ScaledObject or PDB the spec no longer wants can only exist beside an existing Deployment,
-        # and only goes away after a spec change or during and at the end of a canary: check just then.
-        # A version not yet in the status, or one becoming Serving for the first time, was never rendered
-        # otherwise: nothing to remove (sparing each new ChatModel three DELETEs answered 404).
-        if (
-            dep is not None
-            and record is not None
-            and (generation != prev.observed_generation or canary or record.state == "Canary")
-        ):
-            kinds = {o["kind"] for o in objs}
-            out.delete += [
-                r for r in serving_refs(dep.name) if r.kind not in kinds and r.kind != "InferencePool"
-            ]
+
+
+def _serve(
+    out: Plan, cm: ChatModel, t: Target, d: Decision, config: Config, generation: int | None,
+    prev: ChatModelStatus,
+) -> None:  # fmt: skip
+    """The target's Deployment and its companions (HPA or ScaledObject, PDB, InferencePool), once the
+    rollout deploys it; companions the spec no longer wants are deleted."""
+    if d.target_replicas is None:
+        return
+    canary = d.target_replicas != max(t.want, 1)
+    restore = t.dep is not None and t.dep.desired_replicas == 0
+    source = _source_of(cm, t.record) if t.pin else cm
+    objs = serving_objects(
+        source,
+        t.name,
+        config,
+        t.fine_tuned,
+        canary_replicas=d.target_replicas if canary else None,
+        restore=restore,
+    )
+    out.apply += objs
+    # An HPA, ScaledObject or PDB the spec no longer wants can only exist beside an existing Deployment,
+    # and only goes away after a spec change or during and at the end of a canary: check just then.
+    # A version not yet in the status, or one becoming Serving for the first time, was never rendered
+    # otherwise: nothing to remove (sparing each new ChatModel three DELETEs answered 404).
+    if (
+        t.dep is not None
+        and t.record is not None
+        and (generation != prev.observed_generation or canary or t.record.state == "Canary")
+    ):
+        kinds = {o["kind"] for o in objs}
+        out.delete += [
+            r for r in serving_refs(t.dep.name) if r.kind not in kinds and r.kind != "InferencePool"
+        ]
+
+
+def _route(
+    out: Plan, cm: ChatModel, t: Target, d: Decision, config: Config, generation: int | None,
+    prev: ChatModelStatus,
+) -> None:  # fmt: skip
+    """The Service (and Gateway routes) in front of the serving version(s), and the NetworkPolicy."""
     out.apply.append(
-        service(cm, None if d.canary and not cm.spec.serving.gateway else (d.active or target), config)
+        service(cm, None if d.canary and not cm.spec.serving.gateway else (d.active or t.name), config)
     )
     if cm.spec.serving.gateway is not None:
-        out.apply += gateway_objects(cm, d.active or target, d.canary, d.percent, config)
+        out.apply += gateway_objects(cm, d.active or t.name, d.canary, d.percent, config)
     policy = network_policy(cm, config)
     if policy is not None:
         out.apply.append(policy)
@@ -362,42 +367,58 @@ def plan(
         # only a spec change can remove it
         out.delete.append(Ref("networking.k8s.io/v1", "NetworkPolicy", meta.service_name(cm)))
 
-    if pin and record is not None:
-        target_status = record.model_copy(update={"state": d.state})
+
+def _history(
+    out: Plan, cm: ChatModel, prev: ChatModelStatus, t: Target, d: Decision, jobs: dict[str, JobObs],
+    deployments: dict[str, DeploymentObs], config: Config, now: str,
+) -> list[VersionStatus]:  # fmt: skip
+    """status.versions after this reconcile; versions out of it are retired and their artifacts pruned."""
+    if t.pin and t.record is not None:
+        target_status = t.record.model_copy(update={"state": d.state})
     else:
         fresh = VersionStatus(
-            name=target,
+            name=t.name,
             base_model=cm.spec.base_model.source,
             state=d.state,
-            fine_tuned=fine_tuned,
-            eval_loss=result.eval_loss,
-            eval_loss_before=result.eval_loss_before,
+            fine_tuned=t.fine_tuned,
+            eval_loss=t.result.eval_loss,
+            eval_loss_before=t.result.eval_loss_before,
         )
         # Keep what earlier reconciles recorded (createdAt, canary start, live figures).
-        target_status = record.model_copy(update=fresh.model_dump(exclude_unset=True)) if record else fresh
-    target_status = _with_rollout(target_status, target, d, why)
+        target_status = (
+            t.record.model_copy(update=fresh.model_dump(exclude_unset=True)) if t.record else fresh
+        )
+    target_status = _with_rollout(target_status, t.name, d, t.why)
     versions = _versions(cm, prev, target_status, d, now)
     kept = {v.name for v in versions}
-    _retire(out, deployments, versions, {d.active, d.canary, target if d.target_replicas else None})
+    _retire(out, deployments, versions, {d.active, d.canary, t.name if d.target_replicas else None})
     for v, j in jobs.items():
         if v not in kept:  # the Job and, if it spanned nodes, its rendezvous Service (same name)
             out.delete += [Ref(j.api_version, j.kind, j.name), Ref("v1", "Service", j.name)]
             out.create_only.append(prune_job(cm, v, config))  # created before the deletes: never lost
+    return versions
 
-    phase, message = _phase(cm, target, d.state, job, dep, d, prev)
-    message = why or message
-    stuck = _stuck_pod(troubles, target, d.state, phase)
+
+def _status(
+    out: Plan, cm: ChatModel, prev: ChatModelStatus, t: Target, d: Decision, versions: list[VersionStatus],
+    deployments: dict[str, DeploymentObs], troubles: Iterable[PodTrouble], config: Config, now: str,
+    generation: int | None,
+) -> None:  # fmt: skip
+    """The phase, conditions and status to write, and the rollout Event, if any."""
+    phase, message = _phase(cm, t.name, d.state, t.job, t.dep, d, prev)
+    message = t.why or message
+    stuck = _stuck_pod(troubles, t.name, d.state, phase)
     if stuck is not None:  # say why the version does not progress, not only that it does not
         message = stuck.describe()
     serving = deployments.get(d.active) if d.active else None
-    ft = cm.spec.fine_tune
 
     def cond(kind: str, ok: bool | None, reason: str, msg: str = message) -> dict[str, Any]:
         return _condition(kind, ok, reason, msg, prev, now, generation)
 
+    available = t.dep is not None and t.dep.ready_replicas >= t.want and d.active == t.name
     conditions = [
         cond("Ready", d.active is not None, "Serving" if d.active else phase),
-        cond("Available", dep is not None and dep.ready_replicas >= want and d.active == target, phase),
+        cond("Available", available, phase),
         cond(
             "Progressing",
             phase in ("Pending", "FineTuning", "Deploying") or d.canary is not None,
@@ -406,23 +427,23 @@ def plan(
     ]
     if stuck is not None:
         conditions.append(cond("PodsHealthy", False, stuck.reason))
-    if ft is not None and not pin:
-        trained = {"Training": None, "Failed": False, "Rejected": False}.get(state, True)
+    if cm.spec.fine_tune is not None and not t.pin:
+        trained = {"Training": None, "Failed": False, "Rejected": False}.get(t.state, True)
         reason = {"Training": "Training", "Failed": "TrainingFailed", "Rejected": "GateRejected"}.get(
-            state, "Trained"
+            t.state, "Trained"
         )
-        conditions.insert(1, cond("FineTuned", trained, reason, why))
-    rolled_out, out.event = _rollout_condition(d, why or message, prev)
+        conditions.insert(1, cond("FineTuned", trained, reason, t.why))
+    rolled_out, out.event = _rollout_condition(d, t.why or message, prev)
     conditions.append(cond("RolledOut", *rolled_out))
     scheme = "https" if serves_https(cm) else "http"
     endpoint = f"{scheme}://{meta.service_name(cm)}.{meta.namespace(cm)}.svc:{config.service_port}/v1"
-    selector = meta.selector(cm, "serving", d.active or target)
+    selector = meta.selector(cm, "serving", d.active or t.name)
     out.status = {
         "phase": phase,
         "message": message,
         "observedGeneration": generation,
         "activeVersion": d.active,
-        "targetVersion": target,
+        "targetVersion": t.name,
         "versions": [v.model_dump(by_alias=True, exclude_none=True) for v in versions],
         "endpoint": endpoint if d.active else None,
         "replicas": serving.replicas if serving else 0,
@@ -431,4 +452,33 @@ def plan(
         "conditions": conditions,
     }
     out.phase, out.message = phase, message
+
+
+def plan(
+    cm: ChatModel,
+    jobs: dict[str, JobObs],
+    deployments: dict[str, DeploymentObs],
+    config: Config,
+    now: str,
+    generation: int | None = None,
+    live: LiveFigures | None = None,
+    troubles: Iterable[PodTrouble] = (),
+) -> Plan:
+    """What to create, apply, delete and scale down for one ChatModel, and the status to write."""
+    target = cm.spec.rollout.pin_version or model_version(cm.spec)
+    prev = _with_unrecorded(cm, cm.status or ChatModelStatus(), jobs, deployments, target)
+    records = {v.name: v for v in prev.versions}
+    # The version serving now (a rollout's fallback), when it is not the target.
+    stable = (
+        prev.active_version if prev.active_version in deployments and prev.active_version != target else None
+    )
+    stable_loss = records[stable].eval_loss if stable in records else None
+    t = _target(cm, prev, jobs, deployments, config, stable_loss)
+    d = rollout.decide(cm, t.name, t.state, t.record, stable, t.dep, max(t.want, 1), now, live)
+    out = Plan()
+    _train(out, cm, t, config)
+    _serve(out, cm, t, d, config, generation, prev)
+    _route(out, cm, t, d, config, generation, prev)
+    versions = _history(out, cm, prev, t, d, jobs, deployments, config, now)
+    _status(out, cm, prev, t, d, versions, deployments, troubles, config, now, generation)
     return out

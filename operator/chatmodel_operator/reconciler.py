@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import datetime
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from pydantic import ValidationError
@@ -19,8 +18,9 @@ from chatmodel_operator.builders import meta
 from chatmodel_operator.config import Config
 from chatmodel_operator.k8s import Applier, Client
 from chatmodel_operator.observe import DeploymentObs, JobObs, PodTrouble
-from chatmodel_operator.plan import Ref, plan, serving_refs
-from chatmodel_operator.spec import ChatModel, ChatModelStatus
+from chatmodel_operator.plan import plan
+from chatmodel_operator.refs import Ref, serving_refs
+from chatmodel_operator.spec import ChatModel, ChatModelStatus, canary_running
 
 Key = tuple[str, str]
 log = logging.getLogger("chatmodel.reconciler")
@@ -48,26 +48,44 @@ def parse(body: Mapping[str, Any], status: Mapping[str, Any] | None) -> ChatMode
     return cm
 
 
+def _body(body: Mapping[str, Any]) -> kopf.Body:
+    """A kopf Body for kopf.event() (it reads the reference fields only)."""
+    return kopf.Body(cast(kopf.RawBody, dict(body)))
+
+
+@dataclasses.dataclass
+class Memory:
+    """What this process remembers of one ChatModel between reconciles."""
+
+    first_seen: float
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    # The status this process last wrote: fresher than a watched body, which lags our own patches.
+    written: dict[str, Any] | None = None
+    # The child observations (and stuck pods) the last reconcile acted on...
+    acted_on: set[JobObs | DeploymentObs | PodTrouble] | None = None
+    # ...and the spec it acted on: with both unchanged, a reconcile would change nothing.
+    spec_seen: str | None = None
+
+
 class Reconciler:
     def __init__(self, config: Config, client: Client) -> None:
         self.config = config
         self.client = client
         self.applier = Applier(client)
         self.phases = metrics.PhaseTracker()
-        self._locks: dict[Key, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
-        # The status this process last wrote: fresher than a watched body, which lags our own patches.
-        self._written: dict[Key, dict[str, Any]] = {}
-        self._first_seen: dict[Key, float] = {}
+        self._memory: dict[Key, Memory] = {}
         # Deleted ChatModels (key -> uid): a child event may still carry their last body.
         self._gone: dict[Key, str | None] = {}
-        # The child observations (and stuck pods) the last reconcile of each ChatModel acted on.
-        self._acted_on: dict[Key, set[JobObs | DeploymentObs | PodTrouble]] = {}
-        # ...and the spec it acted on: with both unchanged, a reconcile would change nothing.
-        self._spec_seen: dict[Key, str] = {}
+
+    def _memory_of(self, key: Key) -> Memory:
+        if key not in self._memory:
+            self._memory[key] = Memory(first_seen=asyncio.get_running_loop().time())
+        return self._memory[key]
 
     def knew_stuck_pods(self, key: Key) -> bool:
         """Whether the last reconcile of this ChatModel acted on a stuck pod (one may have come unstuck)."""
-        return any(isinstance(o, PodTrouble) for o in self._acted_on.get(key, ()))
+        m = self._memory.get(key)
+        return m is not None and any(isinstance(o, PodTrouble) for o in m.acted_on or ())
 
     async def reconcile(
         self,
@@ -84,17 +102,20 @@ class Reconciler:
         key: Key = (body["metadata"].get("namespace") or "default", body["metadata"]["name"])
         if body["metadata"].get("deletionTimestamp"):
             return None  # being deleted (foreground): a reconcile would re-create what the collector removes
-        if key in self._gone and self._gone[key] == body["metadata"].get("uid"):
-            return None  # a deleted ChatModel's last body (a re-created one has another uid)
-        self._first_seen.setdefault(key, asyncio.get_running_loop().time())
-        async with self._locks[key]:
-            if key in self._gone and self._gone[key] == body["metadata"].get("uid"):
+        uid = body["metadata"].get("uid")
+        if key in self._gone:
+            if self._gone[key] == uid:
+                return None  # a deleted ChatModel's last body
+            del self._gone[key]  # re-created: another uid
+        memory = self._memory_of(key)
+        async with memory.lock:
+            if key in self._gone and self._gone[key] == uid:
                 return None  # deleted while this reconcile waited
             with metrics.RECONCILE_SECONDS.time():
                 try:
                     jobs_by, deps_by = {j.version: j for j in jobs}, {d.version: d for d in deployments}
                     stuck = frozenset(troubles())
-                    return await self._reconcile(key, body, jobs_by, deps_by, stuck)
+                    return await self._reconcile(key, memory, body, jobs_by, deps_by, stuck)
                 except Exception as e:
                     metrics.RECONCILE_ERRORS.labels(type(e).__name__).inc()
                     raise
@@ -102,18 +123,20 @@ class Reconciler:
     async def _reconcile(
         self,
         key: Key,
+        memory: Memory,
         body: Mapping[str, Any],
         jobs: dict[str, JobObs],
         deps: dict[str, DeploymentObs],
         troubles: frozenset[PodTrouble],
     ) -> dict[str, Any] | None:
         spec_seen = json.dumps([body["metadata"].get("uid"), body.get("spec")], sort_keys=True, default=str)
-        previous = self._written.get(key) or body.get("status") or {}
-        canary = any(v.get("state") == "Canary" for v in previous.get("versions") or [])
+        previous = memory.written or body.get("status") or {}
         if (
-            not canary  # a canary's live gate is time-based: the rollout timer must get through
-            and self._spec_seen.get(key) == spec_seen
-            and self._acted_on.get(key) == {*jobs.values(), *deps.values(), *troubles}
+            not canary_running(
+                previous
+            )  # a canary's live gate is time-based: the rollout timer must get through
+            and memory.spec_seen == spec_seen
+            and memory.acted_on == {*jobs.values(), *deps.values(), *troubles}
         ):
             return None  # a repeated trigger (kopf re-delivers events; children echo our own writes)
         generation = body["metadata"].get("generation")
@@ -122,7 +145,7 @@ class Reconciler:
         except ValidationError as e:
             # The CRD normally refuses these; without it (or with an older CRD) say why here.
             status = {"phase": "Failed", "message": f"invalid spec: {e}", "observedGeneration": generation}
-            return await self._write_status(key, body, previous, status)
+            return await self._write_status(key, memory, body, previous, status)
         jobs = await self._record_results(key[0], jobs)
         at = now()
         live = await self._live_figures(cm, at)
@@ -140,17 +163,17 @@ class Reconciler:
             await self.applier.scale(key[0], name, 0)
         if p.event is not None:
             kind, reason, message = p.event
-            kopf.event(kopf.Body(dict(body)), type=kind, reason=reason, message=message)  # type: ignore[arg-type]
+            kopf.event(_body(body), type=kind, reason=reason, message=message)
         if any(o["kind"] in (*observe.TRAINERS, "Deployment") for o in created):
             # What was just created exists: say so now rather than in one more status write after its event.
             trainers = [o for o in created if o["kind"] in observe.TRAINERS]
             jobs = {**jobs, **{j.version: j for j in map(observe.job, trainers)}}
             deps = {**deps, **{d.version: d for d in map(observe.deployment, _of(created, "Deployment"))}}
             p = plan(cm, jobs, deps, self.config, at, generation, live, troubles)
-        written = await self._write_status(key, body, previous, p.status)
+        written = await self._write_status(key, memory, body, previous, p.status)
         # Only once the status landed: a refused write (raised) must not make the retry look like a repeat.
-        self._acted_on[key] = {*jobs.values(), *deps.values(), *troubles}
-        self._spec_seen[key] = spec_seen
+        memory.acted_on = {*jobs.values(), *deps.values(), *troubles}
+        memory.spec_seen = spec_seen
         return written
 
     async def _live_figures(self, cm: ChatModel, at: str) -> rollout.LiveFigures | None:
@@ -191,6 +214,7 @@ class Reconciler:
     async def _write_status(
         self,
         key: Key,
+        memory: Memory,
         body: Mapping[str, Any],
         previous: Mapping[str, Any],
         status: dict[str, Any],
@@ -201,17 +225,15 @@ class Reconciler:
         await self.client.patch(
             "chatmodel.dev/v1alpha1", "ChatModel", key[0], key[1], {"status": status}, sub="status"
         )
-        self._written[key] = status
+        memory.written = status
         phase, old = status["phase"], previous.get("phase")
         self.phases.set(key, phase)
         if phase != old:
             log.info("%s/%s: %s (%s)", key[0], key[1], phase, status.get("message") or "")
             kind = "Warning" if phase in ("Failed", "Degraded") else "Normal"
-            ref = kopf.Body(dict(body))  # type: ignore[arg-type]
-            kopf.event(ref, type=kind, reason=phase, message=status.get("message") or phase)
+            kopf.event(_body(body), type=kind, reason=phase, message=status.get("message") or phase)
             if phase == "Ready" and old != "Degraded":
-                seen = self._first_seen.get(key, asyncio.get_running_loop().time())
-                metrics.TIME_TO_READY.observe(asyncio.get_running_loop().time() - seen)
+                metrics.TIME_TO_READY.observe(asyncio.get_running_loop().time() - memory.first_seen)
         return status
 
     async def cleanup(
@@ -222,11 +244,10 @@ class Reconciler:
         namespace, name = body["metadata"].get("namespace") or "default", body["metadata"]["name"]
         key = (namespace, name)
         self._gone[key] = body["metadata"].get("uid")
-        async with self._locks[key]:  # let an in-flight reconcile finish first
+        async with self._memory_of(key).lock:  # let an in-flight reconcile finish first
             await self._delete_children(namespace, name, jobs, deps)
         self.phases.drop(key)
-        for store in (self._written, self._first_seen, self._locks, self._acted_on, self._spec_seen):
-            store.pop(key, None)  # type: ignore[attr-defined]
+        self._memory.pop(key, None)
 
     async def _delete_children(
         self, namespace: str, name: str, jobs: Iterable[JobObs], deps: Iterable[DeploymentObs]

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
-from typing import Literal
 
 from chatmodel_operator.observe import DeploymentObs
-from chatmodel_operator.spec import ChatModel, ChatModelStatus, LiveGate, VersionStatus
-
-VersionState = Literal[
-    "Training", "Trained", "Failed", "Rejected", "Canary", "Serving", "Retired", "RolledBack"
-]
+from chatmodel_operator.spec import ChatModel, ChatModelStatus, LiveGate, VersionState, VersionStatus
 
 
 @dataclass(frozen=True)
@@ -76,10 +71,6 @@ def needs_live_figures(cm: ChatModel, now: str) -> str | None:
         ):
             return v.name
     return None
-
-
-def canary_in_progress(status: ChatModelStatus) -> bool:
-    return any(v.state == "Canary" for v in status.versions)
 
 
 def decide(

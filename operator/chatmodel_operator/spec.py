@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -56,7 +56,18 @@ OPERATOR_ENV = (
 LabelValue = Annotated[str, StringConstraints(pattern=LABEL_VALUE_PATTERN, max_length=63)]
 
 Phase = Literal["Pending", "FineTuning", "Deploying", "Ready", "Failed", "Degraded"]
-PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]
+PHASES: tuple[str, ...] = get_args(Phase)
+# One model version's lifecycle (status.versions[].state).
+VersionState = Literal[
+    "Training", "Trained", "Failed", "Rejected", "Canary", "Serving", "Retired", "RolledBack"
+]
+# States whose weights exist and may serve again (spec.rollout.pinVersion may name them).
+SERVABLE: tuple[VersionState, ...] = ("Trained", "Canary", "Serving", "Retired", "RolledBack")
+
+
+def canary_running(status: Mapping[str, Any] | None) -> bool:
+    """Whether a (raw) ChatModel status lists a version in its canary: time, not an event, moves it on."""
+    return any(v.get("state") == "Canary" for v in (status or {}).get("versions") or [])
 
 
 @dataclass(frozen=True)
@@ -647,9 +658,7 @@ class VersionStatus(_Model):
 
     name: str = Field(description="Version name: the content digest.")
     base_model: str = Field(description="Base model source of this version.")
-    state: Literal[
-        "Training", "Trained", "Failed", "Rejected", "Canary", "Serving", "Retired", "RolledBack"
-    ] = Field(description="Lifecycle state of this version.")
+    state: VersionState = Field(description="Lifecycle state of this version.")
     fine_tuned: bool | None = Field(None, description="Whether it serves fine-tuned weights (artifacts PVC).")
     eval_loss: float | None = Field(None, description="Eval loss after fine-tuning.")
     eval_loss_before: float | None = Field(None, description="Eval loss of the base model.")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from chatmodel_operator.builders import serving, triton, vllm
 from chatmodel_operator.builders.autoscaling import autoscaler
 from chatmodel_operator.builders.gateway import gateway_objects
@@ -14,7 +16,17 @@ from chatmodel_operator.config import Config
 from chatmodel_operator.spec import ChatModel, model_version
 
 
-def _runtime(cm: ChatModel):  # the module whose deployment() and service() build this runtime's objects
+class _Runtime(Protocol):
+    """A runtime's builder module (serving, triton, vllm): its Deployment and Service."""
+
+    def deployment(
+        self, cm: ChatModel, version: str, config: Config, fine_tuned: bool | None = None
+    ) -> Obj: ...
+
+    def service(self, cm: ChatModel, version: str | None, config: Config) -> Obj: ...
+
+
+def _runtime(cm: ChatModel) -> _Runtime:
     return {"triton": triton, "vllm": vllm}.get(cm.spec.serving.runtime, serving)
 
 

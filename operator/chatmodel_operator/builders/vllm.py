@@ -12,6 +12,8 @@ target version, NAME-VERSION each kept one, NAME-base the base model (docs/vllm.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from chatmodel_operator.builders import meta, serving
 from chatmodel_operator.builders.meta import Obj
 from chatmodel_operator.builders.sources import Mounts
@@ -37,7 +39,7 @@ def base_name(cm: ChatModel) -> str:
     return f"{cm.metadata.name}-base"
 
 
-def lora_modules(cm: ChatModel, version: str, path_of) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def lora_modules(cm: ChatModel, version: str, path_of: Callable[[str], str]) -> dict[str, str]:
     """Served name -> adapter path: NAME is the target version; NAME-VERSION every kept version."""
     kept = [v.name for v in (cm.status.versions if cm.status else []) if v.state in SERVABLE_STATES]
     name = cm.metadata.name

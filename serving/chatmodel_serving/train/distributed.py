@@ -58,10 +58,6 @@ class World:
         dist.all_reduce(t)
         return t.tolist()
 
-    def all_true(self, flag: bool) -> bool:
-        """True only if every rank says so (e.g. 'my step succeeded')."""
-        return self.sum(0.0 if flag else 1.0)[0] == 0.0
-
 
 SINGLE = World()  # a plain `chatmodel train`
 
