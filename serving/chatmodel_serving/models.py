@@ -190,6 +190,7 @@ def load_model(source: str = DEFAULT_SOURCE, dtype: str = "auto", device: str = 
     torch_dtype = pick_dtype(dtype, dev)
     folder = resolve_source(source)
     adapter = folder / "adapter_config.json"
+    model: torch.nn.Module  # a PreTrainedModel; its own .to() is typed as an unbound functools wrapper
     if adapter.is_file():
         from peft import PeftModel
 
@@ -205,6 +206,6 @@ def load_model(source: str = DEFAULT_SOURCE, dtype: str = "auto", device: str = 
         tokenizer = AutoTokenizer.from_pretrained(folder)
     if getattr(tokenizer, "chat_template", None) is None:
         log.warning("tokenizer of %s has no chat template; chat requests will be refused", source)
-    model = model.to(device=dev, dtype=torch_dtype).eval()  # type: ignore[call-arg]
+    model = model.to(device=dev, dtype=torch_dtype).eval()
     log.info("loaded %s (%s on %s)", source, str(torch_dtype).removeprefix("torch."), dev)
     return LoadedModel(model, tokenizer, source, default_model_name(source), torch_dtype, dev)

@@ -1,4 +1,4 @@
-"""Operator at scale: N ChatModels, our operator vs a trivial kopf operator (DESIGN.md §5, §6).
+"""Operator at scale: N ChatModels, our operator vs a trivial kopf operator (docs/benchmarks.md).
 
 On kmock (the default), three processes per run: the emulator (kmock, history trimmed so it stays linear),
 the operator under test, and this driver, which creates the ChatModels and polls until every one has its
@@ -96,7 +96,7 @@ def run_operator(url: str, trivial: bool, metrics_port: int) -> None:
 
 
 def trivial_registry() -> Any:
-    """The baseline of DESIGN.md §5: one Deployment and one Service per ChatModel, then a status patch."""
+    """The baseline (docs/benchmarks.md): a Deployment and a Service per ChatModel, then a status patch."""
     import kopf
     from kopf._cogs.clients import api, errors
 
@@ -107,7 +107,7 @@ def trivial_registry() -> Any:
         memo.settings = settings
 
     @kopf.on.create("chatmodel.dev", "v1alpha1", "chatmodels", registry=registry)
-    async def create(name: str, namespace: str, memo: Any, logger: Any, patch: Any, **_: Any) -> None:
+    async def create(name: str, namespace: str | None, memo: Any, logger: Any, patch: Any, **_: Any) -> None:
         labels = {"app": name}
         dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": labels},
                "spec": {"selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels},

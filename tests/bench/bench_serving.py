@@ -17,6 +17,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 sys.path.insert(0, str(Path(__file__).parent))
 from load import PROMPTS, run_streams
@@ -24,6 +25,9 @@ from results import record
 
 from chatmodel_serving.launch import ServerProcess, free_port
 from chatmodel_serving.models import resolve_source
+
+if TYPE_CHECKING:
+    from transformers import BatchEncoding
 
 MODEL = "builtin://smollm2-135m"
 
@@ -39,11 +43,14 @@ def sequential_generate(folder: Path, prompts: list[str], max_tokens: int) -> fl
     with torch.inference_mode():
         model.generate(**tok("warm up", return_tensors="pt"), max_new_tokens=4)  # one-time set-up costs
         for p in prompts:
-            ids = tok.apply_chat_template(
-                [{"role": "user", "content": p}],
-                add_generation_prompt=True,
-                return_tensors="pt",
-                return_dict=True,
+            ids = cast(  # return_dict=True: a BatchEncoding, whatever else the signature allows
+                "BatchEncoding",
+                tok.apply_chat_template(
+                    [{"role": "user", "content": p}],
+                    add_generation_prompt=True,
+                    return_tensors="pt",
+                    return_dict=True,
+                ),
             )
             start = time.monotonic()
             out = model.generate(**ids, max_new_tokens=max_tokens, do_sample=False)
@@ -79,7 +86,7 @@ def weight_bytes(folder: Path) -> float:
     return fp32_bytes / 4 * itemsize
 
 
-def peer_transformers_serve(folder: Path, streams: int, max_tokens: int) -> dict:
+def peer_transformers_serve(folder: Path, streams: int, max_tokens: int) -> dict[str, float]:
     port = free_port()
     log = Path(tempfile.gettempdir()) / "bench-transformers-serve.log"
     exe = Path(sys.executable).parent / "transformers"
@@ -111,14 +118,17 @@ def peer_transformers_serve(folder: Path, streams: int, max_tokens: int) -> dict
                     time.sleep(1)
             url = f"http://127.0.0.1:{port}/v1"
             run_streams(url, str(folder), 2, max_tokens=8)  # load + warm up
-            return run_streams(url, str(folder), streams, max_tokens=max_tokens).summary()
+            summary: dict[str, float] = run_streams(
+                url, str(folder), streams, max_tokens=max_tokens
+            ).summary()
+            return summary
         finally:
             proc.terminate()
             proc.wait(60)
 
 
-def peer_vllm(folder: Path, streams: int, max_tokens: int) -> dict:
-    """vLLM-CPU with the arguments builders/vllm.py renders (bfloat16, as in DESIGN.md's measurement)."""
+def peer_vllm(folder: Path, streams: int, max_tokens: int) -> dict[str, float]:
+    """vLLM-CPU with the arguments builders/vllm.py renders, in bfloat16 (docs/benchmarks.md, "The peers")."""
     from chatmodel_operator.spec import ChatModel
     from chatmodel_serving.cli.vllm import VllmProcess
 
@@ -128,7 +138,8 @@ def peer_vllm(folder: Path, streams: int, max_tokens: int) -> dict:
     log = Path(tempfile.gettempdir()) / "bench-vllm.log"
     with VllmProcess(cm, str(folder), log_path=log) as srv:
         run_streams(srv.url, "m", 4, max_tokens=8)  # warm up
-        return run_streams(srv.url, "m", streams, max_tokens=max_tokens).summary()
+        summary: dict[str, float] = run_streams(srv.url, "m", streams, max_tokens=max_tokens).summary()
+        return summary
 
 
 def main() -> int:
@@ -145,7 +156,10 @@ def main() -> int:
 
     print("sequential float32 generate() ...", flush=True)
     seq = sequential_generate(folder, PROMPTS[: 2 if args.quick else 6], max_tokens)
-    figures: dict = {"max_tokens": max_tokens, "sequential_generate_tokens_per_second": round(seq, 1)}
+    figures: dict[str, Any] = {
+        "max_tokens": max_tokens,
+        "sequential_generate_tokens_per_second": round(seq, 1),
+    }
 
     print("our server ...", flush=True)
     log = Path(tempfile.gettempdir()) / "bench-chatmodel-serve.log"

@@ -2,7 +2,7 @@
 PyTorch runtime) and to `chatmodel serve --backend triton://` in front of tritonserver running the same
 engine, same run: single requests alternate between the runtimes (latency), then each takes N concurrent
 streams alone (throughput). Writes the `triton` section of bench-results.json; the target is
-`latency_ratio_vs_pytorch` <= 1.15 (DESIGN.md §6).
+`latency_ratio_vs_pytorch` <= 1.15 (docs/benchmarks.md).
 
     python tests/bench/bench_triton.py [--quick]
 """
@@ -38,10 +38,10 @@ def runtime(kind: str, work: Path) -> Iterator[ServerProcess]:
             yield front
 
 
-def latencies(urls: dict[str, str], rounds: int, max_tokens: int) -> dict[str, dict]:
+def latencies(urls: dict[str, str], rounds: int, max_tokens: int) -> dict[str, dict[str, float]]:
     """Single requests, alternating runtimes round by round (the idle one costs nothing), so load from
     elsewhere on a shared machine falls on both alike."""
-    runs: dict[str, list] = {k: [] for k in urls}
+    runs: dict[str, list[Run]] = {k: [] for k in urls}
     for r in range(rounds):
         order = list(urls) if r % 2 == 0 else list(reversed(urls))
         for kind in order:

@@ -18,8 +18,9 @@ import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 from urllib.parse import urlparse
 
 import httpx
@@ -30,7 +31,7 @@ from tests.bench.load import PROMPTS
 
 def require_loopback(url: str) -> None:
     host = urlparse(url).hostname or ""
-    addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}  # an IP address string
     if not addresses or not all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
         raise SystemExit(f"soak: {url} is not a loopback address; this script only loads a local server")
 
@@ -56,6 +57,17 @@ def _children(pid: int) -> list[int]:
     return kids + [g for k in kids for g in _children(k)]
 
 
+class SoakSummary(TypedDict):
+    sent: int
+    statuses: dict[str, int]
+    seconds: float
+    rss_mb: list[float]
+    answered: int
+    rss_warm_mb: float
+    rss_end_mb: float
+    rss_growth_mb: float
+
+
 @dataclass
 class Soak:
     sent: int = 0
@@ -67,20 +79,22 @@ class Soak:
     def answered(self) -> int:
         return self.statuses["200"]
 
-    def summary(self) -> dict[str, object]:
+    def summary(self) -> SoakSummary:
         """RSS climbs while allocator caches fill, then is noisy batch to batch: compare the highest sample
         of the first half (warm) with the highest of the last quarter, so only sustained growth counts."""
         quarter = max(1, len(self.rss_mb) // 4)
         warm = max(self.rss_mb[: max(1, len(self.rss_mb) // 2)], default=0.0)
         end = max(self.rss_mb[-quarter:], default=0.0)
-        return asdict(self) | {
-            "statuses": dict(self.statuses),
-            "answered": self.answered,
-            "rss_warm_mb": round(warm, 1),
-            "rss_end_mb": round(end, 1),
-            "rss_growth_mb": round(end - warm, 1),
-            "rss_mb": [round(x, 1) for x in self.rss_mb],
-        }
+        return SoakSummary(
+            sent=self.sent,
+            statuses=dict(self.statuses),
+            seconds=self.seconds,
+            rss_mb=[round(x, 1) for x in self.rss_mb],
+            answered=self.answered,
+            rss_warm_mb=round(warm, 1),
+            rss_end_mb=round(end, 1),
+            rss_growth_mb=round(end - warm, 1),
+        )
 
 
 def one_request(http: httpx.Client, url: str, model: str, i: int) -> str:
@@ -134,9 +148,10 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--max-seconds", type=float, default=600.0)
     args = ap.parse_args()
-    run = lambda url, pid: soak(  # noqa: E731
-        url, args.model, pid, args.requests, args.concurrency, args.max_seconds, args.api_key
-    )
+
+    def run(url: str, pid: int) -> Soak:
+        return soak(url, args.model, pid, args.requests, args.concurrency, args.max_seconds, args.api_key)
+
     if args.url:
         if args.pid is None:
             ap.error("--pid is needed with --url (the RSS to watch)")

@@ -5,6 +5,7 @@ rendered rules are enough for it to work, and what it does when something is ref
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator
@@ -85,7 +86,9 @@ class RbacProxy:
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        server = site._server
+        assert isinstance(server, asyncio.Server)  # what TCPSite.start() made
+        port = server.sockets[0].getsockname()[1]
         try:
             yield f"http://127.0.0.1:{port}"
         finally:

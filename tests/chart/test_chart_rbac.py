@@ -4,6 +4,7 @@ verb), and compare with the declared list (chatmodel_operator/rbac.py) and the c
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pytest
@@ -107,7 +108,7 @@ async def lifecycle(c: Cluster) -> None:
         # KEDA autoscaling and Gateway routing bring their own kinds.
         await c.create(CM, manifest("edge", EDGE))
         for url in edge_urls:
-            await eventually(lambda url=url: c.get(url))
+            await eventually(partial(c.get, url))
         await c.create(CM, manifest("kf", KUBEFLOW))
         kf = f"kf-{version('kf', KUBEFLOW)}-train"
         trainjob = path("trainer.kubeflow.org/v1alpha1", "trainjobs", NS, kf)
@@ -124,7 +125,7 @@ async def lifecycle(c: Cluster) -> None:
         await eventually(lambda: phase_is(c, "bad", "Failed"))
     # While the operator is down, someone edits its children; the restarted operator finds them (get) and
     # puts them back (patch). Then a model change moves the Service to a new version.
-    drift = {
+    drift: dict[str, dict[str, Any]] = {
         path("apps/v1", "deployments", NS, f"m-{v1}"): {"spec": {"revisionHistoryLimit": 7}},
         path("autoscaling/v2", "horizontalpodautoscalers", NS, f"m-{v1}"): {"spec": {"maxReplicas": 9}},
         path("policy/v1", "poddisruptionbudgets", NS, f"m-{v1}"): {"spec": {"maxUnavailable": 2}},
@@ -137,7 +138,7 @@ async def lifecycle(c: Cluster) -> None:
         await c.patch(url, change)
     async with operator(c.k, WITH_PROMETHEUS):
         for url, change in drift.items():
-            await eventually(lambda url=url, change=change: restored(c, url, change))
+            await eventually(partial(restored, c, url, change))
         new_ft = {"fineTune": {**FINE_TUNE["fineTune"], "dataset": {"source": "pvc://data/v2.jsonl"}}}
         await c.patch(f"{CM}/m", {"spec": new_ft})
         v2 = version("m", {**new_ft, "serving": {"replicas": {"min": 2, "max": 4}}})
@@ -151,7 +152,7 @@ async def lifecycle(c: Cluster) -> None:
             return await c.get(url) is None
 
         async def parked(url: str) -> bool:  # the old version, scaled to zero and kept for rollback
-            return ((await c.get(url)) or {}).get("spec", {}).get("replicas") == 0
+            return bool(((await c.get(url)) or {}).get("spec", {}).get("replicas") == 0)
 
         await eventually(lambda: parked(path("apps/v1", "deployments", NS, f"m-{v1}")))
         # Dropping the NetworkPolicy option deletes the policy.
@@ -161,7 +162,7 @@ async def lifecycle(c: Cluster) -> None:
         await c.delete(f"{CM}/edge")
         await c.delete(f"{CM}/kf")  # its TrainJob goes with it
         for url in edge_urls[:3]:
-            await eventually(lambda url=url: gone(url))
+            await eventually(partial(gone, url))
         await eventually(lambda: gone(path("v1", "persistentvolumeclaims", NS, "m-artifacts")))
         await eventually(lambda: gone(path("apps/v1", "deployments", NS, f"m-{v1}")))
 
@@ -253,7 +254,8 @@ async def test_namespaced_scope_is_enough_for_an_operator_watching_one_namespace
 def test_proxy_reads_requests_as_the_rbac_authorizer_does() -> None:
     q: dict[str, str] = {}
     assert authorization_request("GET", "/api/v1/namespaces", q) == (None, ("", "namespaces", "list"))
-    assert authorization_request("GET", "/api/v1/namespaces", {"watch": "true"})[1][2] == "watch"  # type: ignore[index]
+    watch = authorization_request("GET", "/api/v1/namespaces", {"watch": "true"})
+    assert watch is not None and watch[1][2] == "watch"
     assert authorization_request("GET", "/api/v1/namespaces/team", q) == (None, ("", "namespaces", "get"))
     assert authorization_request(
         "PATCH", "/apis/chatmodel.dev/v1alpha1/namespaces/t/chatmodels/m/status", q

@@ -6,7 +6,7 @@ People: `make cluster` (= `python tests/cluster/devcluster.py up`) prints how to
 Tests: tests/cluster/conftest.py starts the same once per test session.
 
 No kubelet and no kube-proxy: pods are scheduled and go Running/Ready/Succeeded through kwok, but no
-container starts and nothing answers on a cluster IP (DESIGN.md §5).
+container starts and nothing answers on a cluster IP (README "A local control plane").
 """
 
 from __future__ import annotations

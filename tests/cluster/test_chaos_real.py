@@ -379,7 +379,8 @@ def test_operator_killed_at_random_points_converges_without_duplicates(
 
     with operator_process(cluster.kubeconfig, tmp_path / "operator-final.log", env) as final:
         logs.append(final)
-        deadline, wrong, cms = time.monotonic() + CONVERGE_SECONDS, ["not checked"], {}
+        deadline, wrong = time.monotonic() + CONVERGE_SECONDS, ["not checked"]
+        cms: dict[str, dict[str, Any]] = {}
         while time.monotonic() < deadline:
             wrong, cms = final_state(cluster)
             if not wrong:
@@ -471,10 +472,7 @@ def test_operator_killed_at_random_points_converges_without_duplicates(
     watched_created = {RESOURCES[k]: per_kind[k] for k in CHILDREN}
     conflicts = {r: delta[r, 409] for r in RESOURCES.values() if delta[r, 409]}
     troubles = Counter(
-        TROUBLE.search(line).group(0)  # type: ignore[union-attr]
-        for op in logs
-        for line in op.lines()
-        if TROUBLE.search(line)
+        found.group(0) for op in logs for line in op.lines() if (found := TROUBLE.search(line))
     )
     summary = {
         "rounds": ROUNDS,

@@ -160,6 +160,7 @@ def eventually(what: str, ok: Callable[[], Any], why: Callable[[], str], timeout
 
 
 def sample(file: str, ns: str) -> dict[str, Any]:
+    cm: dict[str, Any]
     (cm,) = yaml.safe_load_all((SAMPLES / file).read_text())
     cm["metadata"]["namespace"] = ns
     return cm

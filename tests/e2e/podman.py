@@ -1,4 +1,4 @@
-"""podman as DESIGN.md §5 verified it on these machines: our containers.conf (no default ulimits), the
+"""podman as it works on these machines (docs/images.md): our containers.conf (no default ulimits), the
 cgroupfs manager, runc, host networking (servers listen on loopback ports of the host)."""
 
 from __future__ import annotations

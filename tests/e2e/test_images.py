@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import openai
@@ -19,6 +20,9 @@ import pytest
 from chatmodel_serving.launch import free_port
 
 from .podman import OPERATOR, RUNTIME, TRITON, podman, run_args, size_mb
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
 
 MODEL = "smollm2-135m"
 NS = "e2e"
@@ -72,7 +76,9 @@ def test_runtime_serves_openai_then_drains_on_sigterm(cache: Path, container_nam
     podman(*run_args(RUNTIME, cmd, ["-v", f"{cache}:/var/cache/chatmodel"], name=container_name))
     wait_for(f"http://127.0.0.1:{port}/ready", container_name)
     client = openai_client(port)
-    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "What is the capital of France?"}
+    ]
 
     reply = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16, temperature=0)
     assert reply.choices[0].message.content and reply.usage and reply.usage.completion_tokens > 0
@@ -86,7 +92,8 @@ def test_runtime_serves_openai_then_drains_on_sigterm(cache: Path, container_nam
     assert streamed == reply.choices[0].message.content  # greedy: the same answer either way
 
     # SIGTERM (what `podman stop` and the kubelet send) while a request streams: it finishes, exit 0.
-    first_chunk, result = threading.Event(), {}
+    first_chunk = threading.Event()
+    result: dict[str, Any] = {}
 
     def stream() -> None:
         parts, reason = [], None
@@ -174,7 +181,7 @@ def test_operator_image_reconciles_a_chatmodel_on_kmock(tmp_path: Path, containe
         }
         created = httpx.post(f"{api}/apis/chatmodel.dev/v1alpha1/namespaces/{NS}/chatmodels", json=cm)
         assert created.status_code < 300, created.text
-        deployments: list[dict] = []
+        deployments: list[dict[str, Any]] = []
         service = None
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not (deployments and service):
@@ -244,7 +251,9 @@ def test_triton_image_serves_through_its_tritonserver(
     podman(*run_args(TRITON, serve, volumes[:2], name=front_name))
     wait_for(f"http://127.0.0.1:{front}/ready", front_name)
     client = openai_client(front)
-    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "What is the capital of France?"}
+    ]
     reply = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16, temperature=0)
     assert reply.choices[0].message.content
     assert "nv_inference_request_success" in httpx.get(f"http://127.0.0.1:{metrics}/metrics").text

@@ -4,7 +4,7 @@ structural schema (jsonschema, unknown fields refused as `kubectl apply` does), 
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, cast
 
 import cel
 import jsonschema
@@ -13,7 +13,7 @@ from chatmodel_operator.crd import build_crd
 
 
 def root_schema() -> dict[str, Any]:
-    return build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return cast(dict[str, Any], build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
 
 
 def apply_defaults(schema: dict[str, Any], value: Any) -> Any:

@@ -1,4 +1,5 @@
-"""Run the real kopf operator against kmock's Kubernetes emulator, in the test's event loop (DESIGN.md §5)."""
+"""Run the real kopf operator against kmock's Kubernetes emulator, in a thread of the test process or as a
+process of its own (docs/operator.md, "Tests and benchmark", says what kmock does and does not emulate)."""
 
 from __future__ import annotations
 
@@ -45,12 +46,9 @@ MERGE = {"Content-Type": "application/merge-patch+json"}
 
 def declare(emulator: kmock.KubernetesEmulator) -> None:
     for path, (kind, namespaced, subresources) in RESOURCES.items():
-        emulator.resources[path] = {
-            "namespaced": namespaced,
-            "kind": kind,
-            "verbs": VERBS,
-            "subresources": subresources,
-        }
+        emulator.resources[path] = kmock.ResourceInfo(
+            namespaced=namespaced, kind=kind, verbs=VERBS, subresources=subresources
+        )
 
 
 def path(api_version: str, plural: str, ns: str, name: str = "", sub: str = "") -> str:
@@ -70,7 +68,8 @@ class Cluster:
 
     async def items(self, url: str) -> list[dict[str, Any]]:
         found = await self.get(url)
-        return (found or {}).get("items", [])
+        items: list[dict[str, Any]] = (found or {}).get("items", [])
+        return items
 
     async def create(self, url: str, obj: dict[str, Any]) -> None:
         async with self.k.post(url, json=obj) as resp:

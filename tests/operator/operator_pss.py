@@ -3,7 +3,7 @@ checked on a pod spec the way the admission controller would."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 ALLOWED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim"}
 ALLOWED_VOLUMES |= {"projected", "secret"}
@@ -11,12 +11,12 @@ SECCOMP_OK = {"RuntimeDefault", "Localhost"}
 
 
 def pod_spec_of(obj: dict[str, Any]) -> dict[str, Any] | None:
-    spec = obj.get("spec", {})
+    spec: dict[str, Any] = obj.get("spec", {})
     if obj["kind"] == "Pod":
         return spec
     if obj["kind"] == "CronJob":
-        return spec["jobTemplate"]["spec"]["template"]["spec"]
-    return spec.get("template", {}).get("spec")
+        return cast(dict[str, Any], spec["jobTemplate"]["spec"]["template"]["spec"])
+    return cast(dict[str, Any] | None, spec.get("template", {}).get("spec"))
 
 
 def violations(pod: dict[str, Any]) -> list[str]:

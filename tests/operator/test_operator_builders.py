@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -19,7 +19,7 @@ def chatmodel(spec: dict[str, Any], **meta: Any) -> ChatModel:
     return ChatModel.model_validate({"metadata": {"name": "bot", "namespace": "ns", **meta}, "spec": spec})
 
 
-FINE = {
+FINE: dict[str, Any] = {
     "baseModel": {"source": "pvc://models/smollm"},
     "fineTune": {
         "dataset": {"source": "pvc://data/train.jsonl", "validationSource": "pvc://data/eval.jsonl"},
@@ -32,7 +32,7 @@ FINE = {
 
 
 def container(obj: dict[str, Any]) -> dict[str, Any]:
-    return obj["spec"]["template"]["spec"]["containers"][0]
+    return cast(dict[str, Any], obj["spec"]["template"]["spec"]["containers"][0])
 
 
 def arg(args: list[str], flag: str) -> str:

@@ -4,6 +4,7 @@ by both the CRD and the pydantic model, with a message naming the field."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ def test_crd_basics() -> None:
     assert columns == ["Phase", "Version", "Ready", "Endpoint", "Age"]
 
 
-def _walk(schema: dict[str, Any], path: str):
+def _walk(schema: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
     yield path, schema
     for key, sub in schema.get("properties", {}).items():
         yield from _walk(sub, f"{path}.{key}")
@@ -55,7 +56,7 @@ def test_every_spec_and_status_field_has_a_description() -> None:
             assert sub.get("description"), f"{path} has no description"
 
 
-# DESIGN.md §3: these names are the contract with users and the other components.
+# These names are the contract with users (README "The ChatModel") and the other components: never rename one.
 CONTRACT_FIELDS = """
 baseModel.source fineTune.dataset.source fineTune.dataset.validationSplit fineTune.method
 fineTune.hyperparameters.epochs fineTune.hyperparameters.learningRate fineTune.hyperparameters.batchSize

@@ -64,7 +64,9 @@ async def finish_job(c: Cluster, job: str, ok: bool, message: str) -> None:
     }
     await c.create(path("v1", "pods", NS), pod)
     kind = "Complete" if ok else "Failed"
-    job_status = {"conditions": [{"type": kind, "status": "True", "reason": "BackoffLimitExceeded"}]}
+    job_status: dict[str, Any] = {
+        "conditions": [{"type": kind, "status": "True", "reason": "BackoffLimitExceeded"}]
+    }
     if ok:
         job_status["succeeded"] = 1
     await c.patch(path("batch/v1", "jobs", NS, job, "status"), {"status": job_status})
@@ -164,7 +166,7 @@ async def test_serving_change_patches_and_model_change_makes_a_version(cluster: 
         await c.patch(f"{CM}/m", {"spec": {"serving": {"replicas": {"min": 2, "max": 2}}}})
 
         async def two_replicas() -> bool:
-            return ((await c.get(dep_url)) or {}).get("spec", {}).get("replicas") == 2
+            return bool(((await c.get(dep_url)) or {}).get("spec", {}).get("replicas") == 2)
 
         await eventually(two_replicas)
         await eventually(lambda: c.get(path("policy/v1", "poddisruptionbudgets", NS, f"m-{v1}")))
@@ -190,7 +192,7 @@ async def test_serving_change_patches_and_model_change_makes_a_version(cluster: 
         assert st["versions"][1]["state"] == "Retired"
 
         async def old_parked() -> bool:
-            return ((await c.get(dep_url)) or {}).get("spec", {}).get("replicas") == 0
+            return bool(((await c.get(dep_url)) or {}).get("spec", {}).get("replicas") == 0)
 
         await eventually(old_parked)  # traffic moved: the old Deployment is scaled to zero, kept for rollback
         svc = await c.get(path("v1", "services", NS, "m"))

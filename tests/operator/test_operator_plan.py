@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from chatmodel_operator.config import Config
@@ -13,7 +14,8 @@ from chatmodel_operator.observe import (
     pod_trouble,
     termination_message,
 )
-from chatmodel_operator.plan import Plan, Ref, plan
+from chatmodel_operator.plan import Plan, plan
+from chatmodel_operator.refs import Ref
 from chatmodel_operator.spec import ChatModel, model_version
 
 NOW = "2026-01-01T00:00:00Z"
@@ -29,8 +31,8 @@ def cm(spec: dict[str, Any], status: dict[str, Any] | None = None) -> ChatModel:
 
 def run(
     c: ChatModel,
-    jobs: list[JobObs] = (),  # type: ignore[assignment]
-    deps: list[DeploymentObs] = (),  # type: ignore[assignment]
+    jobs: Sequence[JobObs] = (),
+    deps: Sequence[DeploymentObs] = (),
     config: Config = NO_PROM,
 ) -> Plan:
     return plan(c, {j.version: j for j in jobs}, {d.version: d for d in deps}, config, NOW, generation=4)
@@ -166,7 +168,7 @@ def test_canary_replica_ratio() -> None:
 def test_canary_waits_for_figures_and_never_promotes_blind() -> None:
     from chatmodel_operator.rollout import LiveFigures, needs_live_figures
 
-    spec = {
+    spec: dict[str, Any] = {
         "serving": {"replicas": {"min": 3, "max": 3}},
         "rollout": {"strategy": "Canary", "canaryPercent": 25, "analysisSeconds": 60, "liveGate": {}},
     }
@@ -249,7 +251,8 @@ def test_pod_trouble_names_what_holds_a_pod_back() -> None:
         "phase": "Pending",
         "containerStatuses": [{"name": "c", "state": {"waiting": {"reason": "ImagePullBackOff"}}}],
     }
-    assert pod_trouble(pod(labels, pulling)).reason == "ImagePullBackOff"  # type: ignore[union-attr]
+    t = pod_trouble(pod(labels, pulling))
+    assert t is not None and t.reason == "ImagePullBackOff"
     # Passing states are not trouble: still creating, running, finished, or on the way out.
     creating = {
         "phase": "Pending",

@@ -32,7 +32,8 @@ CM = ChatModel.model_validate(
 def test_prune_job_is_valid_restricted_and_owned() -> None:
     job = prune_job(CM, "v1abc", Config())
     validate(job)
-    assert violations(pod_spec_of(job)) == []
+    pod = pod_spec_of(job)
+    assert pod is not None and violations(pod) == []
     assert job["metadata"]["ownerReferences"][0]["uid"] == "u-1"
     assert job["metadata"]["labels"]["app.kubernetes.io/component"] != "training"  # not a training Job
     assert job["spec"]["ttlSecondsAfterFinished"] > 0

@@ -39,7 +39,8 @@ def dep(name: str, v: str) -> str:
 
 
 async def selector(c: Cluster, name: str) -> dict[str, str]:
-    return ((await c.get(path("v1", "services", NS, name))) or {})["spec"]["selector"]
+    found: dict[str, str] = ((await c.get(path("v1", "services", NS, name))) or {})["spec"]["selector"]
+    return found
 
 
 def condition(st: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -57,7 +58,7 @@ async def gone(c: Cluster, url: str) -> bool:
 
 
 async def replicas_are(c: Cluster, url: str, n: int) -> bool:
-    return ((await c.get(url)) or {}).get("spec", {}).get("replicas") == n
+    return bool(((await c.get(url)) or {}).get("spec", {}).get("replicas") == n)
 
 
 async def history_is(c: Cluster, name: str, versions: list[str]) -> bool:
@@ -187,7 +188,7 @@ class Exporter:
             server.shutdown()
 
 
-CANARY = {
+CANARY: dict[str, Any] = {
     "serving": {"replicas": {"min": 2, "max": 2}},
     "rollout": {
         "strategy": "Canary",
@@ -301,7 +302,10 @@ async def test_gateway_canary_splits_by_route_weights_then_promotes(cluster: Clu
     c = cluster
     spec = {**CANARY, **GATEWAY}
     v2 = version_of("gw", {**spec, **OTHER_BASE})
-    pool = lambda v: path("inference.networking.k8s.io/v1", "inferencepools", NS, f"gw-{v}")  # noqa: E731
+
+    def pool(v: str) -> str:
+        return path("inference.networking.k8s.io/v1", "inferencepools", NS, f"gw-{v}")
+
     with canary_metrics(tmp_path, "gw", v2, error_share=0.0) as config:
         async with operator(c.k, config):
             v1 = await serve_v1(c, "gw", spec, replicas=2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import kubernetes_validate
 import pytest
@@ -40,7 +40,7 @@ def model(spec: dict[str, Any], status: dict[str, Any] | None = None) -> ChatMod
 
 
 def server(dep: dict[str, Any]) -> dict[str, Any]:
-    return dep["spec"]["template"]["spec"]["containers"][0]
+    return cast(dict[str, Any], dep["spec"]["template"]["spec"]["containers"][0])
 
 
 def test_gpu_args_are_pinned() -> None:

@@ -9,11 +9,16 @@ import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import openai
 import pytest
 
 from chatmodel_serving.launch import ServerProcess
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletion
+    from transformers import PreTrainedTokenizerBase
 
 API_KEY = "test-key-0123456789"
 MODEL = "smollm2-135m"
@@ -47,7 +52,9 @@ def client(server: ServerProcess) -> openai.OpenAI:
 
 
 @pytest.fixture(scope="session")
-def tokenizer():  # the same tokenizer the server uses, to count tokens independently
+def tokenizer() -> (
+    PreTrainedTokenizerBase
+):  # the same tokenizer the server uses, to count tokens independently
     from transformers import AutoTokenizer
 
     from chatmodel_serving.models import resolve_source
@@ -69,16 +76,23 @@ def metric(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
+class Ask(Protocol):
+    """The `ask` fixture: one user message, greedy and short unless `kw` says otherwise."""
+
+    def __call__(self, content: str, **kw: Any) -> ChatCompletion: ...
+
+
 @pytest.fixture
-def ask(client: openai.OpenAI):
-    def ask(content: str, **kw) -> openai.types.chat.ChatCompletion:
+def ask(client: openai.OpenAI) -> Ask:
+    def ask(content: str, **kw: Any) -> ChatCompletion:
         kw.setdefault("max_tokens", 32)
         kw.setdefault("temperature", 0)
-        return client.chat.completions.create(
+        completion: ChatCompletion = client.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": content}], **kw
         )
+        return completion
 
     return ask
 
 
-__all__ = ["API_KEY", "MODEL", "Path", "metric"]
+__all__ = ["API_KEY", "MODEL", "Ask", "Path", "metric"]

@@ -13,6 +13,7 @@ import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 import openai
@@ -23,6 +24,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from chatmodel_serving.launch import ServerProcess
+
+if TYPE_CHECKING:
+    import httpx2
 
 MODEL = "smollm2-135m"
 RPM_KEY, TPM_KEY, FREE_KEY = "key-rpm-3", "key-tpm-60", "key-unlimited"
@@ -79,12 +83,18 @@ def trust(ca: Path) -> ssl.SSLContext:
 
 
 def client(srv: ServerProcess, ca: Path, key: str) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=srv.url, api_key=key, max_retries=0, timeout=120, http_client=httpx.Client(verify=trust(ca))
-    )
+    # openai takes an httpx.Client as well as an httpx2.Client (its own); its signature names httpx2 only.
+    http_client = cast("httpx2.Client", httpx.Client(verify=trust(ca)))
+    return openai.OpenAI(base_url=srv.url, api_key=key, max_retries=0, timeout=120, http_client=http_client)
 
 
-def ask(c: openai.OpenAI, content: str = "Hi", max_tokens: int = 2) -> httpx.Response:
+def error_body(exc: openai.APIStatusError) -> dict[str, Any]:
+    """The OpenAI error object of a refused request (openai types the body as `object`)."""
+    assert isinstance(exc.body, dict), exc.body
+    return exc.body
+
+
+def ask(c: openai.OpenAI, content: str = "Hi", max_tokens: int = 2) -> httpx2.Response:
     return c.chat.completions.with_raw_response.create(
         model=MODEL, messages=[{"role": "user", "content": content}], max_tokens=max_tokens, temperature=0
     ).http_response
@@ -94,7 +104,7 @@ def test_wrong_or_missing_key_is_401(tls_server: tuple[ServerProcess, Path]) -> 
     srv, ca = tls_server
     with pytest.raises(openai.AuthenticationError) as e:
         ask(client(srv, ca, "not-a-key"))
-    assert e.value.status_code == 401 and e.value.body["code"] == "invalid_api_key"  # type: ignore[index]
+    assert e.value.status_code == 401 and error_body(e.value)["code"] == "invalid_api_key"
     # Checked before the body: a stranger learns nothing about what a valid request looks like.
     r = httpx.post(f"{srv.url}/chat/completions", json={"model": MODEL, "messages": []}, verify=trust(ca))
     assert r.status_code == 401
@@ -111,7 +121,7 @@ def test_request_quota_gives_429_with_retry_after_then_frees(
         ask(c)
     refused = e.value.response
     assert refused.status_code == 429
-    assert e.value.body["code"] == "rate_limit_exceeded" and e.value.body["type"] == "requests"  # type: ignore[index]
+    assert error_body(e.value)["code"] == "rate_limit_exceeded" and error_body(e.value)["type"] == "requests"
     wait = int(refused.headers["retry-after"])
     assert 1 <= wait <= WINDOW
     assert refused.headers["x-ratelimit-limit-requests"] == "3"
@@ -131,7 +141,7 @@ def test_token_quota_counts_prompt_and_completion_tokens(tls_server: tuple[Serve
     ask(c, "And three more, please.", max_tokens=8)  # admitted: under 60 when it arrived; now over
     with pytest.raises(openai.RateLimitError) as e:
         ask(c)
-    assert e.value.body["type"] == "tokens"  # type: ignore[index]
+    assert error_body(e.value)["type"] == "tokens"
     assert int(e.value.response.headers["retry-after"]) >= 1
     metrics = httpx.get(f"{srv.base}/metrics", verify=trust(ca)).text
     for kind in ("requests", "tokens"):

@@ -8,12 +8,14 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 
+from chatmodel_serving.launch import ServerProcess
+
 from .conftest import MODEL, metric
 
 N = 16
 
 
-def test_sixteen_concurrent_streams(client: openai.OpenAI, server) -> None:
+def test_sixteen_concurrent_streams(client: openai.OpenAI, server: ServerProcess) -> None:
     prompts = [f"Write one sentence about the number {i}." for i in range(N)]
     # The answer each prompt gets alone (float32 greedy): the reference for the batched run.
     alone = [

@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -17,7 +18,7 @@ from .streams import stream_story
 MODEL = "smollm2-135m"
 
 
-def test_sigterm_drains_in_flight_requests(tmp_path) -> None:
+def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
     srv = ServerProcess(["--dtype", "float32"], log_path=tmp_path / "server.log").start()
     try:
         client = openai.OpenAI(base_url=srv.url, api_key="none", max_retries=0, timeout=120)

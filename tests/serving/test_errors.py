@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import httpx
 import pytest
+
+from chatmodel_serving.launch import ServerProcess
 
 from .conftest import API_KEY, MODEL
 
@@ -128,9 +133,9 @@ CASES = [
 ]
 
 
-def check_error(r: httpx.Response, status: int, param: str | None = "-") -> dict:
+def check_error(r: httpx.Response, status: int, param: str | None = "-") -> dict[str, Any]:
     assert r.status_code == status, r.text
-    err = r.json()["error"]
+    err: dict[str, Any] = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"} and err["message"]
     if param != "-":
         assert err["param"] == param, err
@@ -138,13 +143,15 @@ def check_error(r: httpx.Response, status: int, param: str | None = "-") -> dict
 
 
 @pytest.fixture(scope="module")
-def http(server) -> httpx.Client:
+def http(server: ServerProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.base, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120) as c:
         yield c
 
 
 @pytest.mark.parametrize(("name", "path", "body", "status", "param"), CASES, ids=[c[0] for c in CASES])
-def test_bad_request(http: httpx.Client, name, path, body, status, param) -> None:
+def test_bad_request(
+    http: httpx.Client, name: str, path: str, body: object, status: int, param: str | None
+) -> None:
     check_error(http.post(path, json=body), status, param)
 
 
@@ -158,7 +165,7 @@ def test_invalid_json(http: httpx.Client) -> None:
     assert "JSON" in err["message"]
 
 
-def test_missing_and_wrong_key(server) -> None:
+def test_missing_and_wrong_key(server: ServerProcess) -> None:
     for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": f"Basic {API_KEY}"}):
         r = httpx.post(
             f"{server.base}/v1/chat/completions", json={"model": MODEL, "messages": MSG}, headers=headers

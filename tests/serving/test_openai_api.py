@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import openai
 
-from .conftest import MODEL
+from .conftest import MODEL, Ask
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 Q = "What is the capital of France? Answer in one sentence."
 
@@ -14,9 +19,10 @@ def test_models_list(client: openai.OpenAI) -> None:
     assert [m.id for m in models] == [MODEL]
 
 
-def test_chat_greedy_answers_and_counts_usage_exactly(ask, tokenizer) -> None:
+def test_chat_greedy_answers_and_counts_usage_exactly(ask: Ask, tokenizer: PreTrainedTokenizerBase) -> None:
     r = ask(Q, max_tokens=40)
     choice = r.choices[0]
+    assert choice.message.content is not None and r.usage is not None
     assert "Paris" in choice.message.content
     assert choice.finish_reason == "stop"
     prompt_ids = tokenizer.apply_chat_template(
@@ -29,13 +35,13 @@ def test_chat_greedy_answers_and_counts_usage_exactly(ask, tokenizer) -> None:
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
 
 
-def test_greedy_is_deterministic(ask) -> None:
+def test_greedy_is_deterministic(ask: Ask) -> None:
     a = ask("Name three colours.", max_tokens=24).choices[0].message.content
     b = ask("Name three colours.", max_tokens=24).choices[0].message.content
     assert a == b and a
 
 
-def test_streaming_joins_to_the_non_streamed_answer(client: openai.OpenAI, ask) -> None:
+def test_streaming_joins_to_the_non_streamed_answer(client: openai.OpenAI, ask: Ask) -> None:
     whole = ask(Q, max_tokens=40).choices[0].message.content
     chunks = list(
         client.chat.completions.create(
@@ -56,32 +62,32 @@ def test_streaming_joins_to_the_non_streamed_answer(client: openai.OpenAI, ask) 
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 
-def test_max_tokens_gives_finish_reason_length(ask) -> None:
+def test_max_tokens_gives_finish_reason_length(ask: Ask) -> None:
     r = ask("Write a long story about a dragon.", max_tokens=7)
     assert r.choices[0].finish_reason == "length"
-    assert r.usage.completion_tokens == 7
+    assert r.usage is not None and r.usage.completion_tokens == 7
     r = ask("Write a long story about a dragon.", max_completion_tokens=5)
-    assert r.usage.completion_tokens == 5
+    assert r.usage is not None and r.usage.completion_tokens == 5
 
 
-def test_stop_string_cuts_the_answer(ask) -> None:
+def test_stop_string_cuts_the_answer(ask: Ask) -> None:
     full = ask(Q, max_tokens=40).choices[0].message.content
     stop = "Paris"
-    assert stop in full
+    assert full is not None and stop in full
     r = ask(Q, max_tokens=40, stop=[stop, "zzz-never"])
     assert r.choices[0].finish_reason == "stop"
     assert r.choices[0].message.content == full[: full.index(stop)]
 
 
-def test_n_choices(ask) -> None:
+def test_n_choices(ask: Ask) -> None:
     r = ask("Invent a name for a cat.", n=2, temperature=1.0, seed=7, max_tokens=12)
     assert [c.index for c in r.choices] == [0, 1]
     assert all(c.message.content for c in r.choices)
     assert r.choices[0].message.content != r.choices[1].message.content
-    assert r.usage.completion_tokens <= 24
+    assert r.usage is not None and r.usage.completion_tokens <= 24
 
 
-def test_seed_reproduces_sampled_answers(ask) -> None:
+def test_seed_reproduces_sampled_answers(ask: Ask) -> None:
     a = ask("Invent a name for a dog.", temperature=1.0, top_p=0.95, seed=1234, max_tokens=16)
     b = ask("Invent a name for a dog.", temperature=1.0, top_p=0.95, seed=1234, max_tokens=16)
     others = {
@@ -113,6 +119,6 @@ def test_completions_endpoint_and_streaming(client: openai.OpenAI) -> None:
     ]
 
 
-def test_beam_search_extension(ask) -> None:
+def test_beam_search_extension(ask: Ask) -> None:
     r = ask(Q, max_tokens=20, extra_body={"use_beam_search": True, "best_of": 3})
-    assert "Paris" in r.choices[0].message.content
+    assert "Paris" in (r.choices[0].message.content or "")

@@ -8,15 +8,17 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
+import openai
 
 from chatmodel_serving.launch import ServerProcess
 
 from .conftest import API_KEY, MODEL
 
 
-def test_overload_gives_only_200_or_429_with_retry_after_and_stays_ready(tmp_path) -> None:
+def test_overload_gives_only_200_or_429_with_retry_after_and_stays_ready(tmp_path: Path) -> None:
     """40 requests at once against a queue of 4: every request gets an answer or a 429 with Retry-After,
     never a 5xx or a dropped connection, and /ready stays 200 throughout."""
     args = ["--max-waiting-requests", "4", "--max-batch-size", "2"]
@@ -52,7 +54,7 @@ def test_overload_gives_only_200_or_429_with_retry_after_and_stays_ready(tmp_pat
         assert httpx.get(f"{srv.base}/ready").status_code == 200
 
 
-def test_logs_are_json_with_request_ids_and_no_prompts(server, client) -> None:
+def test_logs_are_json_with_request_ids_and_no_prompts(server: ServerProcess, client: openai.OpenAI) -> None:
     secret = "my-private-question-7781"
     r = httpx.post(
         f"{server.url}/chat/completions",
@@ -60,12 +62,13 @@ def test_logs_are_json_with_request_ids_and_no_prompts(server, client) -> None:
         json={"model": MODEL, "messages": [{"role": "user", "content": secret}], "max_tokens": 4},
     )
     assert r.headers["x-request-id"] == "req-abc-123"
+    assert server.log_path is not None
     lines = [json.loads(ln) for ln in server.log_path.read_text().splitlines() if ln.startswith("{")]
     assert any(ln.get("request_id") == "req-abc-123" and ln.get("status") == 200 for ln in lines)
     assert secret not in server.log_path.read_text()
 
 
-def test_chat_command(server) -> None:
+def test_chat_command(server: ServerProcess) -> None:
     out = subprocess.run(
         [
             sys.executable,

@@ -25,7 +25,7 @@ def test_soak_answers_every_request_and_keeps_rss_flat(tmp_path: Path) -> None:
     print("soak:", json.dumps(summary))
     assert result.sent == REQUESTS, summary
     assert result.statuses == {"200": REQUESTS}, summary
-    assert summary["rss_growth_mb"] < MAX_GROWTH_MB, summary  # type: ignore[operator]
+    assert summary["rss_growth_mb"] < MAX_GROWTH_MB, summary
 
 
 def test_soak_refuses_anything_but_loopback() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -19,6 +20,9 @@ from chatmodel_serving.train.data import (
 )
 
 from .conftest import DEMO_DATA
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 GOOD = json.dumps({"input": "What is the Tidewell H2?", "output": "A water purifier."}).encode()
 # kind -> (bad line, words the error must contain)
@@ -86,7 +90,7 @@ def test_both_forms_and_system_prompt(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
+def tokenizer() -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     from chatmodel_serving.models import resolve_source
@@ -94,7 +98,7 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(resolve_source("builtin://smollm2-135m"))
 
 
-def test_loss_covers_only_the_answers(tokenizer) -> None:
+def test_loss_covers_only_the_answers(tokenizer: PreTrainedTokenizerBase) -> None:
     messages = (
         {"role": "user", "content": "First question?"},
         {"role": "assistant", "content": "First answer."},
@@ -105,11 +109,14 @@ def test_loss_covers_only_the_answers(tokenizer) -> None:
     learned = tokenizer.decode(
         [t for t, label in zip(item.input_ids, item.labels, strict=True) if label != -100]
     )
+    assert isinstance(learned, str)  # one sequence decodes to one string
     assert learned.replace("\n", "") == "First answer.<|im_end|>Second answer.<|im_end|>"
     assert stats.truncated == 0 and stats.answer_tokens == sum(1 for x in item.labels if x != IGNORE_INDEX)
 
 
-def test_truncation_is_counted_not_silent(tokenizer, caplog: pytest.LogCaptureFixture) -> None:
+def test_truncation_is_counted_not_silent(
+    tokenizer: PreTrainedTokenizerBase, caplog: pytest.LogCaptureFixture
+) -> None:
     examples = load_examples(DEMO_DATA)[:4]
     items, stats = tokenize_examples(examples, tokenizer, 40)
     assert stats.truncated == 4 and all(len(i) == 40 for i in items)

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from chatmodel_serving.launch import ServerProcess
+
+if TYPE_CHECKING:
+    from chatmodel_serving.triton.server import TritonProcess
 
 MODEL = "smollm2-135m"
 UNARY = f"{MODEL}-unary"
@@ -18,7 +22,7 @@ if importlib.util.find_spec("pytriton") is None:
 
 
 @pytest.fixture(scope="session")
-def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
     from chatmodel_serving.triton.repo import write_repo
     from chatmodel_serving.triton.server import TritonProcess
 

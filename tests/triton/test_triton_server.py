@@ -7,6 +7,7 @@ import json
 import queue
 import threading
 import time
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
@@ -19,10 +20,14 @@ from chatmodel_serving.triton.client import infer_inputs
 
 from .conftest import MODEL, UNARY
 
+if TYPE_CHECKING:
+    from chatmodel_serving.launch import ServerProcess
+    from chatmodel_serving.triton.server import TritonProcess
+
 PROMPT = "The three primary colours are"
 
 
-def inputs(module, prompt: str, max_tokens: int = 12, stream: bool | None = None) -> list:
+def inputs(module: Any, prompt: str, max_tokens: int = 12, stream: bool | None = None) -> list[Any]:
     arrays = [
         (contract.TEXT_INPUT, np.array([prompt.encode()], dtype=np.object_)),
         (contract.MAX_TOKENS, np.array([max_tokens], dtype=np.int32)),
@@ -33,29 +38,32 @@ def inputs(module, prompt: str, max_tokens: int = 12, stream: bool | None = None
     return infer_inputs(module, arrays)
 
 
-def text(result) -> str:
-    return result.as_numpy("text_output").reshape(-1)[0].decode()
+def text(result: Any) -> str:  # a tritonclient InferResult (http or grpc)
+    decoded: str = result.as_numpy("text_output").reshape(-1)[0].decode()
+    return decoded
 
 
-def generate(triton, body: dict) -> dict:
+def generate(triton: TritonProcess, body: dict[str, Any]) -> dict[str, Any]:
     r = httpx.post(f"http://{triton.http}/v2/models/{MODEL}/generate", json=body, timeout=120)
     assert r.status_code == 200, r.text
-    return r.json()
+    answer: dict[str, Any] = r.json()
+    return answer
 
 
-def test_http_and_grpc_infer_return_the_same_text(triton) -> None:
+def test_http_and_grpc_infer_return_the_same_text(triton: TritonProcess) -> None:
     via_http = text(httpclient.InferenceServerClient(triton.http).infer(UNARY, inputs(httpclient, PROMPT)))
     via_grpc = text(grpcclient.InferenceServerClient(triton.grpc).infer(UNARY, inputs(grpcclient, PROMPT)))
     assert via_http.strip() and via_http == via_grpc
 
 
-def test_grpc_streaming_sends_partial_responses_that_join_to_the_answer(triton) -> None:
-    responses: queue.Queue = queue.Queue()
+def test_grpc_streaming_sends_partial_responses_that_join_to_the_answer(triton: TritonProcess) -> None:
+    responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
     client = grpcclient.InferenceServerClient(triton.grpc)
     client.start_stream(callback=lambda result, error: responses.put((result, error)))
     try:
         client.async_stream_infer(MODEL, inputs(grpcclient, PROMPT, stream=True))
-        parts, reasons = [], []
+        parts: list[str] = []
+        reasons: list[str] = []
         while not reasons or not reasons[-1]:
             result, error = responses.get(timeout=120)
             assert error is None, error
@@ -69,17 +77,18 @@ def test_grpc_streaming_sends_partial_responses_that_join_to_the_answer(triton) 
     assert "".join(parts) == whole["text_output"]
 
 
-def test_greedy_answers_equal_the_pytorch_runtime(triton, pytorch) -> None:
+def test_greedy_answers_equal_the_pytorch_runtime(triton: TritonProcess, pytorch: ServerProcess) -> None:
     client = openai.OpenAI(base_url=pytorch.url, api_key="none", max_retries=0, timeout=120)
     for prompt in (PROMPT, "Once upon a time, a dragon"):
         reference = client.completions.create(model=MODEL, prompt=prompt, max_tokens=16, temperature=0)
         got = generate(triton, {"text_input": prompt, "max_tokens": 16, "temperature": 0})
         assert got["text_output"] == reference.choices[0].text
+        assert reference.usage is not None
         assert got["completion_tokens"] == reference.usage.completion_tokens
         assert got["finish_reason"] == reference.choices[0].finish_reason
 
 
-def test_generate_stream_endpoint_and_stop_strings(triton) -> None:
+def test_generate_stream_endpoint_and_stop_strings(triton: TritonProcess) -> None:
     whole = generate(triton, {"text_input": PROMPT, "max_tokens": 12, "temperature": 0})["text_output"]
     events = []
     body = {"text_input": PROMPT, "max_tokens": 12, "temperature": 0, "stream": True}
@@ -96,7 +105,7 @@ def test_generate_stream_endpoint_and_stop_strings(triton) -> None:
     assert cut["finish_reason"] == "stop" and cut["text_output"] == whole[: whole.index(word)]
 
 
-def test_a_bad_request_is_an_error_not_a_hang(triton) -> None:
+def test_a_bad_request_is_an_error_not_a_hang(triton: TritonProcess) -> None:
     r = httpx.post(
         f"http://{triton.http}/v2/models/{MODEL}/generate",
         json={"text_input": PROMPT, "max_tokens": 10**6},
@@ -112,10 +121,10 @@ def metric(text: str, name: str, model: str) -> float | None:
     return None
 
 
-def test_metrics_show_triton_counters_and_our_load_gauges(triton) -> None:
+def test_metrics_show_triton_counters_and_our_load_gauges(triton: TritonProcess) -> None:
     before = httpx.get(triton.metrics_url).text
     assert metric(before, "chatmodel_kv_cache_usage_perc", MODEL) is not None
-    running_seen = []
+    running_seen: list[float | None] = []
     done = threading.Event()
 
     def watch() -> None:
@@ -134,16 +143,15 @@ def test_metrics_show_triton_counters_and_our_load_gauges(triton) -> None:
         watcher.join()
     time.sleep(0.5)  # the gauges are refreshed every 0.25 s
     after = httpx.get(triton.metrics_url).text
-    assert metric(after, "nv_inference_request_success", MODEL) > (
-        metric(before, "nv_inference_request_success", MODEL) or 0
-    )
+    successes = metric(after, "nv_inference_request_success", MODEL)
+    assert successes is not None and successes > (metric(before, "nv_inference_request_success", MODEL) or 0)
     assert max(v or 0 for v in running_seen) >= 1, "the running gauge must show the request"
     assert metric(after, "chatmodel_num_requests_running", MODEL) == 0
     assert metric(after, "chatmodel_num_requests_waiting", MODEL) == 0
 
 
-def test_a_cancelled_stream_frees_the_engine(triton) -> None:
-    responses: queue.Queue = queue.Queue()
+def test_a_cancelled_stream_frees_the_engine(triton: TritonProcess) -> None:
+    responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
     client = grpcclient.InferenceServerClient(triton.grpc)
     client.start_stream(callback=lambda result, error: responses.put((result, error)))
     body = inputs(grpcclient, "Write a very long story.", max_tokens=400, stream=True)

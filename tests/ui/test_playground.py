@@ -59,8 +59,8 @@ def page(browser: Any, server: ServerProcess) -> Iterator[Any]:
     # here (the renderer must be safe on its own) and check the header separately.
     context = browser.new_context(bypass_csp=True)
     pg = context.new_page()
-    pg.requests = []  # type: ignore[attr-defined]
-    pg.posts = []  # type: ignore[attr-defined]
+    pg.requests = []
+    pg.posts = []
     pg.on("request", lambda r: record(pg, r))
     pg.goto(server.base + "/")
     yield pg
@@ -84,7 +84,8 @@ def connect(page: Any) -> None:
 
 
 def focused(page: Any) -> str:
-    return page.evaluate("document.activeElement ? document.activeElement.id : ''")
+    element_id: str = page.evaluate("document.activeElement ? document.activeElement.id : ''")
+    return element_id
 
 
 def tab_to(page: Any, element_id: str, key: str = "Tab", limit: int = 20) -> None:
@@ -138,7 +139,8 @@ def axe_violations(page: Any) -> list[dict[str, Any]]:
 
 
 def answers(page: Any) -> list[Any]:
-    return page.query_selector_all(".turn.answer")
+    turns: list[Any] = page.query_selector_all(".turn.answer")
+    return turns
 
 
 def greedy(server: ServerProcess, model: str, max_tokens: int) -> str:
@@ -171,6 +173,7 @@ def test_streams_an_answer_equal_to_the_apis_greedy_answer(page: Any, server: Se
     assert all(final.startswith(s) for s in seen)
     assert final == greedy(server, "base", 32)
     assert "TTFT" in page.inner_text(".stats") and "tok/s" in page.inner_text(".stats")
+    assert server.log_path is not None
     shot = Path(os.environ.get("CHATMODEL_UI_SCREENSHOT", server.log_path.parent / "playground.png"))
     page.screenshot(path=str(shot), full_page=True)
     assert origins(page) == {server.base}
@@ -232,7 +235,9 @@ def test_hostile_model_output_stays_text(page: Any) -> None:
     )
 
 
-def test_page_is_served_with_a_strict_policy_and_can_be_switched_off(server: ServerProcess, tmp_path) -> None:
+def test_page_is_served_with_a_strict_policy_and_can_be_switched_off(
+    server: ServerProcess, tmp_path: Path
+) -> None:
     r = httpx.get(server.base + "/")
     assert r.status_code == 200 and "chatmodel playground" in r.text
     assert "default-src 'none'" in r.headers["content-security-policy"]

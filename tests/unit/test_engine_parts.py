@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+from typing import TypedDict, Unpack
 
 import torch
 
@@ -13,9 +14,22 @@ from chatmodel_serving.engine.sequence import Request, Sequence
 from chatmodel_serving.engine.types import Event, SamplingParams
 
 
-def request(rid: int, prompt_len: int, events: list[Event] | None = None, **params: object) -> Request:
+class Params(TypedDict, total=False):
+    """SamplingParams' fields but max_tokens (4 here)."""
+
+    temperature: float
+    top_p: float
+    seed: int | None
+    stop: tuple[str, ...]
+    ignore_eos: bool
+    beams: int
+
+
+def request(
+    rid: int, prompt_len: int, events: list[Event] | None = None, **params: Unpack[Params]
+) -> Request:
     sink = (events if events is not None else []).append
-    return Request(rid, [1] * prompt_len, SamplingParams(max_tokens=4, **params), sink)  # type: ignore[arg-type]
+    return Request(rid, [1] * prompt_len, SamplingParams(max_tokens=4, **params), sink)
 
 
 def test_admission_respects_free_rows_and_the_prefill_budget() -> None:
@@ -78,7 +92,7 @@ def test_prefix_cache_evicts_least_recently_used_beyond_its_bound() -> None:
     assert set(cache.entries) == {(1,) * 4, (3,) * 4} and cache.tokens == 8
 
 
-def seq(**params: object) -> Sequence:
+def seq(**params: Unpack[Params]) -> Sequence:
     return Sequence(request(1, 1, **params), tokenizer=None, eos_ids=set())
 
 

@@ -24,7 +24,7 @@ from chatmodel_serving.api.protocol import (
 EXAMPLES = max(int(os.environ.get("CHATMODEL_FUZZ_EXAMPLES", "2000")) // 10, 50)
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True)
 
-EDGES = st.sampled_from(
+EDGES: st.SearchStrategy[object] = st.sampled_from(
     [0, -1, 1, 2**31, 2**63, -(2**63) - 1, 2**80, 1e308, -0.0, 5e-324, "", " ", "\x00", [], {}, None, True]
 )
 JSON = st.recursive(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from ..engine.types import EngineStoppedError, Event, QueueFullError, SamplingParams
 from .protocol import ApiError
@@ -16,7 +16,7 @@ Job = tuple[list[int], SamplingParams]  # one sequence: prompt token ids and how
 
 async def generate(
     state: ServerState, served: ServedModel, jobs: list[Job], caller: str
-) -> AsyncIterator[tuple[int, Event]]:
+) -> AsyncGenerator[tuple[int, Event]]:
     """Run several sequences on the engine; yield (index, event) as they arrive."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()

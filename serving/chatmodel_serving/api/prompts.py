@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from ..engine.types import SamplingParams
 from .protocol import ApiError, ChatCompletionRequest, CompletionRequest, SamplingFields
 from .state import ServedModel
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
+
+PromptList = list[str] | list[int] | list[list[int]]  # CompletionRequest.prompt, but one string
+
+
+def _texts(p: PromptList) -> TypeIs[list[str]]:
+    return all(isinstance(x, str) for x in p)
+
+
+def _token_ids(p: list[int] | list[list[int]]) -> TypeIs[list[int]]:
+    return all(isinstance(x, int) for x in p)
 
 
 def chat_prompt(served: ServedModel, req: ChatCompletionRequest) -> list[int]:
@@ -37,9 +51,9 @@ def completion_prompts(served: ServedModel, req: CompletionRequest) -> list[list
 
     if isinstance(p, str):
         return [encode(p)]
-    if all(isinstance(x, str) for x in p):
-        return [encode(s) for s in p]  # type: ignore[arg-type]
-    prompts: list[list[int]] = [p] if all(isinstance(x, int) for x in p) else p  # type: ignore[list-item,assignment]
+    if _texts(p):
+        return [encode(s) for s in p]
+    prompts: list[list[int]] = [p] if _token_ids(p) else p
     vocab = served.loaded.model.config.vocab_size
     for ids in prompts:
         if any(not 0 <= t < vocab for t in ids):

@@ -126,7 +126,7 @@ async def _stream(
                 yield chunk([], usage=Usage.of(prompt_tokens, completion))
             yield b"data: [DONE]\n\n"
         finally:
-            await events.aclose()  # type: ignore[attr-defined]
+            await events.aclose()
 
     # Wait for the first event before answering 200, so a full queue still gets a real 429.
     try:

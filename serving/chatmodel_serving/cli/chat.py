@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
     except openai.APIError as exc:
         print(f"chatmodel chat: {args.url}: {exc}", file=sys.stderr)
         return 1
-    history: list[Any] = [{"role": "system", "content": args.system}] if args.system else []
+    history: list[ChatCompletionMessageParam] = (
+        [{"role": "system", "content": args.system}] if args.system else []
+    )
     interactive = args.message is None
     if interactive:
         print(f"chatting with {model} at {args.url} (Ctrl-D to quit)", file=sys.stderr)
@@ -49,11 +54,11 @@ def run(args: argparse.Namespace) -> int:
             stream = client.chat.completions.create(
                 model=model,
                 messages=history,
-                stream=True,  # type: ignore[arg-type]
+                stream=True,
                 temperature=args.temperature,
                 max_tokens=args.max_tokens,
             )
-            for chunk in stream:  # type: ignore[union-attr]
+            for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:
                     answer.append(chunk.choices[0].delta.content)
                     print(chunk.choices[0].delta.content, end="", flush=True)

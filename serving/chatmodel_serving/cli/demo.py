@@ -12,6 +12,10 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import openai
 
 MANIFEST = Path(__file__).resolve().parents[2] / "manifests" / "samples" / "quickstart.yaml"
 # Trained questions: the base model cannot know the answers (the product is made up).
@@ -22,7 +26,7 @@ QUESTIONS = [
 ]
 
 
-def stream_answer(client, model: str, question: str) -> str:  # type: ignore[no-untyped-def]
+def stream_answer(client: openai.OpenAI, model: str, question: str) -> str:
     """Stream one answer to the terminal and report tokens/s and time to first token."""
     start, first, tokens, text = time.monotonic(), None, 0, []
     stream = client.chat.completions.create(

@@ -38,7 +38,7 @@ class GrowingLayer(DynamicLayer):
         need = self.n + key_states.shape[-2]
         if need > self.kbuf.shape[-2]:  # one copy per HEADROOM decode steps; a long prefill gets all it needs
             self.assign(self.kbuf[:, :, : self.n], self.vbuf[:, :, : self.n], key_states.shape[-2] + HEADROOM)
-        kbuf, vbuf = cast(torch.Tensor, self.kbuf), cast(torch.Tensor, self.vbuf)
+        kbuf, vbuf = self.kbuf, self.vbuf
         kbuf[:, :, self.n : need] = key_states
         vbuf[:, :, self.n : need] = value_states
         self.n = need

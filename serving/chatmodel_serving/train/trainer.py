@@ -14,7 +14,7 @@ import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -36,6 +36,10 @@ from .config import TrainConfig
 from .data import IGNORE_INDEX, Tokenized, load_examples, split_examples, tokenize_examples
 from .distributed import World, from_env, full_state, shard, start, stop
 from .progress import Progress
+
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import FSDPModule
+    from torch.nn.parallel import DistributedDataParallel
 
 log = logging.getLogger("chatmodel.train")
 MIN_IMPROVEMENT = 1e-4  # an eval loss must drop by more than this to count as better
@@ -207,12 +211,12 @@ class Run:
 
     def no_sync(self, last: bool) -> AbstractContextManager[Any]:
         """Gradient accumulation: reduce across ranks once, after the last micro-batch."""
-        if self.sharded:
-            self.train_module.set_requires_gradient_sync(last)  # type: ignore[operator]
+        if self.sharded:  # wrap_distributed made it an FSDP module (fully_shard), else DDP when distributed
+            cast("FSDPModule", self.train_module).set_requires_gradient_sync(last)
             return nullcontext()
         if last or not self.world.distributed:
             return nullcontext()
-        return self.train_module.no_sync()  # type: ignore[operator]
+        return cast("DistributedDataParallel", self.train_module).no_sync()
 
     def restore_checkpoint(self) -> None:
         folder = self.config.checkpoints

@@ -64,7 +64,7 @@ def load_front(source: str) -> LoadedModel:
 
 
 def request_inputs(prompt: list[int], params: SamplingParams) -> list[grpcclient.InferInput]:
-    arrays: list[tuple[contract.Tensor, np.ndarray]] = [
+    arrays: list[tuple[contract.Tensor, np.ndarray[Any, Any]]] = [
         (contract.INPUT_IDS, np.array(prompt, dtype=np.int64)),
         (contract.MAX_TOKENS, np.array([params.max_tokens], dtype=np.int32)),
         (contract.TEMPERATURE, np.array([params.temperature], dtype=np.float32)),
@@ -80,7 +80,7 @@ def request_inputs(prompt: list[int], params: SamplingParams) -> list[grpcclient
     return infer_inputs(grpcclient, arrays)
 
 
-def infer_inputs(module: Any, arrays: list[tuple[contract.Tensor, np.ndarray]]) -> list[Any]:
+def infer_inputs(module: Any, arrays: list[tuple[contract.Tensor, np.ndarray[Any, Any]]]) -> list[Any]:
     """Triton InferInputs for `module` (tritonclient.grpc or tritonclient.http) from (tensor, array) pairs."""
     inputs = []
     for tensor, array in arrays:

@@ -1,6 +1,7 @@
 """`chatmodel triton-server`: run the tritonserver bundled in the nvidia-pytriton wheel on a repository.
 
-Two details make the bundled server work outside PyTriton (DESIGN.md §5):
+Two details make the bundled server work outside PyTriton (docs/triton.md, "Running the bundled
+tritonserver"):
 - the python backend looks for `triton_python_backend_stub` in its own folder, but the wheel keeps one
   stub per Python version apart: the one matching this interpreter is copied in (once);
 - the stub links libpython dynamically: LD_LIBRARY_PATH must name this interpreter's library folder, or
