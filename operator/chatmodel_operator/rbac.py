@@ -36,13 +36,13 @@ ACCESS: tuple[Access, ...] = (
     # then assumes they exist).
     Access("apiextensions.k8s.io", "customresourcedefinitions", WATCH, "kopf resource discovery", "", True),
     Access("", "namespaces", WATCH, "kopf namespace observation", "", True, modes=("namespaced",)),
-    # The ChatModels: kopf watches them, and adds (then removes) its finalizer while a canary's timer runs.
-    Access("chatmodel.dev", "chatmodels", (*WATCH, "patch"), "kopf: events, timer finalizer", "ChatModel"),
+    # The ChatModels: kopf watches them (no finalizer, no annotations: nothing else is written).
+    Access("chatmodel.dev", "chatmodels", WATCH, "kopf watches ChatModels", "ChatModel"),
     Access("chatmodel.dev", "chatmodels/status", ("patch",), "status of ChatModels"),
     # Children carry ownerReferences with blockOwnerDeletion; where the OwnerReferencesPermissionEnforcement
     # admission plugin runs (OpenShift enables it), that needs update on the owner's finalizers.
     Access("chatmodel.dev", "chatmodels/finalizers", ("update",), "blockOwnerDeletion", admission_only=True),
-    # Children: the operator diffs and applies them; Jobs and Deployments are also watched (kopf indexes).
+    # Children: the operator diffs and applies them; Jobs, TrainJobs and Deployments are also watched (informers.py).
     # Jobs: created once, watched, and annotated with the trainer's result (patch).
     Access("batch", "jobs", (*WATCH, *CREATE_ONLY, "patch"), "fine-tune Jobs", "Job"),
     # fineTune.engine kubeflow: a Kubeflow Trainer TrainJob, the same as a Job (its conditions are read).

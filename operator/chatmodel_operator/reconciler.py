@@ -82,10 +82,10 @@ class Reconciler:
             self._memory[key] = Memory(first_seen=asyncio.get_running_loop().time())
         return self._memory[key]
 
-    def knew_stuck_pods(self, key: Key) -> bool:
-        """Whether the last reconcile of this ChatModel acted on a stuck pod (one may have come unstuck)."""
+    def last_status(self, key: Key) -> dict[str, Any] | None:
+        """The status this process last wrote for the ChatModel, if any."""
         m = self._memory.get(key)
-        return m is not None and any(isinstance(o, PodTrouble) for o in m.acted_on or ())
+        return m.written if m else None
 
     async def reconcile(
         self,
@@ -131,10 +131,9 @@ class Reconciler:
     ) -> dict[str, Any] | None:
         spec_seen = json.dumps([body["metadata"].get("uid"), body.get("spec")], sort_keys=True, default=str)
         previous = memory.written or body.get("status") or {}
+        # A canary's live gate is time-based: its requeue must get through.
         if (
-            not canary_running(
-                previous
-            )  # a canary's live gate is time-based: the rollout timer must get through
+            not canary_running(previous)
             and memory.spec_seen == spec_seen
             and memory.acted_on == {*jobs.values(), *deps.values(), *troubles}
         ):

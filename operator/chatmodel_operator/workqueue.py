@@ -11,14 +11,16 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+# A reconcile returns None, or the seconds after which its key comes back (controller-runtime's
+# RequeueAfter: a canary's live gate is judged by time, not by an event).
+Reconcile = Callable[[tuple[str, str]], Awaitable[float | None]]
+
 Key = tuple[str, str]
 log = logging.getLogger("chatmodel.workqueue")
 
 
 class WorkQueue:
-    def __init__(
-        self, reconcile: Callable[[Key], Awaitable[None]], workers: int, retry_seconds: float
-    ) -> None:
+    def __init__(self, reconcile: Reconcile, workers: int, retry_seconds: float) -> None:
         self._reconcile = reconcile
         self._retry_seconds = retry_seconds
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
@@ -29,11 +31,14 @@ class WorkQueue:
         self._size = workers
         self._workers: list[asyncio.Task[None]] = []
 
-    def add(self, key: Key) -> None:
+    def start(self) -> None:
+        """Start the workers (once). Call it from a kopf resource handler: tasks copy its context, where
+        kopf keeps the queue that kopf.event() posts to (a task started at start-up has none). Keys added
+        before wait."""
         if not self._workers:
-            # Started by the first add, from a kopf handler: tasks copy its context, where kopf keeps
-            # the queue that kopf.event() posts to (a task started at start-up has none).
             self._workers = [asyncio.create_task(self._work()) for _ in range(self._size)]
+
+    def add(self, key: Key) -> None:
         if key in self._running:
             self._again.add(key)
         elif key not in self._waiting:
@@ -65,7 +70,9 @@ class WorkQueue:
             self._waiting.discard(key)
             self._running.add(key)
             try:
-                await self._reconcile(key)
+                again = await self._reconcile(key)
+                if again is not None:
+                    self.add_after(key, again)
             except Exception as e:
                 # The message carries the API's answer (a 403 names the user and the verb).
                 log.exception(

@@ -27,6 +27,8 @@ async def test_a_burst_of_adds_folds_into_one_reconcile_per_key() -> None:
         runs[key] += 1
 
     queue = WorkQueue(reconcile, workers=4, retry_seconds=0.05)
+
+    queue.start()
     for _ in range(10):
         queue.add(A)
         queue.add(B)
@@ -50,6 +52,8 @@ async def test_a_key_added_while_it_runs_runs_once_more_and_never_twice_at_once(
         running.discard(key)
 
     queue = WorkQueue(reconcile, workers=4, retry_seconds=0.05)
+
+    queue.start()
     queue.add(A)
     await started.wait()
     for _ in range(5):  # events while the first reconcile runs: one more reconcile, after it
@@ -68,6 +72,8 @@ async def test_a_failed_reconcile_is_retried_until_it_goes_through() -> None:
             raise RuntimeError("403 Forbidden")
 
     queue = WorkQueue(reconcile, workers=2, retry_seconds=0.05)
+
+    queue.start()
     queue.add(A)
     await settle(queue)
     assert len(attempts) == 3
@@ -85,9 +91,43 @@ async def test_a_forgotten_key_is_not_retried() -> None:
         raise RuntimeError("gone")
 
     queue = WorkQueue(reconcile, workers=1, retry_seconds=0.05)
+
+    queue.start()
     queue.add(A)
     await asyncio.sleep(0.02)
     queue.forget(A)  # the ChatModel was deleted before its retry
     await asyncio.sleep(0.15)
     assert attempts == 1 and queue.idle()
+    await queue.stop()
+
+
+async def test_a_reconcile_can_ask_to_come_back_later() -> None:
+    """A canary's reconcile returns the seconds after which its key comes back (RequeueAfter)."""
+    runs: Counter[Key] = Counter()
+
+    async def reconcile(key: Key) -> float | None:
+        runs[key] += 1
+        return 0.05 if runs[key] < 3 else None
+
+    queue = WorkQueue(reconcile, workers=1, retry_seconds=10)
+    queue.start()
+    queue.add(A)
+    await settle(queue)
+    assert runs == {A: 3}
+    await queue.stop()
+
+
+async def test_keys_added_before_start_wait_for_the_workers() -> None:
+    runs: Counter[Key] = Counter()
+
+    async def reconcile(key: Key) -> None:
+        runs[key] += 1
+
+    queue = WorkQueue(reconcile, workers=2, retry_seconds=0.05)
+    queue.add(A)
+    await asyncio.sleep(0.05)
+    assert runs == {}
+    queue.start()
+    await settle(queue)
+    assert runs == {A: 1}
     await queue.stop()
