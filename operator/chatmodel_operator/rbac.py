@@ -42,7 +42,8 @@ ACCESS: tuple[Access, ...] = (
     # Children carry ownerReferences with blockOwnerDeletion; where the OwnerReferencesPermissionEnforcement
     # admission plugin runs (OpenShift enables it), that needs update on the owner's finalizers.
     Access("chatmodel.dev", "chatmodels/finalizers", ("update",), "blockOwnerDeletion", admission_only=True),
-    # Children: the operator diffs and applies them; Jobs, TrainJobs and Deployments are also watched (informers.py).
+    # Children: the operator diffs and applies them; Jobs, TrainJobs and Deployments are also watched
+    # (informers.py).
     # Jobs: created once, watched, and annotated with the trainer's result (patch).
     Access("batch", "jobs", (*WATCH, *CREATE_ONLY, "patch"), "fine-tune Jobs", "Job"),
     # fineTune.engine kubeflow: a Kubeflow Trainer TrainJob, the same as a Job (its conditions are read).

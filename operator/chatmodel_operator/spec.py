@@ -735,6 +735,10 @@ def load_manifests(path: str | Path) -> list[ChatModel]:
     """Every ChatModel document in a (multi-document) YAML file; other kinds are skipped."""
     with open(path, encoding="utf-8") as f:
         docs = [d for d in yaml.safe_load_all(f) if d]
+    for i, d in enumerate(docs, 1):
+        if not isinstance(d, dict):
+            where = f"document {i}" if len(docs) > 1 else "the document"
+            raise ValueError(f"{path}: {where} is not a Kubernetes object (a mapping)")
     return [parse_manifest(d) for d in docs if d.get("kind") == KIND]
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import CliError, validation_lines, yaml_line
+
 if TYPE_CHECKING:
     from chatmodel_operator.runtime_args import ServeOptions
     from chatmodel_operator.spec import ChatModel
@@ -25,8 +27,8 @@ log = logging.getLogger("chatmodel.run")
 DEFAULT_WORK_DIR = Path("artifacts")
 
 
-class ManifestError(ValueError):
-    pass
+class ManifestError(CliError, ValueError):
+    """A manifest `chatmodel run` cannot run: one line per problem (exit code 2)."""
 
 
 @dataclass
@@ -57,16 +59,23 @@ def local_source(source: str, folder: Path, what: str) -> str:
 
 
 def load(manifest_path: Path) -> ChatModel:
+    import yaml
     from pydantic import ValidationError
 
-    from chatmodel_operator.spec import load_manifest
+    from chatmodel_operator.spec import ChatModel, load_manifest
 
     try:
         return load_manifest(manifest_path)
-    except FileNotFoundError:
-        raise ManifestError(f"{manifest_path}: no such file") from None
-    except (ValidationError, ValueError) as exc:
-        raise ManifestError(f"{manifest_path}: {exc}") from None
+    except OSError as exc:
+        raise ManifestError(f"{manifest_path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ManifestError(yaml_line(exc)) from None
+    except ValidationError as exc:
+        raise ManifestError(
+            [f"{manifest_path}: {line}" for line in validation_lines(exc, ChatModel)]
+        ) from None
+    except ValueError as exc:  # no ChatModel in the file (the message names it)
+        raise ManifestError(str(exc)) from None
 
 
 def plan(manifest_path: Path, work_dir: Path = DEFAULT_WORK_DIR, device: str = "auto") -> Plan:
@@ -156,7 +165,7 @@ def serve_args(opts: ServeOptions) -> list[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("manifest", type=Path, help="a ChatModel YAML, as for kubectl apply")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8000, help="checked before the fine-tune starts")
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="where fine-tuned models go")
     parser.add_argument("--with-base", action="store_true", help="also serve the base model as NAME-base")
     parser.add_argument("--api-keys-file", help="API keys for the local server (spec.access names a Secret)")
@@ -170,14 +179,14 @@ def run(args: argparse.Namespace) -> int:
     from ..logs import setup_logging
 
     setup_logging("text" if sys.stderr.isatty() else "json")
-    from ..train.data import DataError
+    # A bad manifest or dataset raises ManifestError, DataError or ValueError: chatmodel_serving.cli.main
+    # reports each problem on a line of its own and exits 2.
+    p = plan(args.manifest, args.work_dir, args.device)
+    if not args.train_only:  # a port in use is told now, not after a fine-tune of minutes
+        from .serve import check_listen_address
 
-    try:
-        p = plan(args.manifest, args.work_dir, args.device)
-        metrics = fine_tune(p)
-    except (ManifestError, DataError, ValueError) as exc:
-        print(f"chatmodel run: {exc}", file=sys.stderr)
-        return 2
+        check_listen_address(args.host, args.port)
+    metrics = fine_tune(p)
     if metrics is not None:
         before, after = metrics["eval_loss_before"], metrics["eval_loss"]
         print(

@@ -6,10 +6,11 @@ line that `chatmodel run` and the operator's builders render too."""
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
-import sys
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from chatmodel_operator.runtime_args import ServeOptions
 
 from ..api.quota import Limits, Quotas, parse_key_line
 from ..logs import setup_logging
+from . import CliError
 
 if TYPE_CHECKING:
     from ..api.state import ServerState
@@ -42,7 +44,7 @@ def read_api_keys(path: str | None) -> ApiKeys:
     try:
         lines = Path(path).read_text().splitlines()
     except OSError as exc:
-        raise SystemExit(f"--api-keys-file: cannot read {path}: {exc.strerror}") from None
+        raise CliError(f"--api-keys-file: cannot read {path}: {exc.strerror}") from None
     out = ApiKeys()
     for lineno, line in enumerate(lines, 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -50,12 +52,12 @@ def read_api_keys(path: str | None) -> ApiKeys:
         try:
             key, limits = parse_key_line(line, lineno)
         except ValueError as exc:
-            raise SystemExit(f"--api-keys-file: {path} {exc}") from None
+            raise CliError(f"--api-keys-file: {path} {exc}") from None
         out.keys.append(key)
         if limits is not None:
             out.limits[key] = limits
     if not out.keys:
-        raise SystemExit(f"--api-keys-file: {path} holds no keys; refusing to start open by accident")
+        raise CliError(f"--api-keys-file: {path} holds no keys; refusing to start open by accident")
     return out
 
 
@@ -68,7 +70,7 @@ def build_state(opts: ServeOptions, api_keys: ApiKeys) -> ServerState:
 
     names = opts.served_model_names or []
     if names and len(names) != len(opts.models):
-        raise SystemExit("--served-model-name: give one name per --model")
+        raise CliError("--served-model-name: give one name per --model")
     served: dict[str, ServedModel] = {}
     for i, source in enumerate(opts.models):
         if opts.backend:  # Triton holds the weights; the API needs the tokenizer and config only
@@ -79,7 +81,7 @@ def build_state(opts: ServeOptions, api_keys: ApiKeys) -> ServerState:
             loaded = load_model(source, dtype=opts.dtype, device=opts.device)
         name = names[i] if names else loaded.name
         if name in served:
-            raise SystemExit(f"--served-model-name: {name!r} is used twice")
+            raise CliError(f"--served-model-name: {name!r} is used twice")
         engine: EngineClient
         if opts.backend:
             from ..triton.client import TritonBackend
@@ -114,20 +116,61 @@ def tls_files(opts: ServeOptions) -> tuple[str, str] | None:
         return None
     for flag, value in given.items():
         if not value:
-            raise SystemExit(f"{flag}: TLS needs both --tls-cert-file and --tls-key-file")
+            raise CliError(f"{flag}: TLS needs both --tls-cert-file and --tls-key-file")
         if not os.access(value, os.R_OK):
-            raise SystemExit(f"{flag}: cannot read {value}")
+            raise CliError(f"{flag}: cannot read {value}")
     return opts.tls_cert_file or "", opts.tls_key_file or ""
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """Refuse a port that is not one or already taken, and a host that is not this machine's, before the
+    minutes a model takes to load (uvicorn would find out only then). Port 0 (any free port) passes."""
+    if not 0 <= port <= 65535:
+        raise CliError(f"--port {port}: not a port number (0 to 65535)")
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise CliError(f"--host {host}: {exc.strerror}") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT counts as free
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                busy = f"{host}:{port} is in use; stop what listens there or pick another port"
+                raise CliError(f"--port {port}: {busy}", code=1) from None
+            if exc.errno == errno.EACCES:
+                denied = f"not allowed to listen on {host}:{port} (a port below 1024 needs privileges)"
+                raise CliError(f"--port {port}: {denied}", code=1) from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise CliError(f"--host {host}: not an address of this machine") from None
+            raise
+
+
+def check_model_sources(models: list[str]) -> None:
+    """A local model folder that does not exist, refused before torch is imported (models.resolve_source
+    checks everything again, and the rest, when it loads)."""
+    for source in models:
+        path = source.removeprefix("file://")
+        if path.startswith(("/", ".", "~")) and not Path(path).expanduser().exists():
+            raise CliError(f"--model {source}: no such folder")
 
 
 def serve(opts: ServeOptions) -> int:
     """Serve until SIGTERM/SIGINT; then stop taking requests, finish those in flight and return 0."""
+    keys = read_api_keys(opts.api_keys_file)  # fail fast, before torch is imported and a model loads
+    tls = tls_files(opts)
+    check_listen_address(opts.host, opts.port)
+    check_model_sources(opts.models)
+
     import uvicorn
 
     from ..api.app import create_app
 
-    keys = read_api_keys(opts.api_keys_file)  # fail fast, before minutes of model loading
-    tls = tls_files(opts)
     state = build_state(opts, keys)
     if not keys.keys:
         log.warning("no API keys configured: the API is open to anyone who can reach it")
@@ -180,13 +223,4 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_format)
-    opts = ServeOptions.from_args(args)
-    try:
-        return serve(opts)
-    except Exception as exc:
-        from ..models import ModelSourceError
-
-        if isinstance(exc, ModelSourceError):
-            print(f"chatmodel serve: {exc}", file=sys.stderr)
-            return 2
-        raise
+    return serve(ServeOptions.from_args(args))  # errors: chatmodel_serving.cli.main reports them

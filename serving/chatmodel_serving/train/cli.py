@@ -147,9 +147,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
     except ValueError as exc:
-        print(f"chatmodel train: {exc}", file=sys.stderr)
         write_termination_message(termination, f"error: {exc}")
-        return 2
+        raise  # chatmodel_serving.cli.main prints it, a line per problem, and exits 2
     from .distributed import from_env
     from .trainer import ResumeError, train
 
@@ -158,9 +157,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = train(config, json_lines={"auto": None, "bar": False, "json": True}[args.progress])
     except (DataError, FileExistsError, ResumeError, ValueError) as exc:
-        print(f"chatmodel train: {who}{exc}", file=sys.stderr)
         write_termination_message(termination, f"error: {who}{exc}")
-        return 2
+        if who:
+            exc.add_note(who.removesuffix(": "))  # prefixes each line chatmodel_serving.cli.main prints
+        raise  # bad data or settings: reported a line per problem, exit 2
     except Exception as exc:
         log.exception("training failed")
         write_termination_message(termination, f"error: {who}{exc.__class__.__name__}: {exc}")

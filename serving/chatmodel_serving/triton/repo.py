@@ -9,6 +9,7 @@ OUT/NAME/1/model.py     a two-line shim importing chatmodel_serving.triton.backe
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 from pathlib import Path
 
@@ -125,6 +126,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    local = args.model.removeprefix("file://")
+    if local.startswith(("/", ".", "~")) and not Path(local).expanduser().exists():
+        missing = FileNotFoundError(errno.ENOENT, "no such model folder", args.model)
+        missing.add_note("--model")  # chatmodel_serving.cli.main: `--model: PATH: no such model folder`
+        raise missing
     folder = write_repo(
         args.model,
         args.out,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib.util
 import os
 import shutil
@@ -148,6 +149,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.repo.is_dir():  # told now, not as tritonserver's own error after it starts
+        missing = FileNotFoundError(
+            errno.ENOENT, "no such folder (chatmodel triton-repo writes one)", str(args.repo)
+        )
+        missing.add_note("--repo")  # chatmodel_serving.cli.main: `--repo: PATH: no such folder ...`
+        raise missing
     try:
         cmd = server_command(
             args.repo.resolve(), args.http_port, args.grpc_port, args.metrics_port, args.exit_timeout
