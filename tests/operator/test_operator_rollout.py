@@ -315,7 +315,7 @@ async def test_gateway_canary_splits_by_route_weights_then_promotes(cluster: Clu
             # Sized for its share (1 pod beside v1's 2); the route, not the pod count, splits traffic.
             assert canary["spec"]["replicas"] == 1
             await make_ready(c, f"gw-{v2}", 1)
-            st = await eventually(lambda: rolled_out(c, "gw", "Canary"), timeout=20)
+            st = await eventually(lambda: rolled_out(c, "gw", "Canary"), timeout=60)
             assert st["versions"][0]["trafficPercent"] == 25
             assert await route_weights(c, "gw") == {f"gw-{v1}": 75, f"gw-{v2}": 25}
             assert await c.get(pool(v1)) and await c.get(pool(v2))

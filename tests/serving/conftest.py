@@ -15,6 +15,7 @@ import openai
 import pytest
 
 from chatmodel_serving.launch import ServerProcess
+from tests.tools import missing
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletion
@@ -39,7 +40,7 @@ def server(
             yield srv
         return
     if importlib.util.find_spec("pytriton") is None:
-        pytest.skip("tritonserver comes from nvidia-pytriton (the triton extra), not installed")
+        missing("tritonserver (nvidia-pytriton, the triton extra)", "make install")
     from chatmodel_serving.triton.server import triton_front
 
     with triton_front(d, args, dtype="float32") as (_, front):

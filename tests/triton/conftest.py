@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from chatmodel_serving.launch import ServerProcess
+from tests.tools import missing
 
 if TYPE_CHECKING:
     from chatmodel_serving.triton.server import TritonProcess
@@ -17,8 +18,8 @@ if TYPE_CHECKING:
 MODEL = "smollm2-135m"
 UNARY = f"{MODEL}-unary"
 
-if importlib.util.find_spec("pytriton") is None:
-    pytest.skip("tritonserver comes from nvidia-pytriton (the triton extra)", allow_module_level=True)
+if importlib.util.find_spec("pytriton") is None:  # the test modules import its tritonclient: skip them all
+    missing("tritonserver (nvidia-pytriton, the triton extra)", "make install")
 
 
 @pytest.fixture(scope="session")
