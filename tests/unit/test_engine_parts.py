@@ -8,7 +8,7 @@ from typing import TypedDict, Unpack
 import torch
 
 from chatmodel_serving.engine.prefix_cache import PrefixCache
-from chatmodel_serving.engine.sampler import sample
+from chatmodel_serving.engine.sampler import sample, sample_step
 from chatmodel_serving.engine.scheduler import Budget, admit
 from chatmodel_serving.engine.sequence import Request, Sequence
 from chatmodel_serving.engine.types import Event, SamplingParams
@@ -23,6 +23,15 @@ class Params(TypedDict, total=False):
     stop: tuple[str, ...]
     ignore_eos: bool
     beams: int
+    presence_penalty: float
+    frequency_penalty: float
+    logit_bias: dict[int, float]
+    repetition_penalty: float
+    top_k: int
+    min_p: float
+    min_tokens: int
+    stop_token_ids: tuple[int, ...]
+    logprobs: int | None
 
 
 def request(
@@ -113,3 +122,45 @@ def test_sampler_seeded_rows_are_reproducible() -> None:
         return [sample(logits, [s])[0] for _ in range(5)]
 
     assert draw() == draw()
+
+
+def test_sampler_controls_are_per_row() -> None:
+    """Each row gets its own bias and penalties, in one batch; a row without any is left as it was."""
+    logits = torch.tensor([[0.0, 5.0, 1.0, 4.0]] * 4)
+    plain = seq(temperature=0.0)
+    biased = seq(temperature=0.0, logit_bias={1: -100.0})
+    frequent = seq(temperature=0.0, frequency_penalty=2.0)
+    frequent.generated = [1]  # token 1 once: 5 - 2 = 3 < 4
+    present = seq(temperature=0.0, presence_penalty=0.5)
+    present.generated = [1, 1]  # presence counts once: 5 - 0.5 = 4.5 > 4
+    assert sample(logits, [plain, biased, frequent, present]) == [1, 3, 3, 1]
+    repeated = seq(temperature=0.0, repetition_penalty=2.0)  # the prompt's token 1 counts: 5 / 2 < 4
+    assert sample(logits[:1], [repeated]) == [3]
+
+
+def test_min_tokens_masks_the_end_and_stop_token_ids_end() -> None:
+    events: list[Event] = []
+    req = request(1, 1, events, temperature=0.0, min_tokens=2, stop_token_ids=(1,))
+    s = Sequence(req, tokenizer=None, eos_ids={0})
+    logits = torch.tensor([[9.0, 8.0, 1.0]])
+    assert sample(logits, [s]) == [2]  # neither EOS (0) nor the stop token (1) before 2 tokens
+    s.generated = [2, 2]
+    assert sample(logits, [s]) == [0]
+
+
+def test_top_k_and_min_p_keep_only_the_best_when_strict() -> None:
+    logits = torch.tensor([[1.0, 1.5, 1.2, 0.3]])
+    for params in ({"top_k": 1}, {"min_p": 1.0}):
+        drawn = {sample(logits, [seq(temperature=1.0, **params)])[0] for _ in range(30)}
+        assert drawn == {1}, params
+
+
+def test_logprobs_are_of_the_raw_distribution() -> None:
+    logits = torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 0.0]])
+    rows = [seq(temperature=0.0, logprobs=2, logit_bias={2: 50.0}), seq(temperature=0.0)]
+    step = sample_step(logits, rows)
+    assert step.tokens == [2, 0] and step.logprobs[1] is None
+    lp = step.logprobs[0]
+    raw = torch.log_softmax(logits[0], -1)
+    assert lp is not None and lp.token_id == 2 and abs(lp.logprob - float(raw[2])) < 1e-6
+    assert [t for t, _ in lp.top] == [1, 2] and abs(lp.top[0][1] - float(raw[1])) < 1e-6

@@ -51,13 +51,25 @@ SAMPLING = {
     "presence_penalty": HOSTILE,
     "frequency_penalty": HOSTILE,
     "logprobs": HOSTILE,
+    "logit_bias": HOSTILE | st.dictionaries(st.text(max_size=4) | st.integers(0, 9).map(str), HOSTILE),
+    "repetition_penalty": HOSTILE,
+    "top_k": HOSTILE,
+    "min_p": HOSTILE,
+    "min_tokens": HOSTILE,
+    "stop_token_ids": HOSTILE | st.lists(st.integers(), max_size=3),
     "use_beam_search": HOSTILE,
     "best_of": HOSTILE,
     "ignore_eos": HOSTILE,
 }
 CHAT = st.fixed_dictionaries(
     {"model": st.just("m") | HOSTILE, "messages": st.lists(MESSAGE, max_size=3) | HOSTILE},
-    optional={**SAMPLING, "max_completion_tokens": HOSTILE, "response_format": HOSTILE, "tools": HOSTILE},
+    optional={
+        **SAMPLING,
+        "max_completion_tokens": HOSTILE,
+        "response_format": HOSTILE,
+        "tools": HOSTILE,
+        "top_logprobs": HOSTILE,
+    },
 )
 TEXT = st.fixed_dictionaries(
     {
@@ -84,6 +96,9 @@ def check(model: type[BaseModel], body: Any, required: set[str]) -> None:
     stops = req.stop_list()
     assert len(stops) <= MAX_STOPS and all(stops)
     assert req.seed is None or -(2**63) <= req.seed < 2**63
+    wanted = req.logprobs_wanted()
+    assert wanted is None or 0 <= wanted <= 20
+    assert all(k.isdigit() and -100 <= v <= 100 for k, v in (req.logit_bias or {}).items())
 
 
 @SETTINGS

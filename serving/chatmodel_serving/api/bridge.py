@@ -7,7 +7,14 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator
 
-from ..engine.types import EngineStoppedError, Event, QueueFullError, SamplingParams
+from ..engine.types import (
+    EngineStoppedError,
+    Event,
+    QueueFullError,
+    SamplingParams,
+    TokenLogprob,
+    UnsupportedParamError,
+)
 from .protocol import ApiError
 from .state import ServedModel, ServerState
 
@@ -48,6 +55,10 @@ async def generate(
         ) from None
     except EngineStoppedError as exc:
         raise ApiError(503, str(exc), "service_unavailable", code="draining") from None
+    except UnsupportedParamError as exc:
+        for rid in ids.values():
+            engine.cancel(rid)
+        raise ApiError(400, str(exc), param=exc.param) from None
     first_seen: set[int] = set()
     try:
         while ids:
@@ -69,14 +80,16 @@ async def generate(
 
 async def collect(
     state: ServerState, served: ServedModel, jobs: list[Job], caller: str
-) -> tuple[list[str], list[str], int]:
-    """Whole answers: (texts, finish reasons, completion tokens in all)."""
+) -> tuple[list[str], list[str], int, list[list[TokenLogprob]]]:
+    """Whole answers: (texts, finish reasons, completion tokens in all, each answer's token logprobs)."""
     texts, reasons, completion = [""] * len(jobs), [""] * len(jobs), 0
+    logprobs: list[list[TokenLogprob]] = [[] for _ in jobs]
     async for index, ev in generate(state, served, jobs, caller):
         texts[index] += ev.text
+        logprobs[index] += ev.logprobs or []
         if ev.finish_reason:
             if ev.finish_reason == "error":
                 raise ApiError(500, f"generation failed: {ev.error}", "server_error", code="engine_error")
             reasons[index] = ev.finish_reason
             completion += ev.completion_tokens
-    return texts, reasons, completion
+    return texts, reasons, completion, logprobs

@@ -85,7 +85,18 @@ def sampling_params(
     if beams > 1 and req.n > 1:
         raise ApiError(400, "use_beam_search returns one answer per prompt; set n to 1", param="n")
     temperature = served.default_temperature if req.temperature is None else req.temperature
-    return SamplingParams(
+    vocab = served.loaded.model.config.vocab_size
+    bias = {int(k): v for k, v in (req.logit_bias or {}).items()}
+    if any(t >= vocab for t in bias):
+        raise ApiError(400, f"logit_bias: token ids must lie in [0, {vocab})", param="logit_bias")
+    stop_ids = tuple(req.stop_token_ids or ())
+    if any(t >= vocab for t in stop_ids):
+        raise ApiError(400, f"stop_token_ids: token ids must lie in [0, {vocab})", param="stop_token_ids")
+    if req.min_tokens > max_tokens:
+        raise ApiError(
+            400, f"min_tokens ({req.min_tokens}) exceeds max_tokens ({max_tokens})", param="min_tokens"
+        )
+    params = SamplingParams(
         max_tokens=max_tokens,
         temperature=0.0 if beams > 1 else temperature,
         top_p=req.top_p or 1.0,
@@ -93,7 +104,19 @@ def sampling_params(
         stop=req.stop_list(),
         ignore_eos=req.ignore_eos,
         beams=beams,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        logit_bias=bias,
+        repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
+        top_k=max(req.top_k or 0, 0),
+        min_p=req.min_p or 0.0,
+        min_tokens=req.min_tokens,
+        stop_token_ids=stop_ids,
+        logprobs=req.logprobs_wanted(),
     )
+    if beams > 1 and (controls := params.controls()):
+        raise ApiError(400, f"{controls[0]} is not supported with use_beam_search", param=controls[0])
+    return params
 
 
 def with_seed(params: SamplingParams, i: int) -> SamplingParams:

@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_serializer,
@@ -23,11 +24,30 @@ from pydantic import (
 
 MAX_N = 16
 MAX_STOPS = 4
+MAX_LOGPROBS = 20  # OpenAI's bound for top_logprobs (chat) and logprobs (completions)
+MAX_BIAS = 100.0
+RAW_LOGPROBS = (
+    "log-probabilities of the model's raw distribution, before logit_bias, penalties and temperature "
+    "(vLLM's default, logprobs_mode=raw_logprobs)"
+)
 # What the validators below accept, said in the OpenAPI document too (clients and fuzzers read it).
 _TEXT = {"type": "string", "minLength": 1}
 _IDS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
 STOP_SCHEMA = WithJsonSchema(
     {"anyOf": [_TEXT, {"type": "array", "items": _TEXT, "maxItems": MAX_STOPS}, {"type": "null"}]}
+)
+LOGIT_BIAS_SCHEMA = WithJsonSchema(
+    {
+        "anyOf": [
+            {
+                "type": "object",
+                "propertyNames": {"pattern": "^(0|[1-9][0-9]{0,8})$"},
+                "additionalProperties": {"type": "number", "minimum": -MAX_BIAS, "maximum": MAX_BIAS},
+            },
+            {"type": "null"},
+        ],
+        "description": "token id (a decimal string) -> bias added to its logit, -100..100 (OpenAI's)",
+    }
 )
 PROMPT_SCHEMA = WithJsonSchema(
     {
@@ -111,14 +131,32 @@ class SamplingFields(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # int64, as OpenAI's
-    presence_penalty: float | None = Field(None, ge=0, le=0)  # only 0 is honoured
-    frequency_penalty: float | None = Field(None, ge=0, le=0)
-    logprobs: Literal[False] | None = None
+    # OpenAI's definitions: logit -= frequency_penalty x count + presence_penalty x (count > 0), over the
+    # tokens generated so far; logit_bias adds to the logits of the token ids named.
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: Annotated[dict[str, float] | None, LOGIT_BIAS_SCHEMA] = None
     user: str | None = None
     # vLLM's extensions for beam search.
     use_beam_search: bool = False
     best_of: int | None = Field(None, ge=1, le=MAX_N)
     ignore_eos: bool = False
+    # vLLM's sampling extensions, as vLLM names and defines them.
+    repetition_penalty: float | None = Field(None, gt=0, allow_inf_nan=False)  # 1 = off; prompt + output
+    top_k: int | None = Field(None, ge=-1)  # -1 or 0 = off
+    min_p: float | None = Field(None, ge=0, le=1)
+    min_tokens: int = Field(0, ge=0)  # EOS and stop_token_ids cannot end the answer before this
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        for key, bias in (v or {}).items():
+            if not (key.isascii() and key.isdigit()):
+                raise ValueError(f"keys must be token ids as decimal strings, not {key!r}")
+            if not -MAX_BIAS <= bias <= MAX_BIAS:
+                raise ValueError(f"biases must lie in [-100, 100], not {bias} (token {key})")
+        return v
 
     @field_validator("stop")
     @classmethod
@@ -138,12 +176,30 @@ class SamplingFields(BaseModel):
             return 1
         return max(self.best_of or self.n, 2)
 
+    def logprobs_wanted(self) -> int | None:
+        """How many most likely tokens to return per generated token; None = no logprobs at all."""
+        return None
+
 
 class ChatCompletionRequest(SamplingFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: int | None = Field(None, ge=1)
     response_format: dict[str, Any] | None = None
     tools: list[Any] | None = None
+    # Logprobs of the model's raw distribution (before penalties, bias and temperature; vLLM's default
+    # `logprobs_mode=raw_logprobs`): the sampled token's, and the top_logprobs most likely.
+    logprobs: bool | None = Field(None, description=RAW_LOGPROBS)
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _with_logprobs(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs: true")
+        return v
+
+    def logprobs_wanted(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     # Field validators, so that the 400 names the field.
     @field_validator("response_format")
@@ -168,6 +224,8 @@ class CompletionRequest(SamplingFields):
     prompt: Annotated[str | list[str] | list[int] | list[list[int]], PROMPT_SCHEMA]
     echo: Literal[False] = False
     suffix: None = None
+    # The sampled token's logprob and those of the `logprobs` most likely (raw distribution, as chat's).
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description=RAW_LOGPROBS)
 
     @field_validator("prompt")
     @classmethod
@@ -178,6 +236,9 @@ class CompletionRequest(SamplingFields):
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
+
+    def logprobs_wanted(self) -> int | None:
+        return self.logprobs
 
 
 # ---------------------------------------------------------------- responses
@@ -215,17 +276,40 @@ class AssistantMessage(ResponseModel):
     content: str
 
 
+class TopLogprob(ResponseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None  # the token's text as UTF-8
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]  # the most likely tokens there, best first
+
+
+class ChatLogprobs(ResponseModel):
+    content: list[ChatTokenLogprob] | None
+
+
+class TextLogprobs(ResponseModel):
+    """Completions' (legacy) shape: parallel lists, one entry per generated token."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]  # the most likely tokens and the sampled one
+    text_offset: list[int]  # where each token starts in the choice's text
+
+
 class ChatChoice(ResponseModel):
     index: int
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: str
 
 
 class TextChoice(ResponseModel):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: TextLogprobs | None = None
     finish_reason: str
 
 
@@ -269,14 +353,14 @@ class ChatChunkOpening(ResponseModel):
 class ChatChunkChoice(ResponseModel):
     index: int
     delta: ChatDelta
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: str | None
 
 
 class TextChunkChoice(ResponseModel):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: TextLogprobs | None = None
     finish_reason: str | None
 
 

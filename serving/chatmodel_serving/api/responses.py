@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from ..engine.types import Event
+from ..engine.types import Event, TokenLogprob
 from .bridge import Job, collect, generate
 from .protocol import (
     ApiError,
@@ -21,16 +21,70 @@ from .protocol import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatDelta,
+    ChatLogprobs,
+    ChatTokenLogprob,
     Completion,
     CompletionChunk,
     ResponseModel,
     SamplingFields,
     TextChoice,
     TextChunkChoice,
+    TextLogprobs,
+    TopLogprob,
     Usage,
     now,
 )
 from .state import Caller, ServedModel, ServerState
+
+
+def _token_texts(tokenizer: Any, logprobs: list[TokenLogprob]) -> dict[int, str]:
+    """The text of every token named (sampled and top), each decoded alone, special tokens included."""
+    ids = sorted({t for lp in logprobs for t in (lp.token_id, *(i for i, _ in lp.top))})
+    texts = tokenizer.batch_decode(
+        [[i] for i in ids], skip_special_tokens=False, clean_up_tokenization_spaces=False
+    )
+    return dict(zip(ids, texts, strict=True))
+
+
+def chat_logprobs(tokenizer: Any, logprobs: list[TokenLogprob], offset: int) -> tuple[ChatLogprobs, int]:
+    """OpenAI chat's `logprobs.content` (the offset is completions' only: returned unchanged)."""
+    names = _token_texts(tokenizer, logprobs)
+
+    def top(t: int, v: float) -> TopLogprob:
+        return TopLogprob(token=names[t], logprob=v, bytes=list(names[t].encode()))
+
+    content = [
+        ChatTokenLogprob(
+            token=names[lp.token_id],
+            logprob=lp.logprob,
+            bytes=list(names[lp.token_id].encode()),
+            top_logprobs=[top(t, v) for t, v in lp.top],
+        )
+        for lp in logprobs
+    ]
+    return ChatLogprobs(content=content), offset
+
+
+def text_logprobs(tokenizer: Any, logprobs: list[TokenLogprob], offset: int) -> tuple[TextLogprobs, int]:
+    """Completions' parallel lists; text_offset counts on from `offset` (the choice's text so far)."""
+    names = _token_texts(tokenizer, logprobs)
+    tokens = [names[lp.token_id] for lp in logprobs]
+    offsets, tops = [], []
+    for tok, lp in zip(tokens, logprobs, strict=True):
+        offsets.append(offset)
+        offset += len(tok)
+        top: dict[str, float] = {}
+        for t, v in lp.top:
+            top.setdefault(names[t], v)
+        top.setdefault(tok, lp.logprob)  # the sampled token, always (up to logprobs + 1 entries)
+        tops.append(top)
+    body = TextLogprobs(
+        tokens=tokens,
+        token_logprobs=[lp.logprob for lp in logprobs],
+        top_logprobs=list(tops),
+        text_offset=offsets,
+    )
+    return body, offset
 
 
 @dataclass(frozen=True)
@@ -39,23 +93,29 @@ class Shape:
 
     response: type[ChatCompletion] | type[Completion]
     chunk: type[ChatCompletionChunk] | type[CompletionChunk]
-    choice: Callable[[int, str, str], Any]  # (index, text, finish_reason) of a whole answer
-    delta: Callable[[int, str, str | None], Any]  # (index, text, finish_reason) of a streamed piece
+    choice: Callable[[int, str, str, Any], Any]  # (index, text, finish_reason, logprobs) of a whole answer
+    delta: Callable[[int, str, str | None, Any], Any]  # the same of a streamed piece
+    # (tokenizer, token logprobs, text offset) -> (the choice's `logprobs`, the offset after them)
+    logprobs: Callable[[Any, list[TokenLogprob], int], tuple[Any, int]]
     opening: Callable[[int], Any] | None = None  # the first streamed chunk per choice
 
 
 CHAT = Shape(
     ChatCompletion,
     ChatCompletionChunk,
-    lambda i, t, r: ChatChoice(index=i, message=AssistantMessage(content=t), finish_reason=r),
-    lambda i, t, r: ChatChunkChoice(index=i, delta=ChatDelta(content=t), finish_reason=r),
+    lambda i, t, r, lp: ChatChoice(
+        index=i, message=AssistantMessage(content=t), logprobs=lp, finish_reason=r
+    ),
+    lambda i, t, r, lp: ChatChunkChoice(index=i, delta=ChatDelta(content=t), logprobs=lp, finish_reason=r),
+    chat_logprobs,
     lambda i: ChatChunkOpening(index=i, delta=ChatDelta(role="assistant", content="")),
 )
 TEXT = Shape(
     Completion,
     CompletionChunk,
-    lambda i, t, r: TextChoice(index=i, text=t, finish_reason=r),
-    lambda i, t, r: TextChunkChoice(index=i, text=t, finish_reason=r),
+    lambda i, t, r, lp: TextChoice(index=i, text=t, logprobs=lp, finish_reason=r),
+    lambda i, t, r, lp: TextChunkChoice(index=i, text=t, logprobs=lp, finish_reason=r),
+    text_logprobs,
 )
 
 
@@ -75,11 +135,18 @@ async def answer(
     caller: Caller,
 ) -> Response:
     created = now()
+    want_logprobs = req.logprobs_wanted() is not None
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return await _stream(state, served, jobs, rid, created, shape, include_usage, prompt_tokens, caller)
-    texts, reasons, completion = await collect(state, served, jobs, caller.key)
-    choices = [shape.choice(i, t, r) for i, (t, r) in enumerate(zip(texts, reasons, strict=True))]
+        return await _stream(
+            state, served, jobs, rid, created, shape, include_usage, prompt_tokens, caller, want_logprobs
+        )
+    texts, reasons, completion, logprobs = await collect(state, served, jobs, caller.key)
+    tokenizer = served.loaded.tokenizer
+    choices = [
+        shape.choice(i, t, r, shape.logprobs(tokenizer, lps, 0)[0] if want_logprobs else None)
+        for i, (t, r, lps) in enumerate(zip(texts, reasons, logprobs, strict=True))
+    ]
     body = shape.response(
         id=rid,
         created=created,
@@ -100,8 +167,10 @@ async def _stream(
     include_usage: bool,
     prompt_tokens: int,
     caller: Caller,
+    want_logprobs: bool,
 ) -> Response:
     events = generate(state, served, jobs, caller.key)
+    offsets = [0] * len(jobs)  # per choice, the text offset of its next token (completions' logprobs)
 
     def chunk(choices: list[Any], usage: Usage | None = None) -> bytes:
         return sse(shape.chunk(id=rid, created=created, model=served.name, choices=choices, usage=usage))
@@ -121,7 +190,12 @@ async def _stream(
                     completion += ev.completion_tokens
                 elif not ev.text:
                     continue
-                yield chunk([shape.delta(index, ev.text, ev.finish_reason)])
+                logprobs = None
+                if want_logprobs and ev.logprobs:
+                    logprobs, offsets[index] = shape.logprobs(
+                        served.loaded.tokenizer, ev.logprobs, offsets[index]
+                    )
+                yield chunk([shape.delta(index, ev.text, ev.finish_reason, logprobs)])
             if include_usage:
                 yield chunk([], usage=Usage.of(prompt_tokens, completion))
             yield b"data: [DONE]\n\n"

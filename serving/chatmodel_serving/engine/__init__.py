@@ -6,7 +6,8 @@ types.py         SamplingParams, Event, Sink, EngineStats, the engine errors and
 core.py          Engine: the engine thread, prefill, decode steps and the running batch's KV layout
 scheduler.py     admission: which waiting requests join the batch in the next prefill group
 sequence.py      Request and Sequence: one request's tokens, incremental detokenisation and stop strings
-sampler.py       greedy, temperature and top-p sampling of one token per row
+sampler.py       one token per row: logprobs, logit_bias, penalties, greedy, temperature, min_p, top_k,
+                 top_p, batched per row
 prefix_cache.py  the KV of recent prompts, reused for prompts that share a prefix
 beam.py          beam search (an extension, as in vLLM), run alone through transformers' generate()
 kvcache.py       a KV cache whose layers grow in place

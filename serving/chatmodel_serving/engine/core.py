@@ -30,7 +30,7 @@ from ..models import LoadedModel
 from . import kvcache
 from .beam import beam_search
 from .prefix_cache import LayerKV, PrefixCache
-from .sampler import sample
+from .sampler import sample_step
 from .scheduler import Budget, admit
 from .sequence import Request, Sequence
 from .types import EngineClient, EngineStats, EngineStoppedError, Event, QueueFullError, SamplingParams, Sink
@@ -221,8 +221,9 @@ class Engine(EngineClient):
         if self.prefix_cache:
             self._remember_prompts(reqs, cached, cache, past)
         self._merge(seqs, cache, mask)
-        for seq, tok in zip(seqs, sample(logits, seqs), strict=True):
-            seq.add(tok, self.context_length)
+        step = sample_step(logits, seqs)
+        for seq, tok, lp in zip(seqs, step.tokens, step.logprobs, strict=True):
+            seq.add(tok, self.context_length, lp)
         self._retire_finished()
 
     @property
@@ -299,10 +300,10 @@ class Engine(EngineClient):
             past_key_values=self._cache,
             use_cache=True,
         )
-        tokens = sample(out.logits[:, -1], rows)
-        for seq, tok in zip(rows, tokens, strict=True):
+        step = sample_step(out.logits[:, -1], rows)
+        for seq, tok, lp in zip(rows, step.tokens, step.logprobs, strict=True):
             seq.length += 1
-            seq.add(tok, self.context_length)
+            seq.add(tok, self.context_length, lp)
         self._retire_finished()
 
     def _retire_finished(self) -> None:

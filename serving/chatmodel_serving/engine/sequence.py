@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .types import Event, SamplingParams, Sink
+from .types import Event, SamplingParams, Sink, TokenLogprob
 
 if TYPE_CHECKING:
     import torch
@@ -36,6 +36,9 @@ class Sequence:
         self.req = req
         self.tokenizer = tokenizer
         self.eos_ids = set() if req.params.ignore_eos else eos_ids
+        # What ends the answer (and is not part of it): EOS unless ignored, and stop_token_ids.
+        self.stop_ids = self.eos_ids | set(req.params.stop_token_ids)
+        self.pending_logprobs: list[TokenLogprob] = []  # not yet sent (their text may be held back)
         self.length = len(req.prompt)  # tokens whose KV is in the cache once the last sampled one is fed
         self.generated: list[int] = []
         self.sent = 0  # characters of text already handed out
@@ -46,13 +49,15 @@ class Sequence:
     def last_token(self) -> int:
         return self.generated[-1]
 
-    def add(self, token: int, context_length: int) -> None:
+    def add(self, token: int, context_length: int, logprob: TokenLogprob | None = None) -> None:
         """Record a sampled token and emit the new text; sets finish_reason when the sequence ends."""
         params = self.req.params
-        if token in self.eos_ids:
+        if token in self.stop_ids:
             self.finish_reason = "stop"
         else:
             self.generated.append(token)
+            if logprob is not None:
+                self.pending_logprobs.append(logprob)
         text = self.tokenizer.decode(self.generated, skip_special_tokens=True)
         if params.stop:
             cut = min(
@@ -71,11 +76,15 @@ class Sequence:
                 end -= 1
         delta, self.sent = text[self.sent : end], max(self.sent, end)
         if delta or self.finish_reason:
+            logprobs = None
+            if params.logprobs is not None:
+                logprobs, self.pending_logprobs = self.pending_logprobs, []
             self.req.sink(
                 Event(
                     text=delta,
-                    token_ids=[token] if token not in self.eos_ids else [],
+                    token_ids=[token] if token not in self.stop_ids else [],
                     finish_reason=self.finish_reason,
                     completion_tokens=len(self.generated),
+                    logprobs=logprobs,
                 )
             )

@@ -32,6 +32,53 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     beams: int = 1  # > 1 = beam search (an extension, as in vLLM); deterministic, runs unbatched
+    # OpenAI's penalties (on the generated tokens) and logit_bias (token id -> added to its logit).
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    # vLLM's extensions, as vLLM defines them: repetition_penalty on prompt and generated tokens (1 = off),
+    # top_k (0 = off), min_p (0 = off), min_tokens (EOS and stop_token_ids masked until then) and
+    # stop_token_ids (end the answer like EOS, and are not part of it).
+    repetition_penalty: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    min_tokens: int = 0
+    stop_token_ids: tuple[int, ...] = ()
+    logprobs: int | None = None  # None = none; k = the sampled token's logprob and the k most likely
+
+    def controls(self) -> list[str]:
+        """The request fields (API names) of the settings above that are not at their defaults."""
+        chosen = {
+            "presence_penalty": self.presence_penalty != 0.0,
+            "frequency_penalty": self.frequency_penalty != 0.0,
+            "logit_bias": bool(self.logit_bias),
+            "repetition_penalty": self.repetition_penalty != 1.0,
+            "top_k": self.top_k > 0,
+            "min_p": self.min_p > 0.0,
+            "min_tokens": self.min_tokens > 0,
+            "stop_token_ids": bool(self.stop_token_ids),
+            "logprobs": self.logprobs is not None,
+        }
+        return [name for name, on in chosen.items() if on]
+
+
+@dataclass
+class TokenLogprob:
+    """One generated token's log-probability and the `top` most likely (token id, logprob) there, best
+    first. From the model's raw distribution, before penalties, bias and temperature (vLLM's default,
+    `logprobs_mode=raw_logprobs`)."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+class UnsupportedParamError(ValueError):
+    """A backend cannot honour a sampling field (HTTP 400 naming `param`)."""
+
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param = param
 
 
 @dataclass
@@ -43,6 +90,8 @@ class Event:
     finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
     completion_tokens: int = 0
     error: str | None = None
+    # With SamplingParams.logprobs: those of the tokens generated since the last event (end tokens excluded).
+    logprobs: list[TokenLogprob] | None = None
 
 
 Sink = Callable[[Event], None]

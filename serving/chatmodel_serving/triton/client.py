@@ -34,6 +34,7 @@ from ..engine.types import (
     QueueFullError,
     SamplingParams,
     Sink,
+    UnsupportedParamError,
 )
 from ..models import DEFAULT_SOURCE, LoadedModel, default_model_name, resolve_source
 from . import contract
@@ -145,6 +146,10 @@ class TritonBackend(EngineClient):
             raise EngineStoppedError("the server is draining and takes no new requests")
         if len(self._flights) >= self.max_in_flight:
             raise QueueFullError(f"{len(self._flights)} requests are already in flight")
+        if controls := params.controls():  # not in the Triton contract yet (issue 23)
+            raise UnsupportedParamError(
+                controls[0], f"{controls[0]} is not supported by the Triton runtime yet"
+            )
         rid = next(self._ids)
         flight = self._flights[rid] = _Flight(len(prompt))
         flight.task = asyncio.get_running_loop().create_task(self._run(rid, flight, prompt, params, sink))
