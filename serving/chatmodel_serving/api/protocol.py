@@ -142,7 +142,9 @@ class SamplingFields(BaseModel):
     best_of: int | None = Field(None, ge=1, le=MAX_N)
     ignore_eos: bool = False
     # vLLM's sampling extensions, as vLLM names and defines them.
-    repetition_penalty: float | None = Field(None, gt=0, allow_inf_nan=False)  # 1 = off; prompt + output
+    # 1 = off; prompt + output. vLLM takes any value > 0; ours is bounded so float32 logits cannot overflow
+    # (a penalty of 5e-324 is 0 in float32: every logit became inf or nan).
+    repetition_penalty: float | None = Field(None, ge=0.01, le=100.0, allow_inf_nan=False)
     top_k: int | None = Field(None, ge=-1)  # -1 or 0 = off
     min_p: float | None = Field(None, ge=0, le=1)
     min_tokens: int = Field(0, ge=0)  # EOS and stop_token_ids cannot end the answer before this

@@ -40,6 +40,8 @@ from .state import Caller, ServedModel, ServerState
 def _token_texts(tokenizer: Any, logprobs: list[TokenLogprob]) -> dict[int, str]:
     """The text of every token named (sampled and top), each decoded alone, special tokens included."""
     ids = sorted({t for lp in logprobs for t in (lp.token_id, *(i for i, _ in lp.top))})
+    if not ids:  # no token (an empty answer): batch_decode([]) does not answer []
+        return {}
     texts = tokenizer.batch_decode(
         [[i] for i in ids], skip_special_tokens=False, clean_up_tokenization_spaces=False
     )
