@@ -72,8 +72,11 @@ def test_train_only_runs_once_then_reuses(
     path = manifest(tmp_path, spec)
     args = ["run", str(path), "--work-dir", str(tmp_path / "artifacts"), "--train-only"]
     assert main(args) == 0
-    folder = Path(capsys.readouterr().out.splitlines()[-1])  # after the JSON progress lines
+    printed = capsys.readouterr()
+    folder = Path(printed.out.splitlines()[-1])  # after the JSON progress lines
     metrics = json.loads((folder / "metrics.json").read_text())
+    assert f"training curves: {folder / 'training.png'}" in printed.err  # where to look, said once trained
+    assert f"TensorBoard logs: {folder} (view: tensorboard --logdir {folder.parent}" in printed.err
     assert metrics["steps"] == 1 and (folder / "adapter_config.json").is_file()
     started = (folder / "metrics.json").stat().st_mtime_ns
     assert main(args) == 0  # same recipe and data: reused, not retrained

@@ -68,6 +68,10 @@ def main() -> int:
         f"eval loss {metrics['eval_loss_before']:.3f} -> {metrics['eval_loss']:.3f}, "
         f"{metrics['train_tokens_per_second']:.0f} train tokens/s"
     )
+    from ..train.plots import report_lines
+
+    for line in report_lines(Path(p.model_source), compare=True):
+        print(line)
     opts = serve_options(p, "127.0.0.1", 0, with_base=True, api_keys_file=None)
     tuned, base = opts.served_model_names or []
     log = Path(tempfile.gettempdir()) / "chatmodel-demo-server.log"

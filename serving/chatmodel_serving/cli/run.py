@@ -193,6 +193,10 @@ def run(args: argparse.Namespace) -> int:
             f"fine-tuned {p.name}: eval loss {before:.4f} -> {after:.4f}; model in {p.model_source}",
             file=sys.stderr,
         )
+        from ..train.plots import report_lines
+
+        for line in report_lines(Path(p.model_source), compare=True):
+            print(line, file=sys.stderr)
     if args.train_only:
         print(p.model_source)
         return 0

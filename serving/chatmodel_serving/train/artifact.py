@@ -1,4 +1,5 @@
-"""The run's output folder: model (or LoRA adapter), tokenizer with chat template, metrics.json.
+"""The run's output folder: model (or LoRA adapter), tokenizer with chat template, metrics.json,
+training.png and TensorBoard event files (plots.py).
 
 Everything is written to a hidden staging folder beside the output and renamed into place at the
 very end, so a failed or killed run publishes nothing and readers never see a partial model.
@@ -15,6 +16,7 @@ from typing import Any
 
 from ..models import save_plain
 from .config import TERMINATION_LOG
+from .plots import write_reports
 
 log = logging.getLogger("chatmodel.train")
 METRICS_FILE = "metrics.json"
@@ -64,6 +66,7 @@ def publish(
             staging.rmdir()  # save_plain creates it atomically
             save_plain(model, tokenizer, staging)
         (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        write_reports(staging, metrics)  # training.png and TensorBoard event files, from the same history
         staging.chmod(0o755)
         if output.exists():
             if not overwrite:

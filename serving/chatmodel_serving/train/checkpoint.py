@@ -29,6 +29,7 @@ class LoopState:
     step: int = 0
     eval_loss_before: float | None = None
     eval_history: list[dict[str, float]] = field(default_factory=list)
+    train_history: list[dict[str, float]] = field(default_factory=list)  # loss of each optimizer step
     best_eval_loss: float | None = None
     best_step: int = 0
     evals_without_improvement: int = 0

@@ -174,4 +174,8 @@ def run(args: argparse.Namespace) -> int:
         f"({m['train_tokens_per_second']:.0f} train tokens/s); model in {result.output}",
         file=sys.stderr,
     )
+    from .plots import report_lines
+
+    for line in report_lines(result.output):
+        print(line, file=sys.stderr)
     return 0

@@ -318,6 +318,9 @@ class Run:
                 st.train_loss_tokens += answer_tokens
                 st.train_tokens += tokens
                 epoch_pos = epoch + (k + 1) / len(groups)
+                st.train_history.append(
+                    {"step": st.step, "epoch": round(epoch_pos, 3), "loss": loss / answer_tokens}
+                )
                 self.progress.step(
                     st.step,
                     epoch_pos,
@@ -382,6 +385,7 @@ class Run:
             "compute_dtype": str(self.dtype).removeprefix("torch."),
             "output": str(self.output),
             "eval_history": st.eval_history,
+            "train_history": st.train_history,  # drawn in training.png and the TensorBoard logs
             "fingerprint": self.fingerprint,  # `chatmodel run` reuses an output made from the same recipe
             "config": cfg.as_dict(),
         }
