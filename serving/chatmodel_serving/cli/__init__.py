@@ -22,11 +22,16 @@ import traceback
 import types
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import yaml
     from pydantic import BaseModel, ValidationError
+
+# The source checkout (serving/chatmodel_serving/cli/ is three folders down): where `make` puts .venv-vllm
+# and where the shipped samples live.
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 # name -> (module, help). Each module defines add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {

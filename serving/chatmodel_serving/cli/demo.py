@@ -14,10 +14,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import PROJECT_ROOT
+
 if TYPE_CHECKING:
     import openai
 
-MANIFEST = Path(__file__).resolve().parents[2] / "manifests" / "samples" / "quickstart.yaml"
+MANIFEST = PROJECT_ROOT / "manifests" / "samples" / "quickstart.yaml"
 # Trained questions: the base model cannot know the answers (the product is made up).
 QUESTIONS = [
     "What is the part number of the Tidewell H2 filter cartridge?",

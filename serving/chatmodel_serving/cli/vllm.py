@@ -16,17 +16,17 @@ from chatmodel_operator.builders.vllm import server_args, server_env
 from chatmodel_operator.spec import ChatModel
 
 from ..launch import ReadyProcess, free_port
+from . import PROJECT_ROOT
 
 INSTALL = "make install-vllm"
+VENV_PYTHON = PROJECT_ROOT / ".venv-vllm" / "bin" / "python"  # where `make install-vllm` puts it
 ENTRYPOINT = ["-m", "vllm.entrypoints.openai.api_server"]
 
 
 def vllm_python() -> Path | None:
     """The interpreter of the vLLM venv: CHATMODEL_VLLM_PYTHON, or .venv-vllm in the project folder."""
     explicit = os.environ.get("CHATMODEL_VLLM_PYTHON")
-    path = (
-        Path(explicit) if explicit else Path(__file__).resolve().parents[2] / ".venv-vllm" / "bin" / "python"
-    )
+    path = Path(explicit) if explicit else VENV_PYTHON
     return path if path.exists() else None
 
 
