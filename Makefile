@@ -66,14 +66,14 @@ $(NODE_TOOLS)/node_modules/.installed: $(NODE_TOOLS)/package.json $(NODE_TOOLS)/
 # kubectl, kwok, helm), built with Go from the versions pinned in tests/cluster/tools/*/go.mod. Binaries are
 # cached outside the clone (~/.cache/chatmodel-cluster, keyed by those files): cold ~10 min, warm seconds.
 install-cluster: install
-	$(PY) tests/cluster/build.py
+	$(PY) -m tests.cluster.build
 
 # A local cluster on loopback for people (tests start their own): prints the KUBECONFIG to use.
 cluster: install-cluster
-	$(PY) tests/cluster/devcluster.py up
+	$(PY) -m tests.cluster.devcluster up
 
 cluster-down:
-	$(PY) tests/cluster/devcluster.py down
+	$(PY) -m tests.cluster.devcluster down
 
 demo: install
 	$(PY) -m chatmodel_serving.cli.demo
@@ -98,26 +98,26 @@ crd: install
 # The Helm chart's generated files (RBAC rules from chatmodel_operator/rbac.py, a copy of the CRDs) and
 # manifests/install rendered from the chart; tests fail when the committed files drift.
 manifests: crd
-	$(PY) tests/chart/chart_render.py
+	$(PY) -m tests.chart.chart_render
 
 bench-serving: install
-	$(PY) tests/bench/bench_serving.py
+	$(PY) -m tests.bench.bench_serving
 
 # 1,000 ChatModels on kmock: our operator vs a trivial kopf operator, same run.
 bench-operator: install
-	$(PY) tests/bench/bench_operator.py
+	$(PY) -m tests.bench.bench_operator
 
 # The same on the local control plane (tests/cluster): ours Ready through real Deployments and kwok pods.
 bench-operator-cluster: install-cluster
-	$(PY) tests/bench/bench_operator.py --cluster local
+	$(PY) -m tests.bench.bench_operator --cluster local
 
 # Latency and throughput of the PyTorch and Triton runtimes, same engine, same client, one run.
 bench-triton: install
-	$(PY) tests/bench/bench_triton.py
+	$(PY) -m tests.bench.bench_triton
 
 # Trainer tokens/s vs plain Hugging Face Trainer, same data, model and batch.
 bench-train: install
-	$(PY) tests/bench/bench_train.py
+	$(PY) -m tests.bench.bench_train
 
 # A smoke run of every benchmark (small counts, no peers where they take minutes): CI checks they start.
 # Its figures go to bench-results-quick.json, never over a real run's.
@@ -128,20 +128,20 @@ fuzz: install
 
 # The bounded load script at scale: 2,000 requests from 16 clients on loopback; every one answered, RSS flat.
 soak: install
-	$(PY) tests/bench/soak.py --requests 2000 --concurrency 16
+	$(PY) -m tests.bench.soak --requests 2000 --concurrency 16
 
 bench-quick: export BENCH_RESULTS := bench-results-quick.json
 bench-quick: install install-cluster
-	$(PY) tests/bench/bench_serving.py --quick
-	# HF in float32 only: on a CPU without native bfloat16 its bf16 mode takes half an hour (DDP: tests/train).
-	$(PY) tests/bench/bench_train.py --rounds 1 --hf-modes fp32 --no-ddp
-	$(PY) tests/bench/bench_triton.py --quick
-	$(PY) tests/bench/bench_operator.py --count 50
-	$(PY) tests/bench/bench_operator.py --cluster local --count 50
+	$(PY) -m tests.bench.bench_serving --quick
+	# HF in float32 only: on a CPU without native bfloat16 its bf16 mode takes half an hour (DDP: tests/serving/train).
+	$(PY) -m tests.bench.bench_train --rounds 1 --hf-modes fp32 --no-ddp
+	$(PY) -m tests.bench.bench_triton --quick
+	$(PY) -m tests.bench.bench_operator --count 50
+	$(PY) -m tests.bench.bench_operator --cluster local --count 50
 
 # Every benchmark in one timed run: bench-results.json, the table in bench-results.md, targets printed last.
 bench: install
-	$(PY) tests/bench/run_all.py
+	$(PY) -m tests.bench.run_all
 
 clean:
 	rm -rf $(VENV) build *.egg-info bench-results.json bench-results.md

@@ -2,10 +2,11 @@
 
 Slow = starts something real beyond the test process (a runtime server, tritonserver, vLLM, Prometheus, a
 Kubernetes control plane, a browser, podman, the operator as a process), trains a model, or draws hundreds
-of examples. Every test under SLOW_DIRS does one of those, so the folder decides; elsewhere the file does
-(SLOW_FILES), and tests/train marks its own slow modules and tests (`pytestmark`, `@pytest.mark.slow`),
-since its data and planning tests are fast. The operator's kmock tests (the real kopf operator in-process
-on an emulated API) stay in the fast set: seconds each.
+of examples. Every test under a folder of SLOW_DIRS does one of those, so the folder decides (the deepest
+folder listed wins); elsewhere the file does (SLOW_FILES). tests/serving/train is listed as not slow: it
+marks its own slow modules and tests (`pytestmark`, `@pytest.mark.slow`), since its data and planning
+tests are fast. The operator's kmock tests (the real kopf operator in-process on an emulated API) stay in
+the fast set: seconds each.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 
-SLOW_DIRS = frozenset({"cluster", "e2e", "fuzz", "serving", "triton", "ui", "vllm"})
+# Folders (relative to tests/) and whether every test under them is slow; the deepest listed folder decides.
+SLOW_DIRS = {
+    "cluster": True,
+    "e2e": True,
+    "fuzz": True,
+    "serving": True,  # the API tests against real servers, tests/serving/triton, tests/serving/vllm
+    "serving/train": False,  # marks its own slow tests
+    "ui": True,
+}
 SLOW_FILES = frozenset(
     {
         "operator/test_operator_chaos.py",  # the operator process killed and restarted, 20 rounds
@@ -30,7 +39,10 @@ def is_slow(path: Path) -> bool:
     if not path.is_relative_to(HERE):
         return False
     rel = path.relative_to(HERE)
-    return rel.parts[0] in SLOW_DIRS or rel.as_posix() in SLOW_FILES
+    if rel.as_posix() in SLOW_FILES:
+        return True
+    folders = [p.as_posix() for p in rel.parents if p.parts]  # a/b/test_x.py: "a/b", then "a"
+    return next((SLOW_DIRS[f] for f in folders if f in SLOW_DIRS), False)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -45,24 +45,7 @@ class Plan:
 
 def gate_failure(gate: Gate | None, result: TrainResult, serving_loss: float | None = None) -> str | None:
     """Why a trained version may not serve, or None."""
-    if gate is None:
-        return None
-    loss, before = result.eval_loss, result.eval_loss_before
-    if gate.max_eval_loss is not None and (loss is None or loss > gate.max_eval_loss):
-        return f"eval loss {loss} is above the gate's maxEvalLoss {gate.max_eval_loss}"
-    if gate.require_improvement and (loss is None or before is None or loss >= before):
-        return f"eval loss {loss} does not improve on the base model's {before}"
-    tolerance = gate.max_regression
-    if (
-        tolerance is not None
-        and serving_loss is not None
-        and (loss is None or loss > serving_loss + tolerance)
-    ):
-        return (
-            f"eval loss {loss} is worse than the serving version's {serving_loss} "
-            f"by more than maxRegression {tolerance}"
-        )
-    return None
+    return None if gate is None else gate.refusal(result.eval_loss, result.eval_loss_before, serving_loss)
 
 
 PROMETHEUS_SETTING = "the operator's Prometheus URL (Helm value prometheusUrl, env CHATMODEL_PROMETHEUS_URL)"

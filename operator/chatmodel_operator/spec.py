@@ -543,6 +543,27 @@ class Gate(_Model):
         description="Refuse versions whose eval loss exceeds the serving version's by more than this.",
     )
 
+    def refusal(
+        self, loss: float | None, before: float | None, serving_loss: float | None = None
+    ) -> str | None:
+        """Why a version with this eval loss (the base model's was `before`; the serving version's is
+        `serving_loss`) may not serve, or None. The operator and `chatmodel run` both ask here."""
+        if self.max_eval_loss is not None and (loss is None or loss > self.max_eval_loss):
+            return f"eval loss {loss} is above the gate's maxEvalLoss {self.max_eval_loss}"
+        if self.require_improvement and (loss is None or before is None or loss >= before):
+            return f"eval loss {loss} does not improve on the base model's {before}"
+        tolerance = self.max_regression
+        if (
+            tolerance is not None
+            and serving_loss is not None
+            and (loss is None or loss > serving_loss + tolerance)
+        ):
+            return (
+                f"eval loss {loss} is worse than the serving version's {serving_loss} "
+                f"by more than maxRegression {tolerance}"
+            )
+        return None
+
 
 class LiveGate(_Model):
     """Checked on the canary's own pods (Prometheus) before it gets all the traffic."""

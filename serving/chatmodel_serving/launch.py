@@ -95,17 +95,20 @@ class ServerProcess(ReadyProcess):
         env: dict[str, str] | None = None,
         ready_timeout: float = 300.0,
         tls_ca: Path | None = None,
+        subcommand: str = "serve",  # or "run" (args: a manifest and run's options)
     ):
         super().__init__(log_path, ready_timeout)
         self.port = port or free_port()
         self.args = args
+        self.subcommand = subcommand
         self.env = {**os.environ, **(env or {})}
         self.scheme = "https" if tls_ca else "http"  # the server gets --tls-* in args; this trusts its CA
         if tls_ca:
             self.ssl_context = ssl.create_default_context(cafile=str(tls_ca))
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "chatmodel_serving.cli", "serve", "--port", str(self.port), *self.args]
+        cli = [sys.executable, "-m", "chatmodel_serving.cli", self.subcommand]
+        return [*cli, "--port", str(self.port), *self.args]
 
     def environment(self) -> dict[str, str]:
         return self.env

@@ -11,7 +11,7 @@ gets a fresh cluster of its own, so neither sees the other's objects or controll
 shipped (`python -m chatmodel_operator`) and is done when every ChatModel says Ready, which it only does
 once the real Deployment reports its kwok pod Ready; the baseline is done at its status patch.
 
-    python tests/bench/bench_operator.py [--count 1000] [--skip-baseline] [--cluster kmock|local]
+    python -m tests.bench.bench_operator [--count 1000] [--skip-baseline] [--cluster kmock|local]
 
 Figures go to bench-results.json under "operator" (kmock) or as "operator.local.*" (merged with what is
 there). BENCH_PROFILE=path writes cProfile stats of the operator processes (locally: path.ours and
@@ -38,10 +38,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tests.bench.results import record
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "tests" / "operator"), str(ROOT / "tests" / "bench")]
-sys.path.append(str(ROOT))  # tests.cluster, for --cluster local
-from results import record  # noqa: E402
 
 NS = "bench"
 IDLE_SECONDS = 10.0
@@ -52,7 +51,8 @@ IDLE_SECONDS = 10.0
 
 async def emulator(port: int) -> None:
     import kmock
-    from operator_kmock import declare
+
+    from tests.operator.operator_kmock import declare
 
     async with kmock.KubernetesEmulator() as k, kmock.Server(k, port=port):
         declare(k)
@@ -176,7 +176,8 @@ def proc_stats(pid: int) -> tuple[float, float]:
 
 def spawn(*args: str) -> subprocess.Popen[bytes]:
     log = open(f"/tmp/bench_operator_{args[0].strip('-')}.log", "ab")  # noqa: SIM115 - lives with the child
-    return subprocess.Popen([sys.executable, __file__, *args], stdout=log, stderr=subprocess.STDOUT)
+    cmd = [sys.executable, "-m", "tests.bench.bench_operator", *args]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
 def chatmodel(i: int) -> dict[str, Any]:
@@ -371,12 +372,14 @@ def start_local_operator(cluster: Any, trivial: bool, log: Path) -> Any:
     if profile:
         cmd += ["-m", "cProfile", "-o", f"{profile}.{'baseline' if trivial else 'ours'}"]
     if trivial:
-        cmd += [__file__, "--operator", LOCAL_BASELINE, "--namespace", NS,
+        cmd += ["-m", "tests.bench.bench_operator", "--operator", LOCAL_BASELINE, "--namespace", NS,
                 "--metrics-port", str(metrics_port), "--health-port", str(health_port)]  # fmt: skip
     else:
         cmd += ["-m", "chatmodel_operator"]
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     op = OperatorProcess(proc, log, metrics_port, health_port)
     try:
         op.wait_healthy(timeout=120)
@@ -665,7 +668,7 @@ def main_local(n: int, timeout: float, skip_baseline: bool) -> int:
 def record_operator(figures: dict[str, Any], local: bool) -> None:
     """Write this mode's figures into the "operator" section, keeping the other mode's (local figures are
     the "local." keys, so run_all.py reads them as operator.local.*)."""
-    from results import RESULTS
+    from tests.bench.results import RESULTS
 
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     kept = {k: v for k, v in (data.get("operator") or {}).items() if k.startswith("local.") != local}

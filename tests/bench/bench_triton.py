@@ -4,7 +4,7 @@ engine, same run: single requests alternate between the runtimes (latency), then
 streams alone (throughput). Writes the `triton` section of bench-results.json; the target is
 `latency_ratio_vs_pytorch` <= 1.15 (docs/benchmarks.md).
 
-    python tests/bench/bench_triton.py [--quick]
+    python -m tests.bench.bench_triton [--quick]
 """
 
 from __future__ import annotations
@@ -16,12 +16,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from load import Run, run_streams
-from results import record
-
 from chatmodel_serving.launch import ServerProcess
 from chatmodel_serving.triton.server import triton_front
+from tests.bench.load import Run, run_streams
+from tests.bench.results import record
 
 MODEL = "builtin://smollm2-135m"
 NAME = "smollm2-135m"

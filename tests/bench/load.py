@@ -6,6 +6,7 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import openai
 
@@ -38,7 +39,9 @@ class Run:
         }
 
 
-def one_stream(client: openai.OpenAI, model: str, prompt: str, max_tokens: int) -> tuple[int, float, float]:
+def one_stream(
+    client: openai.OpenAI, model: str, prompt: str, max_tokens: int, extra: dict[str, Any] | None = None
+) -> tuple[int, float, float]:
     start = time.monotonic()
     first, tokens, chunks = None, 0, 0
     stream = client.chat.completions.create(
@@ -48,6 +51,7 @@ def one_stream(client: openai.OpenAI, model: str, prompt: str, max_tokens: int) 
         temperature=0,
         stream=True,
         stream_options={"include_usage": True},
+        **(extra or {}),
     )
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
@@ -61,13 +65,20 @@ def one_stream(client: openai.OpenAI, model: str, prompt: str, max_tokens: int) 
 
 
 def run_streams(
-    base_url: str, model: str, streams: int, max_tokens: int = 64, rounds: int = 1, api_key: str = "none"
+    base_url: str,
+    model: str,
+    streams: int,
+    max_tokens: int = 64,
+    rounds: int = 1,
+    api_key: str = "none",
+    extra: dict[str, Any] | None = None,
 ) -> Run:
-    """`streams` requests at once (all arriving together), `rounds` times; tokens from `usage`."""
+    """`streams` requests at once (all arriving together), `rounds` times; tokens from `usage`. `extra`:
+    more request fields (e.g. `response_format`), the same in every request."""
     client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=600)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(streams * rounds)]
     start = time.monotonic()
     with ThreadPoolExecutor(streams) as pool:
-        results = list(pool.map(lambda p: one_stream(client, model, p, max_tokens), prompts))
+        results = list(pool.map(lambda p: one_stream(client, model, p, max_tokens, extra), prompts))
     seconds = time.monotonic() - start
     return Run(streams, sum(r[0] for r in results), seconds, [r[1] for r in results], [r[2] for r in results])

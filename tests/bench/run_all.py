@@ -4,7 +4,7 @@ Each benchmark runs in its own process (so one's memory and threads never colour
 section into bench-results.json; this script times the whole run and prints each headline figure beside its
 target (docs/benchmarks.md "Targets"). A missed target is printed as such, never hidden.
 
-    python tests/bench/run_all.py [--only serving,train]
+    python -m tests.bench.run_all [--only serving,train]
 """
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import RESULTS, TABLE, record
+from tests.bench.results import RESULTS, TABLE, record
 
-HERE = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[2]
+# Each a module of this package, run as `python -m tests.bench.NAME` from the repository root.
 BENCHMARKS = {
-    "serving": ["bench_serving.py"],
-    "train": ["bench_train.py"],
-    "triton": ["bench_triton.py"],
-    "operator": ["bench_operator.py"],
-    "operator-cluster": ["bench_operator.py", "--cluster", "local"],
+    "serving": ["bench_serving"],
+    "train": ["bench_train"],
+    "triton": ["bench_triton"],
+    "operator": ["bench_operator"],
+    "operator-cluster": ["bench_operator", "--cluster", "local"],
 }
 Check = Callable[[float, float], bool]
 # key -> (comparison, target); None = reported only.
@@ -83,7 +83,8 @@ def main() -> int:
     for section in args.only.split(","):
         print(f"\n=== {section} ===", flush=True)
         t0 = time.monotonic()
-        rc = subprocess.call([sys.executable, str(HERE / BENCHMARKS[section][0]), *BENCHMARKS[section][1:]])
+        module, *extra = BENCHMARKS[section]
+        rc = subprocess.call([sys.executable, "-m", f"tests.bench.{module}", *extra], cwd=ROOT)
         print(f"=== {section}: {time.monotonic() - t0:.0f} s, exit {rc}", flush=True)
         if rc:
             failed.append(section)

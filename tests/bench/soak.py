@@ -2,8 +2,8 @@
 number of concurrent clients against a server on THIS machine, stopping at a count or a time limit,
 whichever comes first. It reports every request's outcome and the server's resident memory over the run.
 
-    python tests/bench/soak.py                      # starts `chatmodel serve` on the shipped model
-    python tests/bench/soak.py --url http://127.0.0.1:8000/v1 --pid 1234 --requests 2000
+    python -m tests.bench.soak                      # starts `chatmodel serve` on the shipped model
+    python -m tests.bench.soak --url http://127.0.0.1:8000/v1 --pid 1234 --requests 2000
 
 Loopback only: it refuses any other host, so it can never be pointed at someone else's server.
 """
@@ -14,7 +14,6 @@ import argparse
 import ipaddress
 import json
 import socket
-import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +24,6 @@ from urllib.parse import urlparse
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.bench.load import PROMPTS
 
 

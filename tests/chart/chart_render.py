@@ -1,5 +1,5 @@
 """Render the Helm chart with Helm's own engine (helm-python-sdk embeds Helm v4; no binary), and write the
-generated files the chart carries. `python tests/chart/chart_render.py` (`make manifests`) writes:
+generated files the chart carries. `python -m tests.chart.chart_render` (`make manifests`) writes:
 
 - charts/chatmodel-operator/files/rbac/*.yaml: the RBAC rules, from chatmodel_operator/rbac.py;
 - charts/chatmodel-operator/crds/: a copy of manifests/crds (Helm installs CRDs from there);
@@ -9,18 +9,15 @@ The tests compare the committed files with what this would write (drift fails)."
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import helm_python
 import yaml
 
+from chatmodel_operator import rbac
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "operator"))
-
-from chatmodel_operator import rbac  # noqa: E402
-
 CHART = ROOT / "charts" / "chatmodel-operator"
 CRDS = ROOT / "manifests" / "crds"
 INSTALL = ROOT / "manifests" / "install" / "chatmodel-operator.yaml"

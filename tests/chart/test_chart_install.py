@@ -4,9 +4,10 @@ pod, and the chart's generated files equal what `make manifests` would write now
 from __future__ import annotations
 
 import yaml
-from chart_render import INSTALL, crd_files, install_text, rbac_files
-from operator_pss import pod_spec_of, violations
-from operator_schemas import validate
+
+from tests.chart.chart_render import INSTALL, crd_files, install_text, rbac_files
+from tests.operator.operator_pss import pod_spec_of, violations
+from tests.operator.operator_schemas import validate
 
 
 def test_install_objects_are_valid_and_restricted() -> None:

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any, cast
 
 import yaml
-from chart_render import render_objects
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from chatmodel_operator import metrics as operator_metrics  # noqa: F401 (registers the operator's metrics)
 from chatmodel_operator.signals import SIGNALS
+from tests.chart.chart_render import render_objects
 from tests.tools import need_binary
 
 HERE = Path(__file__).resolve().parent

@@ -8,19 +8,28 @@ from functools import partial
 from typing import Any
 
 import pytest
-from chart_render import ROOT, render_objects
 from kmock._internal import parsing as kmock_parsing
-from operator_kmock import Cluster, declare, eventually, operator, path
 from prometheus_client import REGISTRY
-from rbac_proxy import RbacProxy, authorization_request
-from test_chart_render import grants
-from test_operator_lifecycle import CM, FINE_TUNE, NS, finish_job, make_ready, manifest, phase_is, version
 
 from chatmodel_operator import rbac
 from chatmodel_operator.builders import all_objects
 from chatmodel_operator.config import Config
 from chatmodel_operator.observe import RESULT_ANNOTATION
 from chatmodel_operator.spec import load_manifests
+from tests.chart.chart_render import ROOT, render_objects
+from tests.chart.rbac_proxy import RbacProxy, authorization_request
+from tests.chart.test_chart_render import grants
+from tests.operator.operator_kmock import Cluster, declare, eventually, operator, path
+from tests.operator.test_operator_lifecycle import (
+    CM,
+    FINE_TUNE,
+    NS,
+    finish_job,
+    make_ready,
+    manifest,
+    phase_is,
+    version,
+)
 
 Triple = tuple[str, str, str]
 EDGE = {

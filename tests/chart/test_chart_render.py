@@ -11,12 +11,12 @@ from typing import Any
 import helm_python
 import pytest
 import yaml
-from chart_render import CHART, NAMESPACE, render, render_objects
-from operator_pss import pod_spec_of, violations
-from operator_schemas import validate
 
 from chatmodel_operator import rbac
 from chatmodel_operator.config import Config
+from tests.chart.chart_render import CHART, NAMESPACE, render, render_objects
+from tests.operator.operator_pss import pod_spec_of, violations
+from tests.operator.operator_schemas import validate
 
 ROOT = Path(__file__).resolve().parents[2]
 CUSTOM_IMAGES = {

@@ -7,7 +7,8 @@ from typing import Any
 
 import helm_python
 import pytest
-from chart_render import CHART
+
+from tests.chart.chart_render import CHART
 
 BAD: dict[str, tuple[dict[str, Any], str]] = {
     "negative replicas": ({"replicaCount": -1}, "/replicaCount"),

@@ -2,7 +2,7 @@
 kube-scheduler and kwok (fake nodes whose pods run through kwok's lifecycle stages), built by
 `make install-cluster` from the published Go modules.
 
-People: `make cluster` (= `python tests/cluster/devcluster.py up`) prints how to use it; `make cluster-down`.
+People: `make cluster` (= `python -m tests.cluster.devcluster up`) prints how to use it; `make cluster-down`.
 Tests: tests/cluster/conftest.py starts the same once per test session.
 
 No kubelet and no kube-proxy: pods are scheduled and go Running/Ready/Succeeded through kwok, but no
@@ -30,9 +30,9 @@ from typing import Any
 
 import yaml
 
+from tests.cluster import build
+
 HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE.parents[1]))  # run as a script from the repository
-from tests.cluster import build  # noqa: E402
 
 ADMIN_TOKEN = "chatmodel-dev-admin-token"
 SERVICE_CIDR = "10.0.0.0/24"

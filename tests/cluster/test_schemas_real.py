@@ -17,12 +17,10 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,14 +33,9 @@ from chatmodel_operator.builders.storage import prune_job
 from chatmodel_operator.config import Config
 from chatmodel_operator.spec import ChatModel, model_version
 from tests.cluster.devcluster import LocalCluster
-
-OPERATOR_TESTS = Path(__file__).resolve().parents[1] / "operator"
-if str(OPERATOR_TESTS) not in sys.path:  # their helpers import each other by bare name, as pytest runs them
-    sys.path.insert(0, str(OPERATOR_TESTS))
-
-from crd_strategies import values  # noqa: E402
-from operator_crdcheck import root_schema, validate  # noqa: E402
-from test_operator_crd import BASE, INVALID, sample_docs  # noqa: E402
+from tests.operator.crd_strategies import values
+from tests.operator.operator_crdcheck import root_schema, validate
+from tests.operator.test_operator_crd import BASE, INVALID, sample_docs
 
 Obj = dict[str, Any]
 EXAMPLES = int(os.environ.get("CHATMODEL_CLUSTER_EXAMPLES", "200"))

@@ -18,8 +18,7 @@ import openai
 import pytest
 
 from chatmodel_serving.launch import free_port
-
-from .podman import OPERATOR, RUNTIME, TRITON, podman, run_args, size_mb
+from tests.e2e.podman import OPERATOR, ROOT, RUNTIME, TRITON, podman, run_args, size_mb
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionMessageParam
@@ -158,7 +157,7 @@ def kubeconfig(path: Path, server: str) -> Path:
 def test_operator_image_reconciles_a_chatmodel_on_kmock(tmp_path: Path, container_name: str) -> None:
     port, metrics_port, health_port = free_port(), free_port(), free_port()
     api = f"http://127.0.0.1:{port}"
-    emulator = subprocess.Popen([sys.executable, str(Path(__file__).with_name("kmock_server.py")), str(port)])
+    emulator = subprocess.Popen([sys.executable, "-m", "tests.e2e.kmock_server", str(port)], cwd=ROOT)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

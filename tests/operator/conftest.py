@@ -1,18 +1,13 @@
-"""Make the operator package importable from a plain checkout (`make install` installs it editable)."""
+"""The `cluster` fixture: kmock with the operator's resources declared (`make install` installs the
+packages editable; pytest's `pythonpath` puts the repository root on sys.path for `tests.*`)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT / "operator") not in sys.path:
-    sys.path.insert(0, str(ROOT / "operator"))
-
-from operator_kmock import Cluster, declare  # noqa: E402  (needs the path above)
+from tests.operator.operator_kmock import Cluster, declare
 
 
 @pytest.fixture

@@ -9,9 +9,6 @@ import json
 from typing import Any
 
 import pytest
-from operator_crdcheck import validate
-from operator_pss import pod_spec_of, violations
-from operator_schemas import validate as schema_validate
 from pydantic import ValidationError
 
 from chatmodel_operator.builders import all_objects, deployment
@@ -20,6 +17,9 @@ from chatmodel_operator.config import Config
 from chatmodel_operator.observe import DeploymentObs
 from chatmodel_operator.plan import plan
 from chatmodel_operator.spec import Access, ChatModel, model_version, parse_manifest
+from tests.operator.operator_crdcheck import validate
+from tests.operator.operator_pss import pod_spec_of, violations
+from tests.operator.operator_schemas import validate as schema_validate
 
 ACCESS = {
     "apiKeySecretRef": {"name": "bot-keys"},

@@ -19,8 +19,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from operator_kmock import Cluster, eventually, operator_process, path
-from test_operator_lifecycle import CM, FINE_TUNE, NS, finish_job, manifest, version
+from tests.operator.operator_kmock import Cluster, eventually, operator_process, path
+from tests.operator.test_operator_lifecycle import CM, FINE_TUNE, NS, finish_job, manifest, version
 
 ROUNDS = 20
 SEED = 20261201

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 import yaml
-from operator_crdcheck import root_schema, validate
 from pydantic import ValidationError
 
 from chatmodel_operator.crd import build_crd, render_crd
 from chatmodel_operator.spec import parse_manifest
+from tests.operator.operator_crdcheck import root_schema, validate
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "manifests" / "crds" / "chatmodels.chatmodel.dev.yaml"
@@ -83,7 +83,7 @@ def test_samples_are_valid(name: str, doc: dict[str, Any]) -> None:
 
 
 def test_defaults_agree_between_crd_and_pydantic() -> None:
-    from operator_crdcheck import apply_defaults
+    from tests.operator.operator_crdcheck import apply_defaults
 
     doc = {
         "apiVersion": "chatmodel.dev/v1alpha1",

@@ -16,9 +16,6 @@ import kubernetes_validate
 import pydantic
 import pytest
 import yaml
-from operator_crdcheck import validate
-from operator_pss import pod_spec_of, violations
-from operator_schemas import validate as schema_validate
 
 from chatmodel_operator.builders import training_objects
 from chatmodel_operator.builders.training import QUEUE_LABEL, launch
@@ -26,6 +23,9 @@ from chatmodel_operator.config import Config
 from chatmodel_operator.observe import parse_result, termination_message
 from chatmodel_operator.plan import plan
 from chatmodel_operator.spec import ChatModel, model_version
+from tests.operator.operator_crdcheck import validate
+from tests.operator.operator_pss import pod_spec_of, violations
+from tests.operator.operator_schemas import validate as schema_validate
 
 HERE = Path(__file__).resolve().parent
 GOLDEN = HERE / "golden" / "distributed-2x4.yaml"

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from operator_kmock import Cluster, eventually, operator, operator_process, path
 from prometheus_client import REGISTRY
 
 from chatmodel_operator.spec import ChatModel, model_version
+from tests.operator.operator_kmock import Cluster, eventually, operator, operator_process, path
 
 NS = "team"
 CM = path("chatmodel.dev/v1alpha1", "chatmodels", NS)

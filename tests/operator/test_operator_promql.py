@@ -15,7 +15,6 @@ from pathlib import Path
 
 import openai
 import pytest
-from operator_prom import SCRAPE_SECONDS, prometheus, query
 
 from chatmodel_operator import prometheus as operator_prometheus
 from chatmodel_operator import promql
@@ -23,6 +22,7 @@ from chatmodel_operator.rollout import live_gate_failure
 from chatmodel_operator.spec import LiveGate
 from chatmodel_serving.api.metrics import LATENCY_BUCKETS
 from chatmodel_serving.launch import ServerProcess
+from tests.operator.operator_prom import SCRAPE_SECONDS, prometheus, query
 
 NS, NAME, MODEL, RUNTIME = "team", "bot", "smollm2-135m", "pytorch"
 BATCH = 2  # --max-batch-size: with more concurrent requests than this, the rest wait

@@ -14,17 +14,17 @@ import re
 from typing import Any
 
 import pytest
-from crd_strategies import values
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
-from operator_crdcheck import root_schema, validate
-from operator_pss import pod_spec_of, violations
-from operator_schemas import validate as schema_validate
 from pydantic import ValidationError
 
 from chatmodel_operator.builders import all_objects
 from chatmodel_operator.config import Config
 from chatmodel_operator.spec import ChatModel
+from tests.operator.crd_strategies import values
+from tests.operator.operator_crdcheck import root_schema, validate
+from tests.operator.operator_pss import pod_spec_of, violations
+from tests.operator.operator_schemas import validate as schema_validate
 
 EXAMPLES = int(os.environ.get("CHATMODEL_PROPERTY_EXAMPLES", "300"))
 SPEC = root_schema()["properties"]["spec"]

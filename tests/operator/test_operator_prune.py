@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from operator_pss import pod_spec_of, violations
-from operator_schemas import validate
 
 from chatmodel_operator.builders.storage import prune_job
 from chatmodel_operator.config import Config
 from chatmodel_operator.prune import prune
 from chatmodel_operator.spec import ChatModel
+from tests.operator.operator_pss import pod_spec_of, violations
+from tests.operator.operator_schemas import validate
 
 CM = ChatModel.model_validate(
     {

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 import yaml
-from operator_pss import pod_spec_of, violations
-from operator_schemas import validate
 
 from chatmodel_operator import render
 from chatmodel_operator.builders import all_objects
 from chatmodel_operator.config import Config
 from chatmodel_operator.spec import load_manifests
+from tests.operator.operator_pss import pod_spec_of, violations
+from tests.operator.operator_schemas import validate
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = sorted((ROOT / "manifests" / "samples").glob("*.yaml"))

@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from operator_kmock import Cluster, eventually, operator, path
-from operator_prom import prometheus
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from test_operator_lifecycle import (
+
+from chatmodel_operator.config import Config
+from chatmodel_serving.launch import free_port
+from tests.operator.operator_kmock import Cluster, eventually, operator, path
+from tests.operator.operator_prom import prometheus
+from tests.operator.test_operator_lifecycle import (
     CM,
     FINE_TUNE,
     NS,
@@ -25,10 +28,7 @@ from test_operator_lifecycle import (
     phase_is,
     status,
 )
-from test_operator_lifecycle import version as version_of
-
-from chatmodel_operator.config import Config
-from chatmodel_serving.launch import free_port
+from tests.operator.test_operator_lifecycle import version as version_of
 
 FAST = Config(rollout_check_seconds=0.3)
 OTHER_BASE = {"baseModel": {"source": "hf://org/other-model"}}

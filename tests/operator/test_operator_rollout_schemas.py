@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from operator_schemas import validate
 
 from chatmodel_operator.builders import gateway_objects, serving_objects
 from chatmodel_operator.config import Config
 from chatmodel_operator.spec import ChatModel, load_manifests
+from tests.operator.operator_schemas import validate
 
 SAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "samples" / "canary-keda-gateway.yaml"
 CFG = Config(prometheus_url="http://prometheus.monitoring:9090")

@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import kubernetes_validate
-from operator_pss import violations
 
 from chatmodel_operator.builders import deployment, service
 from chatmodel_operator.builders.triton import GRPC_PORT
 from chatmodel_operator.config import Config
 from chatmodel_operator.spec import ChatModel, model_version
+from tests.operator.operator_pss import violations
 
 K8S_VERSION = "1.37.0"
 SPEC = {

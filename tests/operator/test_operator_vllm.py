@@ -9,8 +9,6 @@ from typing import Any, cast
 
 import kubernetes_validate
 import pytest
-from operator_crdcheck import validate
-from operator_pss import violations
 from pydantic import ValidationError
 
 from chatmodel_operator.builders import all_objects, deployment
@@ -18,6 +16,8 @@ from chatmodel_operator.builders.vllm import CPU_IMAGE, GPU_IMAGE
 from chatmodel_operator.config import Config
 from chatmodel_operator.signals import signals
 from chatmodel_operator.spec import ChatModel, load_manifest, model_version, parse_manifest
+from tests.operator.operator_crdcheck import validate
+from tests.operator.operator_pss import violations
 
 K8S_VERSION = "1.37.0"
 SAMPLE = Path(__file__).parents[2] / "manifests/samples/vllm.yaml"

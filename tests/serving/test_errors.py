@@ -84,11 +84,11 @@ CASES = [
         "stop",
     ),
     (
-        "tools unsupported",
+        "a tool of an unknown type",
         "/v1/chat/completions",
         {"model": MODEL, "messages": MSG, "tools": [{"type": "x"}]},
         400,
-        "tools",
+        "tools.0.type",
     ),
     (
         "a field named like a type (found by hypothesis: the param was lost)",
@@ -98,11 +98,11 @@ CASES = [
         "stream",
     ),
     (
-        "json mode unsupported",
+        "unknown response_format type",
         "/v1/chat/completions",
-        {"model": MODEL, "messages": MSG, "response_format": {"type": "json_object"}},
+        {"model": MODEL, "messages": MSG, "response_format": {"type": "yaml"}},
         400,
-        "response_format",
+        "response_format.type",
     ),
     (
         "top_logprobs without logprobs",

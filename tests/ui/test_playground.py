@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from chatmodel_serving.launch import ServerProcess
-from tests.tools import missing, need_binary
+from tests.tools import missing
 
 KEY = "ui-test-key-42"
 QUESTION = "What is the capital of France?"
@@ -38,19 +38,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
             "base", "--model", model, "--served-model-name", "tuned"]  # fmt: skip
     with ServerProcess(args, log_path=d / "server.log") as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    chromium = need_binary("chromium")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing("playwright", "make install")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        yield b
-        b.close()
 
 
 @pytest.fixture

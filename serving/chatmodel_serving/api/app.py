@@ -1,12 +1,14 @@
 """The OpenAI-compatible HTTP API in front of one or more engines.
 
 Routes: POST /v1/chat/completions, POST /v1/completions (both stream as SSE ending in `data: [DONE]`),
-GET /v1/models, GET /health (alive), GET /ready (loaded and not draining), GET /metrics.
+GET /v1/models, GET /v1/versions (the playground's Versions view, api/versions.py), GET /health (alive),
+GET /ready (loaded and not draining), GET /metrics.
 Every error is OpenAI-shaped JSON; nothing a client sends can cause a 5xx.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -30,6 +32,8 @@ from .protocol import (
 )
 from .responses import CHAT, TEXT, answer
 from .state import Caller, ServedModel, ServerState
+from .tools import plan_tools
+from .versions import add_versions
 
 log = logging.getLogger("chatmodel.api")
 
@@ -112,13 +116,19 @@ def create_app(state: ServerState) -> RequestLog:
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(req: ChatCompletionRequest, key: str = Depends(authenticated)) -> Response:
         served, caller = guard(key, req.model)
-        prompt = chat_prompt(served, req)
+        tools = plan_tools(req)
+        prompt = chat_prompt(served, req, tools)
         params = sampling_params(served, req, req.requested_max_tokens(), len(prompt), "messages")
+        if guide := tools.guide():  # tool_choice required / a named function: constrained to the calls
+            if params.guide is not None or params.beams > 1:
+                message = f"tool_choice {tools.mode} cannot be combined with response_format, "
+                raise ApiError(400, message + "structured_outputs or beam search", param="tool_choice")
+            params = dataclasses.replace(params, guide=guide)
         jobs = [(prompt, with_seed(params, i)) for i in range(req.n)]
         rid = new_id("chatcmpl")
         if state.log_prompts:
             log.info("prompt", extra={"request_id": rid, "messages": [m.model_dump() for m in req.messages]})
-        return await answer(state, served, req, jobs, len(prompt), rid, CHAT, caller)
+        return await answer(state, served, req, jobs, len(prompt), rid, CHAT, caller, tools)
 
     @app.post("/v1/completions", response_model=None)
     async def completions(req: CompletionRequest, key: str = Depends(authenticated)) -> Response:
@@ -135,6 +145,7 @@ def create_app(state: ServerState) -> RequestLog:
         from .playground import add_playground
 
         add_playground(app)
+    add_versions(app, state)  # GET /v1/versions: the playground's Versions view reads it
     _document_token_ids(app, state)
     return RequestLog(RequestGate(app, state))
 

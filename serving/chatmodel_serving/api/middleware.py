@@ -16,7 +16,7 @@ from .protocol import ApiError
 from .state import ServerState
 
 log = logging.getLogger("chatmodel.api")
-ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models")
+ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/versions")
 
 
 class RequestGate:

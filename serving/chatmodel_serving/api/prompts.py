@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from ..engine.types import SamplingParams
 from .protocol import ApiError, ChatCompletionRequest, CompletionRequest, SamplingFields
 from .state import ServedModel
+from .tools import ToolPlan, supports_tools, template_inputs
 
 if TYPE_CHECKING:
     from typing_extensions import TypeIs
@@ -23,16 +24,15 @@ def _token_ids(p: list[int] | list[list[int]]) -> TypeIs[list[int]]:
     return all(isinstance(x, int) for x in p)
 
 
-def chat_prompt(served: ServedModel, req: ChatCompletionRequest) -> list[int]:
+def chat_prompt(served: ServedModel, req: ChatCompletionRequest, plan: ToolPlan | None = None) -> list[int]:
     tokenizer = served.loaded.tokenizer
     if getattr(tokenizer, "chat_template", None) is None:
         raise ApiError(400, f"model {served.name!r} has no chat template; use /v1/completions", param="model")
-    messages = [
-        {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages
-    ]
+    # Tools and past calls go through the template where it takes them, else the fallback prompt (tools.py).
+    messages, tools = template_inputs(req, plan or ToolPlan(), supports_tools(tokenizer))
     try:
         ids = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, return_dict=False
+            messages, tools=tools, add_generation_prompt=True, tokenize=True, return_dict=False
         )
     except Exception as exc:  # the template's own checks (role order, ...) are client errors
         raise ApiError(
@@ -113,6 +113,7 @@ def sampling_params(
         min_tokens=req.min_tokens,
         stop_token_ids=stop_ids,
         logprobs=req.logprobs_wanted(),
+        guide=req.guide(),
     )
     if beams > 1 and (controls := params.controls()):
         raise ApiError(400, f"{controls[0]} is not supported with use_beam_search", param=controls[0])

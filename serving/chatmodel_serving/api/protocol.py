@@ -6,6 +6,7 @@ refused with a 400 naming them rather than silently ignored.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Sequence
@@ -20,7 +21,10 @@ from pydantic import (
     WithJsonSchema,
     field_validator,
     model_serializer,
+    model_validator,
 )
+
+from ..engine.types import Guide
 
 MAX_N = 16
 MAX_STOPS = 4
@@ -86,11 +90,57 @@ class TextPart(BaseModel):
     text: str
 
 
+# OpenAI's rule for function names (also what the tool-call parser and the fallback prompt rely on).
+TOOL_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+class FunctionCall(BaseModel):
+    """A call the assistant made (history) or makes (responses): arguments are JSON text, as OpenAI's."""
+
+    name: str
+    arguments: str
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(pattern=TOOL_NAME)
+    description: str | None = None
+    # A JSON schema of type object (checked in api/tools.py, which names the tool); None = no arguments.
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    """`tool_choice` naming one function: the answer is one call of it."""
+
+    type: Literal["function"]
+    function: FunctionName
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's past calls (its content may be null)
+    tool_call_id: str | None = None  # role tool: the call this is the result of
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -116,6 +166,69 @@ def invalid_request(errors: Sequence[Any]) -> ApiError:
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's `structured_outputs` extension, under its names: exactly one of `json` (a JSON schema, as an
+    object or JSON text), `regex`, `choice`, `grammar` (EBNF, xgrammar's dialect) or `json_object`."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    json_: dict[str, Any] | str | None = Field(None, alias="json")
+    regex: str | None = Field(None, min_length=1)
+    choice: list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1)
+    grammar: str | None = Field(None, min_length=1)
+    json_object: bool | None = None
+    # Accepted as vLLM's; our JSON is always compact (free whitespace lets a small model loop on newlines).
+    disable_any_whitespace: bool = False
+
+    @model_validator(mode="after")
+    def _one(self) -> StructuredOutputs:
+        chosen = [self.json_, self.regex, self.choice, self.grammar, self.json_object or None]
+        if sum(c is not None for c in chosen) != 1:
+            raise ValueError("give exactly one of json, regex, choice, grammar, json_object")
+        return self
+
+    def guide(self) -> Guide:
+        if self.json_ is not None:
+            spec = self.json_ if isinstance(self.json_, str) else json.dumps(self.json_)
+            return Guide("json", spec, param="structured_outputs.json")
+        if self.regex is not None:
+            return Guide("regex", self.regex, param="structured_outputs.regex")
+        if self.choice is not None:
+            return Guide("choice", json.dumps(self.choice), param="structured_outputs.choice")
+        if self.grammar is not None:
+            return Guide("grammar", self.grammar, param="structured_outputs.grammar")
+        return Guide("json_object", param="structured_outputs.json_object")
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None  # every answer follows the schema either way
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's `response_format`: text, json_object (any JSON object) or json_schema."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type json_schema needs json_schema")
+        return self
+
+    def guide(self) -> Guide | None:
+        if self.type == "json_object":
+            return Guide("json_object", param="response_format")
+        if self.type == "json_schema" and self.json_schema is not None:
+            spec = json.dumps(self.json_schema.schema_)
+            return Guide("json", spec, param="response_format.json_schema.schema")
+        return None
 
 
 class SamplingFields(BaseModel):
@@ -149,6 +262,7 @@ class SamplingFields(BaseModel):
     min_p: float | None = Field(None, ge=0, le=1)
     min_tokens: int = Field(0, ge=0)  # EOS and stop_token_ids cannot end the answer before this
     stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
+    structured_outputs: StructuredOutputs | None = None  # vLLM's extension (constrained decoding)
 
     @field_validator("logit_bias")
     @classmethod
@@ -182,12 +296,19 @@ class SamplingFields(BaseModel):
         """How many most likely tokens to return per generated token; None = no logprobs at all."""
         return None
 
+    def guide(self) -> Guide | None:
+        """What the answer must match (structured outputs), or None."""
+        return self.structured_outputs.guide() if self.structured_outputs else None
+
 
 class ChatCompletionRequest(SamplingFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: int | None = Field(None, ge=1)
-    response_format: dict[str, Any] | None = None
-    tools: list[Any] | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    # None = "auto" with tools, "none" without (OpenAI's defaults).
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None  # None = true (OpenAI's default)
     # Logprobs of the model's raw distribution (before penalties, bias and temperature; vLLM's default
     # `logprobs_mode=raw_logprobs`): the sampled token's, and the top_logprobs most likely.
     logprobs: bool | None = Field(None, description=RAW_LOGPROBS)
@@ -203,20 +324,13 @@ class ChatCompletionRequest(SamplingFields):
     def logprobs_wanted(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
 
-    # Field validators, so that the 400 names the field.
-    @field_validator("response_format")
-    @classmethod
-    def _text_only(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        if v and v.get("type", "text") != "text":
-            raise ValueError("response_format other than text is not supported")
-        return v
-
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, v: list[Any] | None) -> list[Any] | None:
-        if v:
-            raise ValueError("tools are not supported by this model server")
-        return v
+    def guide(self) -> Guide | None:
+        fmt = self.response_format.guide() if self.response_format else None
+        if fmt is not None and self.structured_outputs is not None:
+            raise ApiError(
+                400, "give response_format or structured_outputs, not both", param="structured_outputs"
+            )
+        return fmt or super().guide()
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -273,9 +387,17 @@ class Usage(ResponseModel):
         return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=total)
 
 
+class ResponseToolCall(ResponseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(ResponseModel):
+    omitted_when_none = frozenset({"tool_calls"})
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None  # null when the answer is only tool calls
+    tool_calls: list[ResponseToolCall] | None = None
 
 
 class TopLogprob(ResponseModel):
@@ -338,10 +460,27 @@ class Completion(_Answer):
     usage: Usage
 
 
+class FunctionCallDelta(ResponseModel):
+    omitted_when_none = frozenset({"name"})
+    name: str | None = None  # in a call's first delta only
+    arguments: str  # "" in the first delta, then fragments of the JSON text
+
+
+class ToolCallDelta(ResponseModel):
+    """A piece of a streamed tool call, OpenAI's shape: the first has id, type and the name."""
+
+    omitted_when_none = frozenset({"id", "type"})
+    index: int  # the call's place among the choice's calls
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta
+
+
 class ChatDelta(ResponseModel):
-    omitted_when_none = frozenset({"role"})
+    omitted_when_none = frozenset({"role", "tool_calls"})
     role: Literal["assistant"] | None = None  # in the first chunk of a choice only
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkOpening(ResponseModel):

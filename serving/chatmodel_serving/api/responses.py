@@ -35,6 +35,7 @@ from .protocol import (
     now,
 )
 from .state import Caller, ServedModel, ServerState
+from .tools import Call, ToolPlan, finish_reason, whole_answer
 
 
 def _token_texts(tokenizer: Any, logprobs: list[TokenLogprob]) -> dict[int, str]:
@@ -135,20 +136,38 @@ async def answer(
     rid: str,
     shape: Shape,
     caller: Caller,
+    tools: ToolPlan | None = None,
 ) -> Response:
     created = now()
     want_logprobs = req.logprobs_wanted() is not None
+    tools = tools if tools and tools.mode != "none" else None  # None: the answer is text, as it stands
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return await _stream(
-            state, served, jobs, rid, created, shape, include_usage, prompt_tokens, caller, want_logprobs
+            state,
+            served,
+            jobs,
+            rid,
+            created,
+            shape,
+            include_usage,
+            prompt_tokens,
+            caller,
+            want_logprobs,
+            tools,
         )
     texts, reasons, completion, logprobs = await collect(state, served, jobs, caller.key)
     tokenizer = served.loaded.tokenizer
-    choices = [
-        shape.choice(i, t, r, shape.logprobs(tokenizer, lps, 0)[0] if want_logprobs else None)
-        for i, (t, r, lps) in enumerate(zip(texts, reasons, logprobs, strict=True))
-    ]
+
+    def choice(i: int, text: str, reason: str, lps: list[TokenLogprob]) -> Any:
+        lp = shape.logprobs(tokenizer, lps, 0)[0] if want_logprobs else None
+        if tools is None:
+            return shape.choice(i, text, reason, lp)
+        content, calls, reason = whole_answer(tools, text, reason)
+        message = AssistantMessage(content=content, tool_calls=[c.response() for c in calls] or None)
+        return ChatChoice(index=i, message=message, logprobs=lp, finish_reason=reason)
+
+    choices = [choice(i, *answer) for i, answer in enumerate(zip(texts, reasons, logprobs, strict=True))]
     body = shape.response(
         id=rid,
         created=created,
@@ -170,9 +189,12 @@ async def _stream(
     prompt_tokens: int,
     caller: Caller,
     want_logprobs: bool,
+    tools: ToolPlan | None,
 ) -> Response:
     events = generate(state, served, jobs, caller.key)
     offsets = [0] * len(jobs)  # per choice, the text offset of its next token (completions' logprobs)
+    parsers = [tools.stream() for _ in jobs] if tools else []
+    called = [False] * len(jobs)
 
     def chunk(choices: list[Any], usage: Usage | None = None) -> bytes:
         return sse(shape.chunk(id=rid, created=created, model=served.name, choices=choices, usage=usage))
@@ -197,7 +219,23 @@ async def _stream(
                     logprobs, offsets[index] = shape.logprobs(
                         served.loaded.tokenizer, ev.logprobs, offsets[index]
                     )
-                yield chunk([shape.delta(index, ev.text, ev.finish_reason, logprobs)])
+                if not parsers:
+                    yield chunk([shape.delta(index, ev.text, ev.finish_reason, logprobs)])
+                    continue
+                # Tool calling: text outside the calls as content deltas, each call as tool_call deltas.
+                p = parsers[index]
+                pieces = p.feed(ev.text) + (p.finish() if ev.finish_reason else [])
+                text = "".join(x for x in pieces if isinstance(x, str))
+                if text or logprobs:
+                    yield chunk([shape.delta(index, text, None, logprobs)])
+                for call in (x for x in pieces if isinstance(x, Call)):
+                    called[index] = True
+                    for d in call.deltas():
+                        delta = ChatDelta(content=None, tool_calls=[d])
+                        yield chunk([ChatChunkChoice(index=index, delta=delta, finish_reason=None)])
+                if ev.finish_reason:
+                    reason = finish_reason(called[index], ev.finish_reason)
+                    yield chunk([shape.delta(index, "", reason, None)])
             if include_usage:
                 yield chunk([], usage=Usage.of(prompt_tokens, completion))
             yield b"data: [DONE]\n\n"

@@ -9,6 +9,7 @@ from ..models import LoadedModel
 from .metrics import ServingMetrics
 from .protocol import ApiError, now
 from .quota import Limits, Quotas
+from .records import TrainingRecord
 
 
 @dataclass
@@ -19,6 +20,7 @@ class ServedModel:
     default_max_tokens: int = 512
     default_temperature: float = 0.7
     created: int = field(default_factory=now)
+    training: TrainingRecord | None = None  # from its model folder; None: a plain model
 
 
 @dataclass

@@ -1,12 +1,14 @@
 """`make demo`: `chatmodel run manifests/samples/quickstart.yaml --with-base`, then questions.
 
-Fine-tunes the built-in model on a fictional product's support FAQ (a few minutes on 2 CPU cores; a
-later run reuses the result), serves the fine-tuned and the base model side by side, asks both the
-same questions through the official openai client, and prints the answers next to each other with
-the measured speed of one streamed answer."""
+The base version answers at once while the built-in model fine-tunes beside it on a fictional product's
+support FAQ (a few minutes on 2 CPU cores; a later run reuses the result); when the fine-tuned version
+passes its gate it rolls in, and the demo asks the base and the fine-tuned version the same questions
+through the official openai client and prints the answers next to each other, with the measured speed of
+each streamed answer and how long after the start each version first answered."""
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 import textwrap
@@ -53,40 +55,76 @@ def stream_answer(client: openai.OpenAI, model: str, question: str) -> str:
     return "".join(text).strip()
 
 
+def training_progress(log: Path) -> str:
+    """The fine-tune's last step, from the JSON lines it writes to the server's log."""
+    for line in reversed(log.read_text(errors="replace").splitlines()):
+        if line.startswith('{"event": "step"'):
+            step = json.loads(line)
+            return f"step {step['step']}/{step['total_steps']}, loss {step['loss']:.3f}"
+    return "starting"
+
+
+def wait_for_version(client: openai.OpenAI, name: str, log: Path, started: float) -> bool:
+    """Until `name` is served (True), or the server says the version will not be (False)."""
+    said = 0.0
+    while True:
+        if any(m.id == name for m in client.models.list()):
+            return True
+        text = log.read_text(errors="replace")
+        if "refused by spec.rollout.gate" in text or "the fine-tune of version" in text:
+            return False
+        if time.monotonic() - said >= 20:
+            said = time.monotonic()
+            print(f"  ... {said - started:4.0f} s: fine-tuning ({training_progress(log)})", flush=True)
+        time.sleep(2)
+
+
 def main() -> int:
     import openai
 
     from ..launch import ServerProcess
-    from .run import fine_tune, plan, serve_args, serve_options
+    from .run import plan, trained_before
 
     manifest = Path(sys.argv[1]) if len(sys.argv) > 1 else MANIFEST
     print(f"== chatmodel run {manifest.name} --with-base\n")
     started = time.monotonic()
     p = plan(manifest)
-    metrics = fine_tune(p)
-    assert metrics is not None, f"{manifest} has no spec.fineTune"
-    print(
-        f"\nfine-tuned {p.base_source} -> {p.model_source} ({time.monotonic() - started:.0f} s): "
-        f"eval loss {metrics['eval_loss_before']:.3f} -> {metrics['eval_loss']:.3f}, "
-        f"{metrics['train_tokens_per_second']:.0f} train tokens/s"
-    )
-    from ..train.plots import report_lines
-
-    for line in report_lines(Path(p.model_source), compare=True):
-        print(line)
-    opts = serve_options(p, "127.0.0.1", 0, with_base=True, api_keys_file=None)
-    tuned, base = opts.served_model_names or []
+    if p.train is None:
+        raise SystemExit(f"{manifest} has no spec.fineTune")
+    version, base = p.train.output.name, f"{p.name}-base"
+    reused = trained_before(p) is not None
     log = Path(tempfile.gettempdir()) / "chatmodel-demo-server.log"
-    print(f"starting `chatmodel serve` with {tuned} and {base} ...")
-    with ServerProcess(serve_args(opts), log_path=log) as srv:
+    timings = []
+    with ServerProcess(
+        [str(manifest), "--with-base"], subcommand="run", log_path=log, ready_timeout=600
+    ) as srv:
         client = openai.OpenAI(base_url=srv.url, api_key="none")
-        print(f"OpenAI endpoint {srv.url} (server log: {log})\n")
-        answers = {q: {m: stream_answer(client, m, q) for m in (base, tuned)} for q in QUESTIONS}
+        print(f"OpenAI endpoint {srv.url} (server log: {log})")
+        if not reused:
+            print(f"{p.name} answers with its base version while version {version} fine-tunes beside it:")
+            print(f"\nQ: {QUESTIONS[0]}")
+            print(f"  {stream_answer(client, p.name, QUESTIONS[0])}")
+            timings.append(f"first answer (base version) {time.monotonic() - started:.0f} s after start")
+            print(f"\n{timings[-1]}; waiting for version {version} to pass its gate ...")
+            if not wait_for_version(client, f"{p.name}-{version}", log, started):
+                print(f"version {version} does not serve; the server log says why: {log}")
+                return 1
+            timings.append(
+                f"fine-tuned version {version} serving {time.monotonic() - started:.0f} s after start"
+            )
+            print(f"{timings[-1]}\n")
+        from ..train.plots import report_lines
+
+        for line in report_lines(Path(p.model_source), compare=True):
+            print(line)
+        answers = {q: {m: stream_answer(client, m, q) for m in (base, p.name)} for q in QUESTIONS}
     for question, by_model in answers.items():
         print(f"\nQ: {question}")
         for model, answer in by_model.items():
             label = "before (base)" if model == base else "after (fine-tuned)"
             print(textwrap.fill(answer, 100, initial_indent=f"  {label:>19}: ", subsequent_indent=" " * 23))
+    for line in timings:
+        print(f"demo timing: {line}")
     return 0
 
 

@@ -3,14 +3,18 @@
 The manifest is validated by the operator's own spec model. When it has spec.fineTune, the fine-tune
 runs here (local paths, file:// or builtin:// data; relative paths are taken from the manifest's
 folder) into ARTIFACTS/NAME/VERSION, and is reused on the next run while the recipe and data are
-unchanged. Then the result is served with the OpenAI API until Ctrl-C.
+unchanged. While it trains the base version serves, and the fine-tuned version rolls in once it passes
+spec.rollout.gate (serve_base_first; --train-first serves only after the fine-tune, as vLLM runs do).
+Served with the OpenAI API until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +25,7 @@ if TYPE_CHECKING:
     from chatmodel_operator.runtime_args import ServeOptions
     from chatmodel_operator.spec import ChatModel
 
+    from ..api.state import ServerState
     from ..train.config import TrainConfig
 
 log = logging.getLogger("chatmodel.run")
@@ -114,20 +119,42 @@ def plan(manifest_path: Path, work_dir: Path = DEFAULT_WORK_DIR, device: str = "
     return Plan(cm, base, config)
 
 
+def trained_before(p: Plan) -> dict[str, Any] | None:
+    """The metrics of the model an earlier run made from the same recipe and data, if it is there."""
+    if p.train is None:
+        return None
+    from ..train.artifact import read_metrics
+
+    done = read_metrics(p.train.output) if p.train.output.exists() else None
+    return done if done is not None and done.get("fingerprint") == p.train.fingerprint() else None
+
+
 def fine_tune(p: Plan, json_lines: bool | None = None) -> dict[str, Any] | None:
     """Train unless an earlier run left a model made from the same recipe and data; return its metrics."""
     if p.train is None:
         return None
-    from ..train.artifact import read_metrics
     from ..train.trainer import train
 
-    cfg = p.train
-    done = read_metrics(cfg.output) if cfg.output.exists() else None
-    if done is not None and done.get("fingerprint") == cfg.fingerprint():
-        log.info("reusing the fine-tuned model in %s (same recipe and data)", cfg.output)
+    done = trained_before(p)
+    if done is not None:
+        log.info("reusing the fine-tuned model in %s (same recipe and data)", p.train.output)
         return done
-    cfg.overwrite = True  # a stale folder from another recipe or dataset
-    return train(cfg, json_lines=json_lines).metrics
+    p.train.overwrite = True  # a stale folder from another recipe or dataset
+    return train(p.train, json_lines=json_lines).metrics
+
+
+def judge(p: Plan, metrics: dict[str, Any]) -> str | None:
+    """spec.rollout.gate's verdict on the fine-tuned version: None when it may serve, else why not (the
+    operator's own check, Gate.refusal). Recorded in gate.json beside its metrics.json, which GET /v1/versions
+    and the playground's Versions view show."""
+    from ..train.artifact import write_gate
+
+    assert p.train is not None
+    gate = p.manifest.spec.rollout.gate
+    refused = gate.refusal(metrics.get("eval_loss"), metrics.get("eval_loss_before")) if gate else None
+    settings = gate.model_dump(by_alias=True, exclude_none=True) if gate else None
+    write_gate(p.train.output, refused is None, refused or "", settings)
+    return refused
 
 
 def serve_options(p: Plan, host: str, port: int, with_base: bool, api_keys_file: str | None) -> ServeOptions:
@@ -173,6 +200,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--train-only", action="store_true", help="fine-tune (or reuse), print the folder, exit"
     )
+    parser.add_argument(
+        "--train-first",
+        action="store_true",
+        help="serve only once the fine-tune is done (default: the base version answers meanwhile)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -182,10 +214,17 @@ def run(args: argparse.Namespace) -> int:
     # A bad manifest or dataset raises ManifestError, DataError or ValueError: chatmodel_serving.cli.main
     # reports each problem on a line of its own and exits 2.
     p = plan(args.manifest, args.work_dir, args.device)
+    started = time.monotonic()
     if not args.train_only:  # a port in use is told now, not after a fine-tune of minutes
         from .serve import check_listen_address
 
         check_listen_address(args.host, args.port)
+        if p.manifest.spec.access is not None and not args.api_keys_file:
+            log.warning("spec.access names a Secret, which exists only in a cluster: this local API is open")
+    runtime = p.manifest.spec.serving.runtime
+    wait = args.train_only or args.train_first or runtime == "vllm"
+    if p.train is not None and not wait and trained_before(p) is None:
+        return serve_base_first(p, args, started)
     metrics = fine_tune(p)
     if metrics is not None:
         before, after = metrics["eval_loss_before"], metrics["eval_loss"]
@@ -197,11 +236,13 @@ def run(args: argparse.Namespace) -> int:
 
         for line in report_lines(Path(p.model_source), compare=True):
             print(line, file=sys.stderr)
+        refused = judge(p, metrics)
+        if p.manifest.spec.rollout.gate is not None:
+            verdict = f"refused: {refused}" if refused else "passed"
+            print(f"spec.rollout.gate: {verdict} (recorded in {p.model_source}/gate.json)", file=sys.stderr)
     if args.train_only:
         print(p.model_source)
         return 0
-    if p.manifest.spec.access is not None and not args.api_keys_file:
-        log.warning("spec.access names a Secret, which exists only in a cluster: this local API is open")
     if p.manifest.spec.serving.runtime == "vllm":
         from .vllm import serve_manifest
 
@@ -210,8 +251,70 @@ def run(args: argparse.Namespace) -> int:
     opts = serve_options(p, args.host, args.port, args.with_base, args.api_keys_file)
     from .serve import serve
 
+    announce(args, opts)
+    return serve(opts)
+
+
+def announce(args: argparse.Namespace, opts: ServeOptions) -> None:
     names = ", ".join(opts.served_model_names or [])
     print(f"OpenAI endpoint: http://{args.host}:{args.port}/v1  models: {names}", file=sys.stderr, flush=True)
     if opts.ui:
         print(f"Playground: http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
-    return serve(opts)
+
+
+def serve_base_first(p: Plan, args: argparse.Namespace, started: float) -> int:
+    """The version flow the operator runs on a cluster: the base version answers at once as NAME while
+    the fine-tune runs beside it (a thread of this process), and its version rolls in when it passes
+    spec.rollout.gate: NAME then serves it, NAME-VERSION names it, and NAME-base (with --with-base) stays.
+    A refused or failed fine-tune leaves NAME on the base version and says why."""
+    import functools
+
+    from .serve import serve
+
+    tuned = serve_options(p, args.host, args.port, args.with_base, args.api_keys_file)
+    opts = dataclasses.replace(tuned, models=[p.base_source], served_model_names=[p.name])
+    announce(args, opts)
+    return serve(opts, functools.partial(train_and_roll_in, p, tuned, args.with_base, started))
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def train_and_roll_in(
+    p: Plan, opts: ServeOptions, with_base: bool, started: float, state: ServerState
+) -> None:
+    """The fine-tune, then the version added to the running server if the gate lets it serve."""
+    from .serve import serve_model
+
+    assert p.train is not None
+    version = p.train.output.name
+    if with_base:  # the same loaded model and engine under a second name
+        base = state.models[p.name]
+        state.models = {**state.models, f"{p.name}-base": dataclasses.replace(base, name=f"{p.name}-base")}
+    _say(f"{p.name}: the base version serves; fine-tuning version {version} beside it ...")
+    try:
+        metrics = fine_tune(p, json_lines=True)
+    except Exception as exc:  # the server goes on with the base version
+        log.exception("fine-tune failed")
+        _say(f"{p.name}: the fine-tune of version {version} failed ({exc}); the base version serves on")
+        return
+    assert metrics is not None
+    loss, before = metrics.get("eval_loss"), metrics.get("eval_loss_before")
+    refused = judge(p, metrics)  # also recorded in gate.json, for the Versions view
+    if refused:
+        _say(
+            f"{p.name}: version {version} refused by spec.rollout.gate: {refused}; the base version serves on"
+        )
+        return
+    from ..train.plots import report_lines
+
+    for line in report_lines(Path(p.model_source), compare=True):
+        _say(line)
+    tuned = serve_model(opts, p.model_source, f"{p.name}-{version}")
+    # One assignment: the routes and the metrics read state.models without a lock.
+    state.models = {**state.models, tuned.name: tuned, p.name: dataclasses.replace(tuned, name=p.name)}
+    _say(
+        f"{p.name}: version {version} rolled in {time.monotonic() - started:.0f} s after start "
+        f"(eval loss {before:.4f} -> {loss:.4f}); {p.name} and {tuned.name} serve it"
+    )

@@ -25,7 +25,10 @@ from ..logs import setup_logging
 from . import CliError
 
 if TYPE_CHECKING:
-    from ..api.state import ServerState
+    from collections.abc import Callable
+
+    from ..api.records import TrainingRecord
+    from ..api.state import ServedModel, ServerState
 
 log = logging.getLogger("chatmodel.serve")
 
@@ -61,41 +64,70 @@ def read_api_keys(path: str | None) -> ApiKeys:
     return out
 
 
-def build_state(opts: ServeOptions, api_keys: ApiKeys) -> ServerState:
-    """The models loaded and their engines started (imports torch, so called late)."""
-    from ..api.state import ServedModel, ServerState
+def serve_model(opts: ServeOptions, source: str, name: str | None = None) -> ServedModel:
+    """One model loaded and its engine started (imports torch, so called late); `name` defaults to the
+    model's own."""
+    from ..api.state import ServedModel
     from ..engine.core import Engine
     from ..engine.types import EngineClient
     from ..models import load_model
+
+    if opts.backend:  # Triton holds the weights; the API needs the tokenizer and config only
+        from ..triton.client import load_front
+
+        loaded = load_front(source)
+    else:
+        loaded = load_model(source, dtype=opts.dtype, device=opts.device)
+    name = name or loaded.name
+    engine: EngineClient
+    if opts.backend:
+        from ..triton.client import TritonBackend
+
+        bound = opts.max_batch_size + opts.max_waiting_requests
+        engine = TritonBackend.from_url(opts.backend, name, bound, opts.max_kv_tokens)
+    else:
+        engine = Engine(
+            loaded,
+            max_batch_size=opts.max_batch_size,
+            max_waiting_requests=opts.max_waiting_requests,
+            max_kv_tokens=opts.max_kv_tokens,
+        ).start()
+    served = ServedModel(name, loaded, engine, opts.default_max_tokens, opts.default_temperature)
+    served.training = training_record(source)
+    return served
+
+
+def training_record(source: str) -> TrainingRecord | None:
+    """What the fine-tune that made this model folder left in it (metrics.json, and gate.json from `chatmodel
+    run`), for GET /v1/versions; None for a plain model (or a record it cannot read, which is logged)."""
+    from ..api.records import TrainingRecord
+    from ..models import resolve_source
+    from ..train.artifact import read_gate, read_metrics
+
+    folder = resolve_source(source)
+    try:
+        metrics = read_metrics(folder)
+        if metrics is None:
+            return None
+        return TrainingRecord.from_files(folder.name, metrics, read_gate(folder))
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+        log.warning("no training record for %s: %s", source, exc)
+        return None
+
+
+def build_state(opts: ServeOptions, api_keys: ApiKeys) -> ServerState:
+    """The models loaded and their engines started."""
+    from ..api.state import ServerState
 
     names = opts.served_model_names or []
     if names and len(names) != len(opts.models):
         raise CliError("--served-model-name: give one name per --model")
     served: dict[str, ServedModel] = {}
     for i, source in enumerate(opts.models):
-        if opts.backend:  # Triton holds the weights; the API needs the tokenizer and config only
-            from ..triton.client import load_front
-
-            loaded = load_front(source)
-        else:
-            loaded = load_model(source, dtype=opts.dtype, device=opts.device)
-        name = names[i] if names else loaded.name
-        if name in served:
-            raise CliError(f"--served-model-name: {name!r} is used twice")
-        engine: EngineClient
-        if opts.backend:
-            from ..triton.client import TritonBackend
-
-            bound = opts.max_batch_size + opts.max_waiting_requests
-            engine = TritonBackend.from_url(opts.backend, name, bound, opts.max_kv_tokens)
-        else:
-            engine = Engine(
-                loaded,
-                max_batch_size=opts.max_batch_size,
-                max_waiting_requests=opts.max_waiting_requests,
-                max_kv_tokens=opts.max_kv_tokens,
-            ).start()
-        served[name] = ServedModel(name, loaded, engine, opts.default_max_tokens, opts.default_temperature)
+        model = serve_model(opts, source, names[i] if names else None)
+        if model.name in served:
+            raise CliError(f"--served-model-name: {model.name!r} is used twice")
+        served[model.name] = model
     quotas = Quotas(
         Limits(opts.requests_per_minute, opts.tokens_per_minute), api_keys.limits, opts.quota_window_seconds
     )
@@ -160,8 +192,10 @@ def check_model_sources(models: list[str]) -> None:
             raise CliError(f"--model {source}: no such folder")
 
 
-def serve(opts: ServeOptions) -> int:
-    """Serve until SIGTERM/SIGINT; then stop taking requests, finish those in flight and return 0."""
+def serve(opts: ServeOptions, background: Callable[[ServerState], None] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; then stop taking requests, finish those in flight and return 0.
+    `background(state)` runs in a thread of its own beside the server (`chatmodel run`'s fine-tune,
+    which then adds its version to the served models)."""
     keys = read_api_keys(opts.api_keys_file)  # fail fast, before torch is imported and a model loads
     tls = tls_files(opts)
     check_listen_address(opts.host, opts.port)
@@ -208,6 +242,8 @@ def serve(opts: ServeOptions) -> int:
         ssl_keyfile=tls[1] if tls else None,
     )
     server = DrainingServer(config)
+    if background is not None:
+        threading.Thread(target=background, args=(state,), name="chatmodel-background", daemon=True).start()
     log.info("serving", extra={"url": f"{scheme}://{opts.host}:{opts.port}/v1", "models": list(state.models)})
     server.run()
     for m in state.models.values():

@@ -12,7 +12,8 @@ different lengths) are skipped by attention, and position ids are given explicit
 tokens always go in a fresh column at the right, so no query ever sees only masked keys.
 
 This module is the loop and the batch's KV layout; its parts live beside it: scheduler.py (admission),
-sequence.py (detokenisation, stop strings), sampler.py, prefix_cache.py, beam.py and kvcache.py.
+sequence.py (detokenisation, stop strings), grammar.py (structured outputs), sampler.py, prefix_cache.py,
+beam.py and kvcache.py.
 """
 
 from __future__ import annotations
@@ -29,11 +30,21 @@ from transformers.cache_utils import Cache
 from ..models import LoadedModel
 from . import kvcache
 from .beam import beam_search
+from .grammar import Grammars, param_of
 from .prefix_cache import LayerKV, PrefixCache
 from .sampler import sample_step
 from .scheduler import Budget, admit
 from .sequence import Request, Sequence
-from .types import EngineClient, EngineStats, EngineStoppedError, Event, QueueFullError, SamplingParams, Sink
+from .types import (
+    EngineClient,
+    EngineStats,
+    EngineStoppedError,
+    Event,
+    QueueFullError,
+    SamplingParams,
+    Sink,
+    UnsupportedParamError,
+)
 
 log = logging.getLogger("chatmodel.engine")
 
@@ -60,6 +71,7 @@ class Engine(EngineClient):
         self.max_kv_tokens = max_kv_tokens
         self.eos_ids = self._eos_ids()
         self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens else None
+        self.grammars = Grammars(self.tokenizer, int(self.model.config.vocab_size))
         self._waiting: collections.deque[Request] = collections.deque()
         self._lock = threading.Condition()
         self._ids = itertools.count(1)
@@ -85,6 +97,12 @@ class Engine(EngineClient):
         """Queue a request; events go to `sink` from the engine thread. Returns the request id."""
         if not prompt:
             raise ValueError("the prompt is empty")
+        grammar = None
+        if params.guide is not None:  # compiled here, before queueing: the engine thread never waits on it
+            if params.beams > 1:
+                param = param_of(params.guide)
+                raise UnsupportedParamError(param, f"{param} is not supported with use_beam_search")
+            grammar = self.grammars.compile(params.guide)
         with self._lock:
             if not self._accepting:
                 raise EngineStoppedError("the server is draining and takes no new requests")
@@ -93,7 +111,7 @@ class Engine(EngineClient):
             gen = None
             if params.seed is not None:
                 gen = torch.Generator(device=self.device).manual_seed(params.seed % 2**64)  # any int64
-            req = Request(next(self._ids), prompt, params, sink, generator=gen)
+            req = Request(next(self._ids), prompt, params, sink, generator=gen, grammar=grammar)
             self._waiting.append(req)
             self._lock.notify()
         return req.id
@@ -192,6 +210,9 @@ class Engine(EngineClient):
             beam_search(self.model, self.tokenizer, self.device, r, self.eos_ids, pad, self.context_length)
             return
         seqs = [Sequence(r, self.tokenizer, self.eos_ids) for r in reqs]
+        for seq in seqs:
+            if seq.req.grammar is not None:
+                seq.matcher = self.grammars.matcher(seq.req.grammar, seq.stop_ids)
         cached = [self.prefix_cache.lookup(r.prompt) if self.prefix_cache else (0, None) for r in reqs]
         past = max(n for n, _ in cached)
         width = max(len(r.prompt) - n for r, (n, _) in zip(reqs, cached, strict=True))

@@ -3,7 +3,8 @@
 The order is vLLM's: the logprobs a request asks for are those of the model's raw distribution (vLLM's
 default `logprobs_mode=raw_logprobs`: before bias, penalties and temperature), one log_softmax over the rows
 that want them; then, on the rows that use them only, min_tokens masking, logit_bias and the penalties
-(repetition, frequency, presence); greedy rows take the argmax of that; sampled rows apply temperature,
+(repetition, frequency, presence), after the grammar's bitmask on rows with a guide (engine/grammar.py);
+greedy rows take the argmax of that; sampled rows apply temperature,
 min_p, top_k and top_p, batched with per-row tensors, and draw with their own generator. A row that uses
 none of these costs nothing more than before.
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .grammar import apply_masks
 from .sequence import Sequence
 from .types import GREEDY_BELOW, SamplingParams, TokenLogprob
 
@@ -39,9 +41,13 @@ def sample_step(logits: torch.Tensor, seqs: list[Sequence]) -> Step:
     want = [i for i, p in enumerate(params) if p.logprobs is not None]
     raw_lp = torch.log_softmax(logits[_rows(want, dev)].float(), -1) if want else None
     processed = [i for i, s in enumerate(seqs) if _processed(s)]
+    guided = [i for i, s in enumerate(seqs) if s.matcher is not None]
+    if processed or guided:
+        logits = logits.to(torch.float32, copy=True)
+    if guided:  # structured outputs: what each row's grammar forbids is -inf, before anything else
+        apply_masks(logits, [seqs[i].matcher for i in guided], guided)
     if processed:
         rows = _rows(processed, dev)
-        logits = logits.to(torch.float32, copy=True)
         logits[rows] = _process(logits[rows], [seqs[i] for i in processed])
     tokens: list[int] = logits.argmax(-1).tolist()
     hot = [i for i, p in enumerate(params) if p.temperature >= GREEDY_BELOW]  # below: greedy (~0 overflows)

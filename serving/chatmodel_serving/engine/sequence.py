@@ -27,6 +27,7 @@ class Request:
     submitted: float = field(default_factory=time.monotonic)
     generator: torch.Generator | None = None  # set when params.seed is
     cancelled: bool = False
+    grammar: Any = None  # the compiled grammar of params.guide (engine/grammar.py)
 
 
 class Sequence:
@@ -44,6 +45,7 @@ class Sequence:
         self.sent = 0  # characters of text already handed out
         self.hold = max((len(s) for s in req.params.stop), default=1) - 1
         self.finish_reason: str | None = None
+        self.matcher: Any = None  # structured outputs: an xgrammar GrammarMatcher (set by the engine)
 
     @property
     def last_token(self) -> int:
@@ -52,7 +54,13 @@ class Sequence:
     def add(self, token: int, context_length: int, logprob: TokenLogprob | None = None) -> None:
         """Record a sampled token and emit the new text; sets finish_reason when the sequence ends."""
         params = self.req.params
-        if token in self.stop_ids:
+        # With a guide the grammar decides when the answer is whole: it then allows only end tokens, and a
+        # token it refuses (none can be sampled unless min_tokens masked them all) ends it too.
+        guided_end = self.matcher is not None and (
+            not self.matcher.accept_token(token) or self.matcher.is_terminated()
+        )
+        ended = token in self.stop_ids or guided_end
+        if ended:
             self.finish_reason = "stop"
         else:
             self.generated.append(token)
@@ -82,7 +90,7 @@ class Sequence:
             self.req.sink(
                 Event(
                     text=delta,
-                    token_ids=[token] if token not in self.stop_ids else [],
+                    token_ids=[] if ended else [token],
                     finish_reason=self.finish_reason,
                     completion_tokens=len(self.generated),
                     logprobs=logprobs,

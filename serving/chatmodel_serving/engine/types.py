@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 # Temperatures below this sample as greedy (as vLLM's _SAMPLING_EPS): logits / 1e-300 are inf.
 GREEDY_BELOW = 1e-5
@@ -21,6 +21,22 @@ class QueueFullError(RuntimeError):
 
 class EngineStoppedError(RuntimeError):
     """The engine is draining or stopped and takes no new requests (HTTP 503)."""
+
+
+GuideKind = Literal["json", "json_object", "regex", "choice", "grammar"]
+
+
+@dataclass(frozen=True)
+class Guide:
+    """A constraint on the answer's text (structured outputs), as vLLM's `structured_outputs` names them:
+    `json` = a JSON schema (JSON text), `json_object` = any JSON object (spec ""), `regex` = a regular
+    expression, `choice` = one of a JSON list of strings, `grammar` = an EBNF grammar. Hashable: the
+    engine compiles each (kind, spec) once. `param` names the request field it came from, for errors
+    (`response_format.json_schema.schema`; empty = `structured_outputs.<kind>`); not part of the key."""
+
+    kind: GuideKind
+    spec: str = ""
+    param: str = field(default="", compare=False)
 
 
 @dataclass
@@ -45,6 +61,7 @@ class SamplingParams:
     min_tokens: int = 0
     stop_token_ids: tuple[int, ...] = ()
     logprobs: int | None = None  # None = none; k = the sampled token's logprob and the k most likely
+    guide: Guide | None = None  # structured outputs: the answer must match it (engine/grammar.py)
 
     def controls(self) -> list[str]:
         """The request fields (API names) of the settings above that are not at their defaults."""
@@ -59,7 +76,10 @@ class SamplingParams:
             "stop_token_ids": bool(self.stop_token_ids),
             "logprobs": self.logprobs is not None,
         }
-        return [name for name, on in chosen.items() if on]
+        names = [name for name, on in chosen.items() if on]
+        if self.guide is not None:  # named by its top-level field: response_format or structured_outputs
+            names.append((self.guide.param or "structured_outputs").split(".")[0])
+        return names
 
 
 @dataclass

@@ -20,6 +20,7 @@ from .plots import write_reports
 
 log = logging.getLogger("chatmodel.train")
 METRICS_FILE = "metrics.json"
+GATE_FILE = "gate.json"  # spec.rollout.gate's verdict, written by `chatmodel run` (write_gate)
 TERMINATION_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
 
 
@@ -109,4 +110,19 @@ def summary(metrics: dict[str, Any]) -> str:
 
 def read_metrics(output: Path) -> dict[str, Any] | None:
     path = output / METRICS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_gate(output: Path, passed: bool, reason: str, gate: dict[str, Any] | None) -> None:
+    """The gate's verdict on a published version, beside its metrics.json: {"passed", "reason", "gate"}
+    (`gate`: the gate's settings, None when there is none). Written again on every judgement (a manifest's
+    gate may change while its version, a digest of what shapes the model, stays)."""
+    verdict = {"passed": passed, "reason": reason, "gate": gate}
+    tmp = output / f".{GATE_FILE}.tmp"
+    tmp.write_text(json.dumps(verdict, indent=2) + "\n")
+    tmp.replace(output / GATE_FILE)  # readers never see half a file
+
+
+def read_gate(output: Path) -> dict[str, Any] | None:
+    path = output / GATE_FILE
     return json.loads(path.read_text()) if path.is_file() else None

@@ -290,11 +290,187 @@ async function useKey(event) {
   $("api-key").value = "";
   if (await loadModels()) {
     layoutColumns();
-    $("prompt").focus();
+    if ($("versions-view").hidden) $("prompt").focus();
+    else loadVersions();
+  }
+}
+
+// ---- the Versions view -------------------------------------------------------------------------------
+// GET /v1/versions (same key as the rest of the API): each served version's eval loss per evaluation, its
+// final eval loss, the gate's verdict and the server's live figures. The chart is inline SVG built with DOM
+// calls (no library, no font): one curve per version that has a training record.
+
+const SVG = "http://www.w3.org/2000/svg";
+const COLORS = ["#1f6fb4", "#c2410c", "#2e7d32", "#7b3fa0", "#8c564b", "#0f766e"];
+const DASHES = ["", "7 4", "2 3", "10 3 2 3"]; // besides the colour, for readers who cannot tell them apart
+let versionsTimer = null;
+
+function svgEl(name, attrs, parent) {
+  const el = document.createElementNS(SVG, name);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, String(v));
+  if (parent) parent.appendChild(el);
+  return el;
+}
+
+function fmt(value, digits, unit) {
+  return value === null || value === undefined ? "–" : value.toFixed(digits) + (unit || "");
+}
+
+function niceStep(span, count) {
+  const raw = span / count;
+  const mag = Math.pow(10, Math.floor(Math.log10(raw)));
+  return [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => s >= raw);
+}
+
+function niceTicks(lo, hi, step) {
+  const ticks = [];
+  for (let t = Math.ceil(lo / step) * step; t <= hi + step * 1e-9; t += step) ticks.push(+t.toFixed(10));
+  return ticks;
+}
+
+function versionLabel(v) {
+  return v.training ? v.names[0] + " · " + v.training.version : v.names[0];
+}
+
+function drawChart(curves) {
+  const plot = $("eval-chart-plot");
+  const legend = $("eval-chart-legend");
+  plot.replaceChildren();
+  legend.replaceChildren();
+  if (!curves.length) {
+    const p = document.createElement("p");
+    p.className = "muted";
+    p.textContent = "No served version has a training record: nothing to draw.";
+    plot.appendChild(p);
+    return;
+  }
+  const W = 760, H = 300, L = 56, R = 16, T = 12, B = 40;
+  const points = curves.flatMap((c) => c.points);
+  const maxStep = Math.max(1, ...points.map((p) => p.step));
+  let lo = Math.min(...points.map((p) => p.eval_loss));
+  let hi = Math.max(...points.map((p) => p.eval_loss));
+  const yStep = niceStep(hi - lo || Math.abs(hi) || 1, 5);
+  lo = Math.floor(lo / yStep) * yStep; // the axis starts and ends on a tick
+  hi = Math.max(Math.ceil(hi / yStep) * yStep, lo + yStep);
+  const x = (step) => L + ((W - L - R) * step) / maxStep;
+  const y = (loss) => T + ((H - T - B) * (hi - loss)) / (hi - lo);
+  const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-labelledby": "eval-chart-title eval-chart-desc" });
+  const desc = svgEl("desc", { id: "eval-chart-desc" }, svg);
+  desc.textContent = curves
+    .map((c) => `${c.label}: ${c.points.map((p) => `step ${p.step} ${p.eval_loss.toFixed(4)}`).join(", ")}`)
+    .join("; ");
+  for (const t of niceTicks(lo, hi, yStep)) {
+    svgEl("line", { class: "grid", x1: L, x2: W - R, y1: y(t), y2: y(t) }, svg);
+    const label = svgEl("text", { x: L - 6, y: y(t) + 4, "text-anchor": "end" }, svg);
+    label.textContent = t.toFixed(2);
+  }
+  for (const t of niceTicks(0, maxStep, Math.max(1, Math.round(niceStep(maxStep, 6))))) {
+    svgEl("line", { class: "axis", x1: x(t), x2: x(t), y1: H - B, y2: H - B + 4 }, svg);
+    const label = svgEl("text", { x: x(t), y: H - B + 16, "text-anchor": "middle" }, svg);
+    label.textContent = String(t);
+  }
+  svgEl("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B }, svg);
+  svgEl("line", { class: "axis", x1: L, x2: L, y1: T, y2: H - B }, svg);
+  const xName = svgEl("text", { x: (L + W - R) / 2, y: H - 6, "text-anchor": "middle" }, svg);
+  xName.textContent = "optimizer step";
+  const yName = svgEl("text", { x: 12, y: (T + H - B) / 2, "text-anchor": "middle", transform: `rotate(-90 12 ${(T + H - B) / 2})` }, svg);
+  yName.textContent = "eval loss";
+  curves.forEach((c, i) => {
+    const color = COLORS[i % COLORS.length];
+    const dash = DASHES[i % DASHES.length];
+    const d = c.points.map((p, j) => (j ? "L" : "M") + x(p.step).toFixed(1) + " " + y(p.eval_loss).toFixed(1)).join(" ");
+    const path = svgEl("path", { class: "curve", d: d, stroke: color, "data-version": c.version }, svg);
+    if (dash) path.setAttribute("stroke-dasharray", dash);
+    for (const p of c.points) {
+      const dot = svgEl("circle", { cx: x(p.step), cy: y(p.eval_loss), r: 4, fill: color }, svg);
+      svgEl("title", {}, dot).textContent = `${c.label}, step ${p.step}: eval loss ${p.eval_loss.toFixed(4)}`;
+    }
+    const item = document.createElement("li");
+    const swatch = svgEl("svg", { class: "swatch", width: 24, height: 8, "aria-hidden": "true" }, item);
+    const line = svgEl("line", { x1: 0, x2: 24, y1: 4, y2: 4, stroke: color, "stroke-width": 3 }, swatch);
+    if (dash) line.setAttribute("stroke-dasharray", dash);
+    item.appendChild(document.createTextNode(c.label + " (final " + fmt(c.final, 4) + ")"));
+    legend.appendChild(item);
+  });
+  plot.appendChild(svg);
+}
+
+function cell(row, text, className) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (className) td.className = className;
+  row.appendChild(td);
+  return td;
+}
+
+function gateText(t) {
+  if (!t.gate) return ["not recorded", "muted"];
+  if (!t.gate.gate) return ["no gate", "muted"];
+  return t.gate.passed ? ["passed", "verdict-passed"] : ["refused: " + t.gate.reason, "verdict-refused"];
+}
+
+function drawTable(data) {
+  const body = $("versions-table").querySelector("tbody");
+  body.replaceChildren();
+  for (const v of data) {
+    const row = document.createElement("tr");
+    row.dataset.names = v.names.join(" ");
+    const th = document.createElement("th");
+    th.scope = "row";
+    th.textContent = v.names.join(", ");
+    row.appendChild(th);
+    const t = v.training;
+    if (t) {
+      cell(row, t.version + (t.method ? " (" + t.method + ")" : ""));
+      const final = cell(row, fmt(t.eval_loss, 4), "num final");
+      if (t.eval_loss !== null) final.dataset.value = String(t.eval_loss);
+      cell(row, fmt(t.eval_loss_before, 4), "num");
+      const [text, cls] = gateText(t);
+      cell(row, text, "gate " + cls);
+    } else {
+      const none = cell(row, "no training record · " + v.source, "muted no-record");
+      none.colSpan = 4;
+    }
+    cell(row, String(v.live.requests), "num requests");
+    cell(row, fmt(v.live.tokens_per_second, 1), "num");
+    cell(row, fmt(v.live.ttft_p95_seconds, 3, " s"), "num");
+    body.appendChild(row);
+  }
+}
+
+async function loadVersions() {
+  const resp = await fetch("/v1/versions", { headers: headers() });
+  if (!resp.ok) {
+    status(await errorText(resp), true);
+    return;
+  }
+  const data = (await resp.json()).data;
+  const curves = data
+    .filter((v) => v.training && v.training.eval_curve.length)
+    .map((v) => ({ label: versionLabel(v), version: v.training.version, points: v.training.eval_curve, final: v.training.eval_loss }));
+  drawChart(curves);
+  drawTable(data);
+  $("versions-view").dataset.loaded = String(Date.now());
+}
+
+function showView(name) {
+  const versions = name === "versions";
+  $("chat-view").hidden = versions;
+  $("versions-view").hidden = !versions;
+  $("show-chat").setAttribute("aria-pressed", String(!versions));
+  $("show-versions").setAttribute("aria-pressed", String(versions));
+  clearInterval(versionsTimer);
+  versionsTimer = null;
+  if (versions) {
+    loadVersions();
+    versionsTimer = setInterval(loadVersions, 5000); // the live figures, while the view is open
   }
 }
 
 document.addEventListener("DOMContentLoaded", async () => {
+  $("show-chat").addEventListener("click", () => showView("chat"));
+  $("show-versions").addEventListener("click", () => showView("versions"));
+  $("refresh-versions").addEventListener("click", loadVersions);
   $("key-form").addEventListener("submit", useKey);
   $("ask").addEventListener("submit", ask);
   $("stop").addEventListener("click", stop);

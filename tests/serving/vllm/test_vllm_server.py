@@ -24,7 +24,7 @@ from chatmodel_serving.launch import ReadyProcess, free_port
 from chatmodel_serving.models import cpu_supports_bf16
 from tests.tools import missing
 
-SAMPLE = Path(__file__).parents[2] / "manifests/samples/vllm.yaml"
+SAMPLE = Path(__file__).parents[3] / "manifests/samples/vllm.yaml"
 API_KEY = "vllm-test-key-0123"
 QUESTION = "What is the part number of the Tidewell H2 filter cartridge?"
 # One short epoch at a high rate: enough to change greedy answers, minutes rather than tens on 2 cores.

@@ -21,8 +21,7 @@ from chatmodel_operator.builders.training import master_address
 from chatmodel_operator.config import Config
 from chatmodel_operator.spec import ChatModel, model_version
 from chatmodel_serving.launch import free_port
-
-from .conftest import demo_lines, write_jsonl
+from tests.serving.train.conftest import demo_lines, write_jsonl
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent

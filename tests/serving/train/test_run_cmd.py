@@ -11,7 +11,7 @@ import pytest
 from chatmodel_serving.cli import main
 from chatmodel_serving.cli.run import ManifestError, plan, serve_args, serve_options
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 QUICKSTART = ROOT / "manifests" / "samples" / "quickstart.yaml"
 
 

@@ -18,8 +18,7 @@ from chatmodel_serving.train.data import (
     split_examples,
     tokenize_examples,
 )
-
-from .conftest import DEMO_DATA
+from tests.serving.train.conftest import DEMO_DATA
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

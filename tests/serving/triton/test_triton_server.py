@@ -17,8 +17,7 @@ import tritonclient.http as httpclient
 
 from chatmodel_serving.triton import contract
 from chatmodel_serving.triton.client import infer_inputs
-
-from .conftest import MODEL, UNARY
+from tests.serving.triton.conftest import MODEL, UNARY
 
 if TYPE_CHECKING:
     from chatmodel_serving.launch import ServerProcess

@@ -18,8 +18,7 @@ import torch
 
 from chatmodel_serving.models import load_model
 from chatmodel_serving.train.trainer import TrainResult
-
-from .conftest import DEMO_DATA, EPOCHS, TRAINED_FACT, TRAINED_QUESTION
+from tests.serving.train.conftest import DEMO_DATA, EPOCHS, TRAINED_FACT, TRAINED_QUESTION
 
 pytestmark = pytest.mark.slow
 

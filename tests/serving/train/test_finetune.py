@@ -13,8 +13,7 @@ import pytest
 from chatmodel_serving.cli import main
 from chatmodel_serving.launch import ServerProcess
 from chatmodel_serving.train.trainer import TrainResult
-
-from .conftest import EPOCHS, TRAINED_FACT, TRAINED_QUESTION
+from tests.serving.train.conftest import EPOCHS, TRAINED_FACT, TRAINED_QUESTION
 
 pytestmark = pytest.mark.slow
 
