@@ -47,6 +47,20 @@ def server(
         yield front
 
 
+def runtime(request: pytest.FixtureRequest) -> str:
+    """The runtime a test runs against (its `server` parameter)."""
+    callspec = getattr(request.node, "callspec", None)
+    return str(callspec.params.get("server", "pytorch")) if callspec else "pytorch"
+
+
+@pytest.fixture
+def pytorch_only(request: pytest.FixtureRequest) -> None:
+    """Skip on the other runtimes; the test module's PYTORCH_ONLY says why (and which test checks that they
+    refuse the feature instead)."""
+    if runtime(request) != "pytorch":
+        pytest.skip(getattr(request.module, "PYTORCH_ONLY", "the PyTorch runtime only"))
+
+
 @pytest.fixture(scope="session")
 def client(server: ServerProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.url, api_key=API_KEY, max_retries=0, timeout=300)

@@ -18,7 +18,7 @@ import torch
 from chatmodel_serving.launch import ServerProcess
 from chatmodel_serving.models import resolve_source
 
-from .conftest import API_KEY, MODEL
+from .conftest import API_KEY, MODEL, runtime
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -30,15 +30,8 @@ TOP = 5
 STEPS = 12
 
 
-def runtime(request: pytest.FixtureRequest) -> str:
-    callspec = getattr(request.node, "callspec", None)
-    return str(callspec.params.get("server", "pytorch")) if callspec else "pytorch"
-
-
-@pytest.fixture
-def pytorch_only(request: pytest.FixtureRequest) -> None:
-    if runtime(request) != "pytorch":
-        pytest.skip("the Triton runtime does not carry logprobs and the sampling controls yet")
+# Why the pytorch_only fixture (tests/serving/conftest.py) skips the other runtimes here.
+PYTORCH_ONLY = "the Triton runtime does not carry logprobs and the sampling controls yet"
 
 
 @dataclass

@@ -23,21 +23,14 @@ from chatmodel_serving.engine.grammar import Grammars, GuideError
 from chatmodel_serving.engine.types import Guide
 from chatmodel_serving.launch import ServerProcess
 
-from .conftest import API_KEY, MODEL
+from .conftest import API_KEY, MODEL, runtime
 
 MSG = [{"role": "user", "content": "x"}]
 MAX_TOKENS = 160
 
 
-def runtime(request: pytest.FixtureRequest) -> str:
-    callspec = getattr(request.node, "callspec", None)
-    return str(callspec.params.get("server", "pytorch")) if callspec else "pytorch"
-
-
-@pytest.fixture
-def pytorch_only(request: pytest.FixtureRequest) -> None:
-    if runtime(request) != "pytorch":
-        pytest.skip("the Triton runtime does not carry guides yet (test_triton_refuses_guides)")
+# Why the pytorch_only fixture (tests/serving/conftest.py) skips the other runtimes here.
+PYTORCH_ONLY = "the Triton runtime does not carry guides yet (test_triton_refuses_guides)"
 
 
 @pytest.fixture(scope="module")
