@@ -136,6 +136,12 @@ def fuzz(server: ServerProcess, op: Any, operation: str, mode: GenerationMode, e
     def one(case: Any, auth: str, noise: dict[str, str]) -> None:
         if mode is GenerationMode.POSITIVE and isinstance(case.body, dict):
             case.body["model"] = MODEL  # a valid request names a served model; random names only 404
+            # And follows the rules between fields that OpenAPI cannot state (each refused with a 400 of its
+            # own, which the negative half and tests/serving check): tool_choice only beside tools, one guide.
+            if "tools" not in case.body:
+                case.body.pop("tool_choice", None)
+            if "structured_outputs" in case.body:
+                case.body.pop("response_format", None)
         stream = isinstance(case.body, dict) and case.body.get("stream") is True
         response = case.call(
             # Long: schemathesis stops reading a stream at the timeout (n x max_tokens on a slow runtime).
@@ -200,4 +206,7 @@ def fuzz_endpoint(server: ServerProcess, runtime: str, operation: str, examples:
     assert not [s for s in statuses if s >= 500], result
     assert httpx.get(f"{server.base}/ready").status_code == 200
     if operation.startswith("POST"):
-        assert statuses[200] > examples // 10, "too few valid requests reached the engine"
+        # A floor, not a target: random bodies that the schema allows now mostly break rules it cannot state
+        # (tool messages' ids and JSON arguments, compilable guides and tool schemas): 5-7% answer 200
+        # (2026-12-02: 142 of 2000 on pytorch, 13 of 250 on triton); fewer means validation refuses all.
+        assert statuses[200] > examples // 40, "too few valid requests reached the engine"
