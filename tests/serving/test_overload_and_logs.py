@@ -63,8 +63,13 @@ def test_logs_are_json_with_request_ids_and_no_prompts(server: ServerProcess, cl
     )
     assert r.headers["x-request-id"] == "req-abc-123"
     assert server.log_path is not None
-    lines = [json.loads(ln) for ln in server.log_path.read_text().splitlines() if ln.startswith("{")]
-    assert any(ln.get("request_id") == "req-abc-123" and ln.get("status") == 200 for ln in lines)
+    # The access line is written once the response has gone out, so the client can see the answer first.
+    deadline, found = time.monotonic() + 30, False
+    while not found and time.monotonic() < deadline:
+        lines = [json.loads(ln) for ln in server.log_path.read_text().splitlines() if ln.startswith("{")]
+        found = any(ln.get("request_id") == "req-abc-123" and ln.get("status") == 200 for ln in lines)
+        time.sleep(0 if found else 0.1)
+    assert found, "no log line with the request id and status 200"
     assert secret not in server.log_path.read_text()
 
 
