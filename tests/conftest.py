@@ -2,9 +2,9 @@
 
 Slow = starts something real beyond the test process (a runtime server, tritonserver, vLLM, Prometheus, a
 Kubernetes control plane, a browser, podman, the operator as a process), trains a model, or draws hundreds
-of examples. Every test under a folder of SLOW_DIRS does one of those, so the folder decides (the deepest
-folder listed wins); elsewhere the file does (SLOW_FILES). tests/serving/train is listed as not slow: it
-marks its own slow modules and tests (`pytestmark`, `@pytest.mark.slow`), since its data and planning
+of examples. A folder listed in SLOW_DIRS decides for the tests under it (the deepest listed folder
+wins); a file listed in FILES decides for itself. tests/serving/train is listed as not slow: it marks its
+own slow modules and tests (`pytestmark`, `@pytest.mark.slow`), since its data and planning
 tests are fast. The operator's kmock tests (the real kopf operator in-process on an emulated API) stay in
 the fast set: seconds each.
 """
@@ -22,25 +22,27 @@ SLOW_DIRS = {
     "cluster": True,
     "e2e": True,
     "fuzz": True,
-    "serving": True,  # the API tests against real servers, tests/serving/triton, tests/serving/vllm
+    "serving": True,  # the API tests against real servers, tests/serving/{triton,vllm,ui}
+    "serving/api": False,  # request and response models, the tool parser, figures: no server
+    "serving/cli": False,  # the command line's checks fail before a model loads
+    "serving/engine": False,  # the engine's parts, and the engine in process on the shipped model
     "serving/train": False,  # marks its own slow tests
-    "ui": True,
 }
-SLOW_FILES = frozenset(
-    {
-        "operator/test_operator_chaos.py",  # the operator process killed and restarted, 20 rounds
-        "operator/test_operator_promql.py",  # Prometheus scraping two real `chatmodel serve` processes
-        "operator/test_operator_properties.py",  # 300 generated specs per test, each rendered and validated
-    }
-)
+# Files whose speed differs from their folder's (relative to tests/).
+FILES = {
+    "e2e/test_kind_script.py": False,  # parses the script and runs it without its tools: it skips at once
+    "operator/test_operator_chaos.py": True,  # the operator process killed and restarted, 20 rounds
+    "operator/test_operator_promql.py": True,  # Prometheus scraping two real `chatmodel serve` processes
+    "operator/test_operator_properties.py": True,  # 300 generated specs per test, each rendered and validated
+}
 
 
 def is_slow(path: Path) -> bool:
     if not path.is_relative_to(HERE):
         return False
     rel = path.relative_to(HERE)
-    if rel.as_posix() in SLOW_FILES:
-        return True
+    if rel.as_posix() in FILES:
+        return FILES[rel.as_posix()]
     folders = [p.as_posix() for p in rel.parents if p.parts]  # a/b/test_x.py: "a/b", then "a"
     return next((SLOW_DIRS[f] for f in folders if f in SLOW_DIRS), False)
 

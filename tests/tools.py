@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout
 
 
 def missing(what: str, install: str) -> None:

@@ -6,24 +6,19 @@ front, so users see one API whichever runtime a ChatModel picks. CHATMODEL_TEST_
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import openai
 import pytest
 
 from chatmodel_serving.launch import ServerProcess
+from tests.serving.helpers import API_KEY, MODEL, RUNTIMES, Ask, runtime
 from tests.tools import missing
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletion
     from transformers import PreTrainedTokenizerBase
-
-API_KEY = "test-key-0123456789"
-MODEL = "smollm2-135m"
-RUNTIMES = os.environ.get("CHATMODEL_TEST_RUNTIMES", "pytorch,triton").split(",")
 
 
 @pytest.fixture(scope="session", params=RUNTIMES)
@@ -45,12 +40,6 @@ def server(
 
     with triton_front(d, args, dtype="float32") as (_, front):
         yield front
-
-
-def runtime(request: pytest.FixtureRequest) -> str:
-    """The runtime a test runs against (its `server` parameter)."""
-    callspec = getattr(request.node, "callspec", None)
-    return str(callspec.params.get("server", "pytorch")) if callspec else "pytorch"
 
 
 @pytest.fixture
@@ -77,26 +66,6 @@ def tokenizer() -> (
     return AutoTokenizer.from_pretrained(resolve_source("builtin://smollm2-135m"))
 
 
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text format (0 when absent)."""
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        if line.startswith("#") or " " not in line:
-            continue
-        series, value = line.rsplit(" ", 1)
-        n, _, rest = series.partition("{")
-        got = ",".join(sorted(p for p in rest.rstrip("}").split(",") if p))
-        if n == name and got == want:
-            return float(value)
-    return 0.0
-
-
-class Ask(Protocol):
-    """The `ask` fixture: one user message, greedy and short unless `kw` says otherwise."""
-
-    def __call__(self, content: str, **kw: Any) -> ChatCompletion: ...
-
-
 @pytest.fixture
 def ask(client: openai.OpenAI) -> Ask:
     def ask(content: str, **kw: Any) -> ChatCompletion:
@@ -108,6 +77,3 @@ def ask(client: openai.OpenAI) -> Ask:
         return completion
 
     return ask
-
-
-__all__ = ["API_KEY", "MODEL", "Ask", "Path", "metric"]

@@ -9,8 +9,7 @@ import httpx
 import openai
 
 from chatmodel_serving.launch import ServerProcess
-
-from .conftest import MODEL, metric
+from tests.serving.helpers import MODEL, metric
 
 N = 16
 

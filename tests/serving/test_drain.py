@@ -12,8 +12,7 @@ import httpx
 import openai
 
 from chatmodel_serving.launch import ServerProcess
-
-from .streams import stream_story
+from tests.serving.streams import stream_story
 
 MODEL = "smollm2-135m"
 

@@ -9,8 +9,7 @@ import httpx
 import pytest
 
 from chatmodel_serving.launch import ServerProcess
-
-from .conftest import API_KEY, MODEL
+from tests.serving.helpers import API_KEY, MODEL
 
 MSG = [{"role": "user", "content": "hi"}]
 LONG = "word " * 9000  # more tokens than the 8,192-token context

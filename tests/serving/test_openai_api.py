@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import openai
 
-from .conftest import MODEL, Ask
+from tests.serving.helpers import MODEL, Ask
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -14,8 +14,7 @@ import httpx
 import openai
 
 from chatmodel_serving.launch import ServerProcess
-
-from .conftest import API_KEY, MODEL
+from tests.serving.helpers import API_KEY, MODEL
 
 
 def test_overload_gives_only_200_or_429_with_retry_after_and_stays_ready(tmp_path: Path) -> None:

@@ -17,8 +17,7 @@ import torch
 
 from chatmodel_serving.launch import ServerProcess
 from chatmodel_serving.models import resolve_source
-
-from .conftest import API_KEY, MODEL, runtime
+from tests.serving.helpers import API_KEY, MODEL, runtime
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -22,8 +22,7 @@ from pydantic import BaseModel, Field
 from chatmodel_serving.engine.grammar import Grammars, GuideError
 from chatmodel_serving.engine.types import Guide
 from chatmodel_serving.launch import ServerProcess
-
-from .conftest import API_KEY, MODEL, runtime
+from tests.serving.helpers import API_KEY, MODEL, runtime
 
 MSG = [{"role": "user", "content": "x"}]
 MAX_TOKENS = 160

@@ -16,8 +16,7 @@ import openai
 import pytest
 
 from chatmodel_serving.launch import ServerProcess
-
-from .conftest import API_KEY, MODEL
+from tests.serving.helpers import API_KEY, MODEL
 
 WEATHER = {
     "type": "function",

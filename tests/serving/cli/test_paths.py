@@ -5,11 +5,9 @@ the modules moved a folder down)."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from chatmodel_serving.cli import PROJECT_ROOT, demo, vllm
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.tools import ROOT
 
 
 def test_project_root_is_the_checkout() -> None:

@@ -25,7 +25,8 @@ import yaml
 
 from chatmodel_serving.launch import ServerProcess
 from chatmodel_serving.train.data import BUILTIN_DATA
-from tests.ui.test_playground import ROOT, axe_violations, use_key
+from tests.serving.ui.test_playground import axe_violations, use_key
+from tests.tools import ROOT
 
 KEY = "versions-test-key-7"
 NAME = "tidewell"

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from chatmodel_serving.cli import describe, field_path
+from tests.tools import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "manifests" / "samples" / "quickstart.yaml"
 HEAD = "apiVersion: chatmodel.dev/v1alpha1\nkind: ChatModel\nmetadata: {name: bot}\n"
 

@@ -18,11 +18,10 @@ import openai
 import pytest
 
 from chatmodel_serving.launch import ServerProcess
-from tests.tools import missing
+from tests.tools import ROOT, missing
 
 KEY = "ui-test-key-42"
 QUESTION = "What is the capital of France?"
-ROOT = Path(__file__).resolve().parents[2]
 AXE = ROOT / "tests" / "schemas" / "node_modules" / "axe-core" / "axe.min.js"  # `make install-node-tools`
 CHAT = "/v1/chat/completions"
 CONTROLS = {"button", "checkbox", "combobox", "spinbutton", "switch", "textbox"}
