@@ -14,6 +14,8 @@ import kopf
 # kopf's own API client (authentication, retries, session). Private, hence pinned in requirements.
 from kopf._cogs.clients import api as kopf_api
 from kopf._cogs.clients import errors as kopf_errors
+from kopf._cogs.clients import events as kopf_events
+from kopf._cogs.structs import bodies, references
 
 from chatmodel_operator import rbac
 from chatmodel_operator.refs import Ref
@@ -24,6 +26,7 @@ log = logging.getLogger("chatmodel.k8s")
 # Kind → resource, from the one declared list of API permissions (adding a kind is a row there).
 PLURALS = rbac.plurals()
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
+EVENTS = references.Resource("", "v1", "events", namespaced=True)
 
 
 def url(api_version: str, kind: str, namespace: str, name: str | None = None, sub: str | None = None) -> str:
@@ -107,6 +110,21 @@ class Client:
         # Background propagation deletes a Job's pods too.
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
         return await self._call("delete", url(api_version, kind, ns, name), body) is not None
+
+    async def event(self, about: Obj, type: str, reason: str, message: str) -> None:
+        """Post an Event about `about` as kopf.event() would (its shape, its cut of long messages, a
+        warning in the log instead of an error when refused), without kopf's per-object posting tasks."""
+        self.requests += 1
+        ref = bodies.build_object_reference(kopf.Body(cast(kopf.RawBody, about)))
+        await kopf_events.post_event(
+            ref=ref,
+            type=type,
+            reason=reason,
+            message=message,
+            resource=EVENTS,
+            settings=self.settings,
+            logger=self.logger,
+        )
 
     async def list(self, api_version: str, kind: str, ns: str, selector: dict[str, str]) -> list[Obj]:
         query = ",".join(f"{k}={v}" for k, v in selector.items())

@@ -8,9 +8,8 @@ import datetime
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, cast
+from typing import Any
 
-import kopf
 from pydantic import ValidationError
 
 from chatmodel_operator import metrics, observe, prometheus, rollout
@@ -48,11 +47,6 @@ def parse(body: Mapping[str, Any], status: Mapping[str, Any] | None) -> ChatMode
     return cm
 
 
-def _body(body: Mapping[str, Any]) -> kopf.Body:
-    """A kopf Body for kopf.event() (it reads the reference fields only)."""
-    return kopf.Body(cast(kopf.RawBody, dict(body)))
-
-
 @dataclasses.dataclass
 class Memory:
     """What this process remembers of one ChatModel between reconciles."""
@@ -76,6 +70,19 @@ class Reconciler:
         self._memory: dict[Key, Memory] = {}
         # Deleted ChatModels (key -> uid): a child event may still carry their last body.
         self._gone: dict[Key, str | None] = {}
+        self._posting: set[asyncio.Task[None]] = set()  # Events on their way (a reconcile does not wait)
+
+    def _event(self, body: Mapping[str, Any], type: str, reason: str, message: str) -> None:
+        task = asyncio.create_task(self.client.event(dict(body), type, reason, message))
+        self._posting.add(task)
+        task.add_done_callback(self._posting.discard)
+
+    async def stop(self) -> None:
+        """Let the Events on their way land (a few seconds at most), then drop the rest."""
+        if self._posting:
+            await asyncio.wait(self._posting, timeout=5)
+        for task in self._posting:
+            task.cancel()
 
     def _memory_of(self, key: Key) -> Memory:
         if key not in self._memory:
@@ -162,7 +169,7 @@ class Reconciler:
             await self.applier.scale(key[0], name, 0)
         if p.event is not None:
             kind, reason, message = p.event
-            kopf.event(_body(body), type=kind, reason=reason, message=message)
+            self._event(body, kind, reason, message)
         if any(o["kind"] in (*observe.TRAINERS, "Deployment") for o in created):
             # What was just created exists: say so now rather than in one more status write after its event.
             trainers = [o for o in created if o["kind"] in observe.TRAINERS]
@@ -230,7 +237,7 @@ class Reconciler:
         if phase != old:
             log.info("%s/%s: %s (%s)", key[0], key[1], phase, status.get("message") or "")
             kind = "Warning" if phase in ("Failed", "Degraded") else "Normal"
-            kopf.event(_body(body), type=kind, reason=phase, message=status.get("message") or phase)
+            self._event(body, kind, phase, status.get("message") or phase)
             if phase == "Ready" and old != "Degraded":
                 metrics.TIME_TO_READY.observe(asyncio.get_running_loop().time() - memory.first_seen)
         return status

@@ -32,9 +32,7 @@ class WorkQueue:
         self._workers: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        """Start the workers (once). Call it from a kopf resource handler: tasks copy its context, where
-        kopf keeps the queue that kopf.event() posts to (a task started at start-up has none). Keys added
-        before wait."""
+        """Start the workers (once). Keys added before wait."""
         if not self._workers:
             self._workers = [asyncio.create_task(self._work()) for _ in range(self._size)]
 
