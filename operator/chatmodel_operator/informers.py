@@ -85,6 +85,8 @@ class Kind(Generic[T]):
     labels: Mapping[str, str]
     observe: Callable[[dict[str, Any]], T | None]  # None: nothing to keep (a pod that is not stuck)
     key: Callable[[Mapping[str, Any], Mapping[str, str]], Key] = child_key  # whose ChatModel
+    # The part of an observation whose change queues the ChatModel (None: all of it).
+    queues_on: Callable[[T], Any] | None = None
 
     @property
     def resource(self) -> references.Resource:
@@ -95,7 +97,13 @@ class Kind(Generic[T]):
         return ",".join(f"{k}={v}" for k, v in sorted(self.labels.items()))
 
 
-CHATMODELS = Kind[dict[str, Any]](GROUP, VERSION, PLURAL, {}, observe.chatmodel, own_key)
+def _not_status(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k != "status"}
+
+
+# A ChatModel's status is ours: its echo (two of a ChatModel's three events) queues nothing, as
+# controller-runtime's GenerationChangedPredicate; the store still keeps the newest body.
+CHATMODELS = Kind[dict[str, Any]](GROUP, VERSION, PLURAL, {}, observe.chatmodel, own_key, _not_status)
 JOBS = Kind[JobObs]("batch", "v1", "jobs", TRAINING, observe.job)
 # fineTune.engine kubeflow: TrainJobs report Complete/Failed like Jobs.
 TRAINJOBS = Kind[JobObs]("trainer.kubeflow.org", "v1alpha1", "trainjobs", TRAINING, observe.job)
@@ -143,7 +151,7 @@ class Informer(Generic[T]):
             return
         if obs is None and old is not None and self.gone is not None:
             self.gone(key, old)
-        else:
+        elif obs is None or old is None or (q := self.kind.queues_on) is None or q(obs) != q(old):
             self.changed(key)
 
     def _keep_only(self, listed: set[tuple[Key, str]]) -> None:
