@@ -5,7 +5,6 @@ so the operator holds one set of credentials, one connection pool and kopf's ret
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from typing import Any, cast
 
@@ -70,8 +69,9 @@ def _key(obj: Obj) -> tuple[str, str, str]:
     return obj["kind"], m["namespace"], m["name"]
 
 
-def _digest(obj: Obj) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+def _digest(obj: Obj) -> bytes:
+    # repr, not sorted JSON: the builders put keys in a fixed order, and this runs on every apply.
+    return hashlib.sha1(repr(obj).encode()).digest()
 
 
 class Client:
@@ -141,7 +141,7 @@ class Applier:
 
     def __init__(self, client: Client) -> None:
         self.client = client
-        self._applied: dict[tuple[str, str, str], str] = {}
+        self._applied: dict[tuple[str, str, str], bytes] = {}
         self._absent: set[tuple[str, str, str]] = set()
 
     async def apply(self, obj: Obj, create_only: bool = False) -> str:

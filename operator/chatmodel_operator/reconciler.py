@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
-import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -57,8 +56,8 @@ class Memory:
     written: dict[str, Any] | None = None
     # The child observations (and stuck pods) the last reconcile acted on...
     acted_on: set[JobObs | DeploymentObs | PodTrouble] | None = None
-    # ...and the spec it acted on: with both unchanged, a reconcile would change nothing.
-    spec_seen: str | None = None
+    # ...and the (uid, spec) it acted on: with both unchanged, a reconcile would change nothing.
+    spec_seen: tuple[Any, Any] | None = None
 
 
 class Reconciler:
@@ -136,7 +135,8 @@ class Reconciler:
         deps: dict[str, DeploymentObs],
         troubles: frozenset[PodTrouble],
     ) -> dict[str, Any] | None:
-        spec_seen = json.dumps([body["metadata"].get("uid"), body.get("spec")], sort_keys=True, default=str)
+        # Compared with ==, not encoded: most triggers are repeats, and the spec is usually the same object.
+        spec_seen = (body["metadata"].get("uid"), body.get("spec"))
         previous = memory.written or body.get("status") or {}
         # A canary's live gate is time-based: its requeue must get through.
         if (

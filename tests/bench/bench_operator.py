@@ -28,7 +28,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -38,6 +37,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from chatmodel_serving.launch import free_port
 from tests.bench.results import record
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,12 +156,6 @@ def run_local_baseline(namespace: str, metrics_port: int, health_port: int) -> N
 
 
 # ---- the driver ----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def proc_stats(pid: int) -> tuple[float, float]:

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from chatmodel_serving.launch import free_port
 from tests.cluster import build
 
 HERE = Path(__file__).parent
@@ -43,12 +43,6 @@ UNPULLABLE_IMAGE = "kwok.invalid/pull-fails:1"
 # kwok manages only nodes with this annotation.
 KWOK_ANNOTATION = {"kwok.x-k8s.io/node": "fake"}
 GPU_RESOURCE = "nvidia.com/gpu"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def node(name: str, gpus: int = 0) -> dict[str, Any]:

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.cluster.devcluster import LocalCluster, free_port, kubeconfig
+from chatmodel_serving.launch import free_port
+from tests.cluster.devcluster import LocalCluster, kubeconfig
 
 # kopf's log lines start with "[2026-01-02 03:04:05,403]": milliseconds are no HTTP status.
 _TIMESTAMP = re.compile(r"^\[[^\]]*\]")

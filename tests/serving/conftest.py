@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from chatmodel_serving.launch import ServerProcess
-from tests.serving.helpers import API_KEY, MODEL, RUNTIMES, Ask, runtime
+from tests.serving.helpers import API_KEY, MODEL, RUNTIMES, Ask
 from tests.tools import missing
 
 if TYPE_CHECKING:
@@ -40,14 +40,6 @@ def server(
 
     with triton_front(d, args, dtype="float32") as (_, front):
         yield front
-
-
-@pytest.fixture
-def pytorch_only(request: pytest.FixtureRequest) -> None:
-    """Skip on the other runtimes; the test module's PYTORCH_ONLY says why (and which test checks that they
-    refuse the feature instead)."""
-    if runtime(request) != "pytorch":
-        pytest.skip(getattr(request.module, "PYTORCH_ONLY", "the PyTorch runtime only"))
 
 
 @pytest.fixture(scope="session")

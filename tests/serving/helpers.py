@@ -6,20 +6,12 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Protocol
 
-import pytest
-
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletion
 
 API_KEY = "test-key-0123456789"
 MODEL = "smollm2-135m"
 RUNTIMES = os.environ.get("CHATMODEL_TEST_RUNTIMES", "pytorch,triton").split(",")
-
-
-def runtime(request: pytest.FixtureRequest) -> str:
-    """The runtime a test runs against (its `server` parameter)."""
-    callspec = getattr(request.node, "callspec", None)
-    return str(callspec.params.get("server", "pytorch")) if callspec else "pytorch"
 
 
 def metric(text: str, name: str, **labels: str) -> float:

@@ -1,7 +1,7 @@
 """Logprobs and the sampling controls (issue 23) through the official client, on the real server: greedy
 logprobs match a plain-transformers forward pass of the same model in float32, logit_bias, penalties,
 min_tokens, stop_token_ids and top_k move the output the way they should, and bad values are 400s naming the
-field. The Triton runtime does not carry these yet: there, a request using one is a 400 naming it."""
+field. On both runtimes: the Triton runtime carries them to the same engine and its logprobs back."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 
 from chatmodel_serving.launch import ServerProcess
 from chatmodel_serving.models import resolve_source
-from tests.serving.helpers import API_KEY, MODEL, runtime
+from tests.serving.helpers import API_KEY, MODEL
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -27,10 +27,6 @@ TEXT_PROMPT = "The three primary colours are"
 TOLERANCE = 1e-3
 TOP = 5
 STEPS = 12
-
-
-# Why the pytorch_only fixture (tests/serving/conftest.py) skips the other runtimes here.
-PYTORCH_ONLY = "the Triton runtime does not carry logprobs and the sampling controls yet"
 
 
 @dataclass
@@ -122,7 +118,6 @@ def test_chat_logprobs_match_a_reference_forward_pass(
     client: openai.OpenAI,
     tokenizer: PreTrainedTokenizerBase,
     reference: Any,
-    pytorch_only: None,
     stream: bool,
 ) -> None:
     ref = reference(chat_prompt(tokenizer, Q))
@@ -154,7 +149,6 @@ def test_completion_logprobs_match_a_reference_forward_pass(
     client: openai.OpenAI,
     tokenizer: PreTrainedTokenizerBase,
     reference: Any,
-    pytorch_only: None,
     stream: bool,
 ) -> None:
     ref = reference(tokenizer.encode(TEXT_PROMPT, add_special_tokens=False))
@@ -183,7 +177,7 @@ def test_completion_logprobs_match_a_reference_forward_pass(
 
 
 def test_logit_bias_bans_and_forces_tokens(
-    client: openai.OpenAI, tokenizer: PreTrainedTokenizerBase, reference: Any, pytorch_only: None
+    client: openai.OpenAI, tokenizer: PreTrainedTokenizerBase, reference: Any
 ) -> None:
     ref = reference(chat_prompt(tokenizer, Q))
     banned = ref.ids[0]  # the first token greedy decoding produces
@@ -208,9 +202,7 @@ def together(client: openai.OpenAI, asks: list[tuple[str, dict[str, Any]]]) -> l
         return list(pool.map(lambda a: chat(client, a[0], **a[1]), asks))
 
 
-def test_penalties_reduce_repeats(
-    client: openai.OpenAI, tokenizer: PreTrainedTokenizerBase, pytorch_only: None
-) -> None:
+def test_penalties_reduce_repeats(client: openai.OpenAI, tokenizer: PreTrainedTokenizerBase) -> None:
     apple, poem = "Repeat the word 'apple' 20 times.", "Write a short poem about the sea."
     kw: dict[str, Any] = {"max_tokens": 30}
     answers = together(
@@ -238,7 +230,7 @@ def test_penalties_reduce_repeats(
 
 
 def test_min_tokens_stop_token_ids_and_top_k(
-    client: openai.OpenAI, tokenizer: PreTrainedTokenizerBase, reference: Any, pytorch_only: None
+    client: openai.OpenAI, tokenizer: PreTrainedTokenizerBase, reference: Any
 ) -> None:
     short = chat(client, "Say hi.", max_tokens=64)
     assert short.choices[0].finish_reason == "stop" and short.usage is not None
@@ -322,10 +314,3 @@ def test_openapi_describes_the_new_fields(http: httpx.Client) -> None:
         assert name in chat_fields and name in text_fields, name
     assert "top_logprobs" in chat_fields
     assert text_fields["logprobs"]["anyOf"][0]["maximum"] == 20
-
-
-def test_triton_refuses_what_it_cannot_carry(request: pytest.FixtureRequest, http: httpx.Client) -> None:
-    if runtime(request) != "triton":
-        pytest.skip("the PyTorch runtime honours these")
-    r = http.post("/v1/chat/completions", json={**CHAT_BODY, "logprobs": True})
-    assert r.status_code == 400 and r.json()["error"]["param"] == "logprobs", r.text

@@ -2,7 +2,8 @@
 SDK's `chat.completions.parse` with a pydantic model (streaming and not), 40 JSON schemas drawn by a
 hypothesis strategy whose every answer validates with jsonschema (n=3 too, sent at once so the engine
 batches them), vLLM's `structured_outputs` regex and choice, an answer cut by max_tokens ends with
-"length", and bad guides are 400s naming the field. The Triton runtime refuses guides with a 400."""
+"length", and bad guides are 400s naming the field. On both runtimes: Triton carries the guide to the same
+engine."""
 
 from __future__ import annotations
 
@@ -22,14 +23,10 @@ from pydantic import BaseModel, Field
 from chatmodel_serving.engine.grammar import Grammars, GuideError
 from chatmodel_serving.engine.types import Guide
 from chatmodel_serving.launch import ServerProcess
-from tests.serving.helpers import API_KEY, MODEL, runtime
+from tests.serving.helpers import API_KEY, MODEL
 
 MSG = [{"role": "user", "content": "x"}]
 MAX_TOKENS = 160
-
-
-# Why the pytorch_only fixture (tests/serving/conftest.py) skips the other runtimes here.
-PYTORCH_ONLY = "the Triton runtime does not carry guides yet (test_triton_refuses_guides)"
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +44,7 @@ class Person(BaseModel):
 ASK_PERSON: list[Any] = [{"role": "user", "content": "Invent a person: their name, age and city, as JSON."}]
 
 
-def test_parse_returns_a_pydantic_object(pytorch_only: None, client: openai.OpenAI) -> None:
+def test_parse_returns_a_pydantic_object(client: openai.OpenAI) -> None:
     done = client.chat.completions.parse(
         model=MODEL, messages=ASK_PERSON, response_format=Person, max_tokens=MAX_TOKENS, temperature=0
     )
@@ -135,9 +132,7 @@ def _ask(client: openai.OpenAI, schema: dict[str, Any], n: int, seed: int | None
     suppress_health_check=list(HealthCheck),
 )
 @given(schemas=st.lists(SCHEMAS, min_size=40, max_size=40))
-def test_forty_generated_schemas_all_validate(
-    pytorch_only: None, client: openai.OpenAI, schemas: list[dict[str, Any]]
-) -> None:
+def test_forty_generated_schemas_all_validate(client: openai.OpenAI, schemas: list[dict[str, Any]]) -> None:
     jobs = [(s, 1, None) for s in schemas] + [(s, 3, 7 + i) for i, s in enumerate(schemas[:6])]
     with ThreadPoolExecutor(len(jobs)) as pool:  # all at once: the engine batches guided rows together
         answers = list(pool.map(lambda j: _ask(client, *j), jobs))
@@ -153,7 +148,7 @@ def test_forty_generated_schemas_all_validate(
     assert not failures, failures
 
 
-def test_regex_and_choice(pytorch_only: None, client: openai.OpenAI) -> None:
+def test_regex_and_choice(client: openai.OpenAI) -> None:
     colours = ["red", "green", "blue"]
     r = client.chat.completions.create(
         model=MODEL,
@@ -190,7 +185,7 @@ def test_regex_and_choice(pytorch_only: None, client: openai.OpenAI) -> None:
     assert text in colours and chunks[-1].choices[0].finish_reason == "stop"
 
 
-def test_cut_short_is_length_not_stop(pytorch_only: None, client: openai.OpenAI) -> None:
+def test_cut_short_is_length_not_stop(client: openai.OpenAI) -> None:
     r = client.chat.completions.create(
         model=MODEL, messages=ASK_PERSON, max_tokens=4, temperature=0, response_format={"type": "json_object"}
     )
@@ -266,7 +261,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
 
 @pytest.mark.parametrize(("path", "fields", "param"), BAD, ids=[f"{i}-{b[2]}" for i, b in enumerate(BAD)])
 def test_bad_guides_are_400s_naming_the_field(
-    pytorch_only: None, http: httpx.Client, path: str, fields: dict[str, Any], param: str
+    http: httpx.Client, path: str, fields: dict[str, Any], param: str
 ) -> None:
     base = {"model": MODEL, "max_tokens": 4, **({"messages": MSG} if "chat" in path else {"prompt": "x"})}
     r = http.post(path, json={**base, **fields})
@@ -288,14 +283,6 @@ def test_openapi_describes_the_guides(http: httpx.Client) -> None:
         "json_object",
     }
     assert "schema" in schemas["JsonSchemaFormat"]["properties"]
-
-
-def test_triton_refuses_guides(request: pytest.FixtureRequest, http: httpx.Client) -> None:
-    if runtime(request) != "triton":
-        pytest.skip("the PyTorch runtime honours guides")
-    body = {"model": MODEL, "messages": MSG, "max_tokens": 4, "response_format": {"type": "json_object"}}
-    r = http.post("/v1/chat/completions", json=body)
-    assert r.status_code == 400 and r.json()["error"]["param"] == "response_format", r.text
 
 
 @pytest.mark.timeout(120)  # it stalled once after the server tests (under investigation): fail, never hang

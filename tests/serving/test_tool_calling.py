@@ -1,8 +1,8 @@
 """Tool calling (issue 23) through the official `openai` client on the shipped model: tools → tool_calls
 whose arguments validate → a `role: tool` result → a final text answer; `tool_choice="required"` and a
 named function always call (grammar-constrained); `parallel_tool_calls=false` gives one call; a stream
-rebuilds the same call (the SDK's own accumulation); bad tools are 400s naming the exact field. The Triton
-runtime cannot constrain decoding yet: there `required` / named are a 400 naming tool_choice."""
+rebuilds the same call (the SDK's own accumulation); bad tools are 400s naming the exact field. On both
+runtimes: the Triton runtime carries the guide to the same engine."""
 
 from __future__ import annotations
 
@@ -52,11 +52,6 @@ BOTH = "What is the weather in Paris and the time in Tokyo?"
 NAMED = {"type": "function", "function": {"name": "get_time"}}
 
 
-def runtime(request: pytest.FixtureRequest) -> str:
-    callspec = getattr(request.node, "callspec", None)
-    return str(callspec.params.get("server", "pytorch")) if callspec else "pytorch"
-
-
 def user(content: str) -> list[Any]:
     return [{"role": "user", "content": content}]
 
@@ -77,31 +72,15 @@ def check_calls(choice: Any, names: set[str] | None = None) -> list[Any]:
     return calls
 
 
-def refused(fn: Any, param: str) -> None:
-    with pytest.raises(openai.BadRequestError) as e:
-        fn()
-    assert e.value.status_code == 400 and e.value.param == param, e.value.body
-
-
-def test_round_trip(request: pytest.FixtureRequest, client: openai.OpenAI) -> None:
+def test_round_trip(client: openai.OpenAI) -> None:
     messages = user(PROMPTS[0])
-    if runtime(request) != "pytorch":
-        refused(lambda: create(client, messages, tool_choice="required"), "tool_choice")
-        call = {
-            "id": "call_0",
-            "type": "function",
-            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
-        }
-        assistant: Any = {"role": "assistant", "content": None, "tool_calls": [call]}
-    else:
-        first = create(client, messages, tools=[WEATHER], tool_choice="required")  # one tool: one call
-        (call_obj,) = check_calls(first.choices[0])
-        assert first.choices[0].message.content is None
-        assistant = first.choices[0].message.model_dump(exclude_none=True)
-        call = {"id": call_obj.id}
+    first = create(client, messages, tools=[WEATHER], tool_choice="required")  # one tool: one call
+    (call,) = check_calls(first.choices[0])
+    assert first.choices[0].message.content is None
+    assistant = first.choices[0].message.model_dump(exclude_none=True)
     result = {
         "role": "tool",
-        "tool_call_id": call["id"],
+        "tool_call_id": call.id,
         "content": json.dumps({"temperature": 18, "sky": "sunny"}),
     }
     final = create(client, [*messages, assistant, result], max_tokens=24)  # auto: the model answers in text
@@ -110,12 +89,8 @@ def test_round_trip(request: pytest.FixtureRequest, client: openai.OpenAI) -> No
     assert choice.finish_reason in ("stop", "length")
 
 
-def test_required_and_named_always_call(request: pytest.FixtureRequest, client: openai.OpenAI) -> None:
+def test_required_and_named_always_call(client: openai.OpenAI) -> None:
     cases = [(p, "required") for p in [*PROMPTS, BOTH]] + [(p, NAMED) for p in PROMPTS[::2]]
-    if runtime(request) != "pytorch":
-        for p, choice in cases[::4]:
-            refused(lambda p=p, choice=choice: create(client, user(p), tool_choice=choice), "tool_choice")
-        return
     with ThreadPoolExecutor(len(cases)) as pool:  # one batch on the engine
         answers = list(pool.map(lambda c: create(client, user(c[0]), tool_choice=c[1]), cases))
     for (_, choice), answer in zip(cases, answers, strict=True):
@@ -124,15 +99,7 @@ def test_required_and_named_always_call(request: pytest.FixtureRequest, client: 
             assert len(calls) == 1
 
 
-def test_parallel_tool_calls_false_gives_one_call(
-    request: pytest.FixtureRequest, client: openai.OpenAI
-) -> None:
-    if runtime(request) != "pytorch":
-        refused(
-            lambda: create(client, user(BOTH), tool_choice="required", parallel_tool_calls=False),
-            "tool_choice",
-        )
-        return
+def test_parallel_tool_calls_false_gives_one_call(client: openai.OpenAI) -> None:
     with ThreadPoolExecutor(2) as pool:
         answers = list(
             pool.map(
@@ -144,11 +111,7 @@ def test_parallel_tool_calls_false_gives_one_call(
         assert len(check_calls(answer.choices[0])) == 1
 
 
-def test_stream_rebuilds_the_same_call(request: pytest.FixtureRequest, client: openai.OpenAI) -> None:
-    if runtime(request) != "pytorch":
-        return refused(
-            lambda: create(client, user(PROMPTS[1]), tool_choice=NAMED, stream=True), "tool_choice"
-        )
+def test_stream_rebuilds_the_same_call(client: openai.OpenAI) -> None:
     kw: dict[str, Any] = {"max_tokens": 96, "temperature": 0, "tools": TOOLS, "tool_choice": NAMED}
     whole = check_calls(create(client, user(PROMPTS[1]), **kw).choices[0])
     with client.chat.completions.stream(model=MODEL, messages=user(PROMPTS[1]), **kw) as stream:

@@ -41,10 +41,9 @@ async def generate(
             def sink(ev: Event, index: int = index) -> None:
                 loop.call_soon_threadsafe(queue.put_nowait, (index, ev))
 
-            if params.guide is None:
-                ids[index] = engine.submit(prompt, params, sink)
-            else:  # submit compiles the guide (bounded, engine/grammar.py): not on the event loop
-                ids[index] = await asyncio.to_thread(engine.submit, prompt, params, sink)
+            if params.guide is not None:  # compiling it (bounded, engine/grammar.py): not on the event loop
+                await asyncio.to_thread(engine.prepare, params)
+            ids[index] = engine.submit(prompt, params, sink)
             m.prompt_tokens.labels(name).inc(len(prompt))
     except QueueFullError as exc:
         for rid in ids.values():

@@ -111,7 +111,6 @@ class ToolPlan:
             for t in self.tools
             if self.mode == "required" or t.function.name == self.name
         ]
-        # A backend that cannot constrain decoding (Triton, for now) refuses it naming tool_choice.
         if self.mode == "named":
             return Guide("json", json.dumps(calls[0]), param="tool_choice")
         # Bounded: unbounded, a small model repeats calls until max_tokens (seen with SmolLM2-135M).

@@ -81,10 +81,12 @@ def serve_model(opts: ServeOptions, source: str, name: str | None = None) -> Ser
     name = name or loaded.name
     engine: EngineClient
     if opts.backend:
+        from ..engine.grammar import Grammars
         from ..triton.client import TritonBackend
 
         bound = opts.max_batch_size + opts.max_waiting_requests
-        engine = TritonBackend.from_url(opts.backend, name, bound, opts.max_kv_tokens)
+        grammars = Grammars(loaded.tokenizer, int(loaded.model.config.vocab_size))
+        engine = TritonBackend.from_url(opts.backend, name, bound, opts.max_kv_tokens, grammars)
     else:
         engine = Engine(
             loaded,

@@ -93,16 +93,22 @@ class Engine(EngineClient):
         """The most sequences one request can ever have queued."""
         return self.max_waiting
 
+    def prepare(self, params: SamplingParams) -> None:
+        """Compile the request's guide (cached; bounded in time), raising GuideError for a bad one."""
+        if params.guide is not None:
+            if params.beams > 1:
+                param = param_of(params.guide)
+                raise UnsupportedParamError(param, f"{param} is not supported with use_beam_search")
+            self.grammars.compile(params.guide)
+
     def submit(self, prompt: list[int], params: SamplingParams, sink: Sink) -> int:
         """Queue a request; events go to `sink` from the engine thread. Returns the request id."""
         if not prompt:
             raise ValueError("the prompt is empty")
         grammar = None
         if params.guide is not None:  # compiled here, before queueing: the engine thread never waits on it
-            if params.beams > 1:
-                param = param_of(params.guide)
-                raise UnsupportedParamError(param, f"{param} is not supported with use_beam_search")
-            grammar = self.grammars.compile(params.guide)
+            self.prepare(params)
+            grammar = self.grammars.compile(params.guide)  # the cache's
         with self._lock:
             if not self._accepting:
                 raise EngineStoppedError("the server is draining and takes no new requests")

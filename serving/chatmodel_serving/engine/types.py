@@ -145,6 +145,11 @@ class EngineClient(Protocol):
         """Start serving (a no-op where there is nothing to start); returns self."""
         ...
 
+    def prepare(self, params: SamplingParams) -> None:
+        """The blocking work a request needs before `submit` (compiling its guide), run by the API off
+        its event loop; raises UnsupportedParamError (a 400) for what cannot be served."""
+        ...
+
     def submit(self, prompt: list[int], params: SamplingParams, sink: Sink) -> int:
         """Queue a request; its events go to `sink`. Returns the request id. Raises ValueError for an
         empty prompt, QueueFullError when full, EngineStoppedError when draining."""

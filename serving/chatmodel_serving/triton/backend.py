@@ -16,7 +16,14 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from ..engine.core import Engine
-from ..engine.types import EngineStats, EngineStoppedError, Event, QueueFullError, SamplingParams
+from ..engine.types import (
+    EngineStats,
+    EngineStoppedError,
+    Event,
+    QueueFullError,
+    SamplingParams,
+    TokenLogprob,
+)
 from ..models import load_model
 from . import contract
 
@@ -72,14 +79,22 @@ def _strings(request: Any, tensor: contract.Tensor) -> tuple[str, ...]:
     return tuple(v.decode() if isinstance(v, bytes) else str(v) for v in t.as_numpy().reshape(-1))
 
 
-def _response(text: str, finish_reason: str | None = None, completion_tokens: int = 0) -> Any:
+def _string(tensor: contract.Tensor, text: str) -> Any:
+    return pb_utils.Tensor(tensor.name, np.array([text.encode()], dtype=np.object_))
+
+
+def _response(
+    text: str,
+    finish_reason: str | None = None,
+    completion_tokens: int = 0,
+    logprobs: list[TokenLogprob] | None = None,
+) -> Any:
     return pb_utils.InferenceResponse(
         output_tensors=[
-            pb_utils.Tensor(contract.TEXT_OUTPUT.name, np.array([text.encode()], dtype=np.object_)),
-            pb_utils.Tensor(
-                contract.FINISH_REASON.name, np.array([(finish_reason or "").encode()], dtype=np.object_)
-            ),
+            _string(contract.TEXT_OUTPUT, text),
+            _string(contract.FINISH_REASON, finish_reason or ""),
             pb_utils.Tensor(contract.COMPLETION_TOKENS.name, np.array([completion_tokens], dtype=np.int32)),
+            _string(contract.LOGPROBS, contract.logprobs_json(logprobs)),
         ]
     )
 
@@ -119,7 +134,7 @@ class TritonPythonModel:
         if room <= 0 or not 0 < max_tokens <= room:
             raise ValueError(f"prompt of {prompt_len} tokens + max_tokens {max_tokens} exceed the context")
         seed = _scalar(request, contract.SEED, None)
-        return SamplingParams(
+        params = SamplingParams(
             max_tokens=max_tokens,
             temperature=float(_scalar(request, contract.TEMPERATURE, 1.0)),
             top_p=float(_scalar(request, contract.TOP_P, 1.0)),
@@ -128,6 +143,7 @@ class TritonPythonModel:
             ignore_eos=bool(_scalar(request, contract.IGNORE_EOS, False)),
             beams=int(_scalar(request, contract.BEAM_WIDTH, 1)),
         )
+        return contract.with_sampling(params, _scalar(request, contract.SAMPLING, ""))
 
     def execute(self, requests: list[Any]) -> None:
         for request in requests:
@@ -143,6 +159,7 @@ class TritonPythonModel:
 
     def _submit(self, prompt: list[int], params: SamplingParams, stream: bool, sender: Any) -> None:
         parts: list[str] = []
+        logprobs: list[TokenLogprob] | None = None if params.logprobs is None else []
         rid: list[int] = []
 
         def sink(ev: Event) -> None:  # the engine thread
@@ -151,14 +168,20 @@ class TritonPythonModel:
                 return
             if ev.finish_reason is None and rid and sender.is_cancelled():
                 self.engine.cancel(rid[0])  # the client went away; the engine answers with "abort"
-            if stream and ev.finish_reason is None:
-                if ev.text:
-                    sender.send(_response(ev.text, None, ev.completion_tokens))
+            if stream:
+                if ev.finish_reason is None and (ev.text or ev.logprobs):
+                    sender.send(_response(ev.text, None, ev.completion_tokens, ev.logprobs))
+                elif ev.finish_reason:
+                    sender.send(
+                        _response(ev.text, ev.finish_reason, ev.completion_tokens, ev.logprobs), flags=FINAL
+                    )
                 return
             parts.append(ev.text)
+            if logprobs is not None:
+                logprobs.extend(ev.logprobs or [])
             if ev.finish_reason:
-                text = ev.text if stream else "".join(parts)
-                sender.send(_response(text, ev.finish_reason, ev.completion_tokens), flags=FINAL)
+                text = "".join(parts)
+                sender.send(_response(text, ev.finish_reason, ev.completion_tokens, logprobs), flags=FINAL)
 
         rid.append(self.engine.submit(prompt, params, sink))
 

@@ -26,6 +26,7 @@ import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 
+from ..engine.grammar import Grammars
 from ..engine.types import (
     EngineClient,
     EngineStats,
@@ -34,7 +35,6 @@ from ..engine.types import (
     QueueFullError,
     SamplingParams,
     Sink,
-    UnsupportedParamError,
 )
 from ..models import DEFAULT_SOURCE, LoadedModel, default_model_name, resolve_source
 from . import contract
@@ -78,6 +78,8 @@ def request_inputs(prompt: list[int], params: SamplingParams) -> list[grpcclient
         arrays.append((contract.STOP, np.array([s.encode() for s in params.stop], dtype=np.object_)))
     if params.seed is not None:
         arrays.append((contract.SEED, np.array([params.seed], dtype=np.int64)))
+    if sampling := contract.sampling_json(params):
+        arrays.append((contract.SAMPLING, np.array([sampling.encode()], dtype=np.object_)))
     return infer_inputs(grpcclient, arrays)
 
 
@@ -100,6 +102,7 @@ def event_from(result: Any) -> Event:
         text=first(contract.TEXT_OUTPUT.name).decode(),
         finish_reason=reason or None,
         completion_tokens=int(first(contract.COMPLETION_TOKENS.name)),
+        logprobs=contract.logprobs_from(first(contract.LOGPROBS.name).decode()),
     )
 
 
@@ -112,8 +115,16 @@ class _Flight:
 
 
 class TritonBackend(EngineClient):
-    def __init__(self, grpc_url: str, model: str, max_in_flight: int = 96, kv_capacity: int = 131072):
+    def __init__(
+        self,
+        grpc_url: str,
+        model: str,
+        max_in_flight: int = 96,
+        kv_capacity: int = 131072,
+        grammars: Grammars | None = None,
+    ):
         self.grpc_url, self.model, self.max_in_flight = grpc_url, model, max_in_flight
+        self.grammars = grammars  # checks guides before they are sent (None: Triton's engine alone does)
         self.kv_capacity = kv_capacity  # the engine's budget behind Triton (same flag on both sides)
         self._client: aioclient.InferenceServerClient | None = None  # made in the serving loop
         self._flights: dict[int, _Flight] = {}
@@ -122,13 +133,19 @@ class TritonBackend(EngineClient):
 
     @classmethod
     def from_url(
-        cls, url: str, default_model: str, max_in_flight: int = 96, kv_capacity: int = 131072
+        cls,
+        url: str,
+        default_model: str,
+        max_in_flight: int = 96,
+        kv_capacity: int = 131072,
+        grammars: Grammars | None = None,
     ) -> TritonBackend:
         """triton://HOST:GRPC_PORT[/MODEL]; MODEL defaults to the served model name."""
         u = urlparse(url)
         if u.scheme != "triton" or not u.hostname or not u.port:
             raise ValueError(f"--backend must look like triton://HOST:GRPC_PORT[/MODEL], not {url!r}")
-        return cls(f"{u.hostname}:{u.port}", u.path.strip("/") or default_model, max_in_flight, kv_capacity)
+        model = u.path.strip("/") or default_model
+        return cls(f"{u.hostname}:{u.port}", model, max_in_flight, kv_capacity, grammars)
 
     @property
     def queue_limit(self) -> int:
@@ -138,6 +155,12 @@ class TritonBackend(EngineClient):
     def start(self) -> TritonBackend:
         return self
 
+    def prepare(self, params: SamplingParams) -> None:
+        """A bad guide is the caller's 400 here, as on the PyTorch runtime, not an error mid-stream:
+        compiled once per guide (cached) before it is sent, as the engine behind Triton compiles it too."""
+        if params.guide is not None and self.grammars is not None:
+            self.grammars.compile(params.guide)
+
     # Called by the API in its event loop, like Engine.submit; the sink runs in that loop too.
     def submit(self, prompt: list[int], params: SamplingParams, sink: Sink) -> int:
         if not prompt:
@@ -146,10 +169,6 @@ class TritonBackend(EngineClient):
             raise EngineStoppedError("the server is draining and takes no new requests")
         if len(self._flights) >= self.max_in_flight:
             raise QueueFullError(f"{len(self._flights)} requests are already in flight")
-        if controls := params.controls():  # not in the Triton contract yet (issue 23)
-            raise UnsupportedParamError(
-                controls[0], f"{controls[0]} is not supported by the Triton runtime yet"
-            )
         rid = next(self._ids)
         flight = self._flights[rid] = _Flight(len(prompt))
         flight.task = asyncio.get_running_loop().create_task(self._run(rid, flight, prompt, params, sink))
