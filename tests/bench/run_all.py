@@ -29,6 +29,7 @@ BENCHMARKS = {
     "triton": ["bench_triton"],
     "operator": ["bench_operator"],
     "operator-cluster": ["bench_operator", "--cluster", "local"],
+    "grammar": ["bench_grammar"],
 }
 Check = Callable[[float, float], bool]
 # key -> (comparison, target); None = reported only.
@@ -37,6 +38,7 @@ TARGETS: dict[str, tuple[str, float] | None] = {
     "serving.ttft_p50_ratio_vs_transformers_serve_32": ("<=", 0.5),
     "serving.ratio_vs_sequential_32": (">=", 8.0),
     "serving.ratio_vs_vllm_32": None,
+    "serving.structured_ratio_32": (">=", 0.85),
     "serving.batch1_fraction_of_bandwidth_bound": None,
     "train.ratio_vs_hf_trainer": (">=", 1.0),
     "train.ddp2_ratio_vs_single": None,

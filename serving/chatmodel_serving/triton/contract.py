@@ -45,7 +45,18 @@ IGNORE_EOS = Tensor("ignore_eos", "TYPE_BOOL")
 BEAM_WIDTH = Tensor("beam_width", "TYPE_INT32")
 SAMPLING = Tensor("sampling", "TYPE_STRING")  # JSON object: the SamplingParams fields without a tensor
 
-INPUTS = (TEXT_INPUT, INPUT_IDS, MAX_TOKENS, TEMPERATURE, TOP_P, STREAM, STOP, SEED, IGNORE_EOS, BEAM_WIDTH)
+INPUTS: tuple[Tensor, ...] = (
+    TEXT_INPUT,
+    INPUT_IDS,
+    MAX_TOKENS,
+    TEMPERATURE,
+    TOP_P,
+    STREAM,
+    STOP,
+    SEED,
+    IGNORE_EOS,
+    BEAM_WIDTH,
+)
 INPUTS += (SAMPLING,)
 
 TEXT_OUTPUT = Tensor("text_output", "TYPE_STRING", (-1,), optional=False)
