@@ -124,7 +124,7 @@ def test_stream_rebuilds_the_same_call(client: openai.OpenAI) -> None:
     deltas = [d for c in chunks for ch in c.choices for d in ch.delta.tool_calls or []]
     assert deltas[0].index == 0 and deltas[0].id and deltas[0].type == "function"
     functions = [d.function for d in deltas]
-    assert all(functions) and len(deltas) == 2
+    assert all(functions) and len(deltas) > 2  # the arguments come in pieces, as the model writes them
     assert functions[0] and functions[0].name == "get_time" and functions[0].arguments == ""
     assert all(d.id is None and f and f.name is None for d, f in zip(deltas[1:], functions[1:], strict=True))
     assert [ch.finish_reason for c in chunks for ch in c.choices if ch.finish_reason] == ["tool_calls"]

@@ -11,4 +11,6 @@ protocol.py    the OpenAI request and response models, ApiError
 quota.py       per-key request and token quotas
 metrics.py     the Prometheus metrics
 playground.py  the playground page at / (static files in chatmodel_serving/ui/)
+tools.py       tool calling: checks, rendering for the chat template, the guide of required / named
+tool_calls.py  the calls read out of answers, whole or as a stream arrives
 """

@@ -35,7 +35,8 @@ from .protocol import (
     now,
 )
 from .state import Caller, ServedModel, ServerState
-from .tools import Call, ToolPlan, finish_reason, whole_answer
+from .tool_calls import Call, ToolStream, finish_reason, whole_answer
+from .tools import ToolPlan
 
 
 def _token_texts(tokenizer: Any, logprobs: list[TokenLogprob]) -> dict[int, str]:
@@ -193,7 +194,7 @@ async def _stream(
 ) -> Response:
     events = generate(state, served, jobs, caller.key)
     offsets = [0] * len(jobs)  # per choice, the text offset of its next token (completions' logprobs)
-    parsers = [tools.stream() for _ in jobs] if tools else []
+    parsers = [ToolStream(tools) for _ in jobs] if tools else []
     called = [False] * len(jobs)
 
     def chunk(choices: list[Any], usage: Usage | None = None) -> bytes:
@@ -228,9 +229,11 @@ async def _stream(
                 text = "".join(x for x in pieces if isinstance(x, str))
                 if text or logprobs:
                     yield chunk([shape.delta(index, text, None, logprobs)])
-                for call in (x for x in pieces if isinstance(x, Call)):
+                for piece in pieces:
+                    if isinstance(piece, str):
+                        continue
                     called[index] = True
-                    for d in call.deltas():
+                    for d in piece.deltas() if isinstance(piece, Call) else [piece.delta()]:
                         delta = ChatDelta(content=None, tool_calls=[d])
                         yield chunk([ChatChunkChoice(index=index, delta=delta, finish_reason=None)])
                 if ev.finish_reason:

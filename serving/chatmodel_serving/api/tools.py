@@ -1,6 +1,6 @@
 """Tool calling: check a request's `tools` / `tool_choice`, render tools and past calls for the chat
-template, constrain `required` / a named function with a Guide, and parse the model's answer into
-OpenAI `tool_calls` (whole, or as streamed deltas).
+template, and constrain `required` / a named function with a Guide; api/tool_calls.py reads the calls out of
+the model's answer (whole, or as streamed deltas).
 
 The call format is Hermes' (`<tool_call>{"name": ..., "arguments": {...}}</tool_call>`), the convention of
 vLLM's `hermes` parser, Qwen and NousResearch templates. A chat template that takes `tools` gets them
@@ -13,8 +13,7 @@ arguments always parse and match the tool's parameters; `auto` is unconstrained,
 from __future__ import annotations
 
 import json
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..engine.grammar import check_schema
@@ -22,11 +21,7 @@ from ..engine.types import Guide
 from .protocol import (
     ApiError,
     ChatCompletionRequest,
-    FunctionCall,
-    FunctionCallDelta,
-    ResponseToolCall,
     Tool,
-    ToolCallDelta,
 )
 
 Mode = Literal["none", "auto", "required", "named"]
@@ -52,32 +47,6 @@ RULES = {
     "named": "You must call the function {name}.",
     "single": "Call at most one function.",
 }
-
-
-@dataclass(frozen=True)
-class Call:
-    """One parsed tool call; `index` is its place among the choice's calls."""
-
-    index: int
-    name: str
-    arguments: str  # JSON text
-    id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:24]}")
-
-    def response(self) -> ResponseToolCall:
-        return ResponseToolCall(id=self.id, function=FunctionCall(name=self.name, arguments=self.arguments))
-
-    def deltas(self) -> list[ToolCallDelta]:
-        """OpenAI's streamed shape: id, type and name with empty arguments, then the arguments."""
-        head = ToolCallDelta(
-            index=self.index,
-            id=self.id,
-            type="function",
-            function=FunctionCallDelta(name=self.name, arguments=""),
-        )
-        return [head, ToolCallDelta(index=self.index, function=FunctionCallDelta(arguments=self.arguments))]
-
-
-Piece = str | Call  # what a ToolStream emits: answer text, or a whole call
 
 
 @dataclass(frozen=True)
@@ -117,9 +86,6 @@ class ToolPlan:
         most = len(calls) if self.parallel else 1
         schema: dict[str, Any] = {"type": "array", "items": {"anyOf": calls}, "minItems": 1, "maxItems": most}
         return Guide("json", json.dumps(schema), param="tool_choice")
-
-    def stream(self) -> ToolStream:
-        return ToolStream(self)
 
     def fallback_prompt(self) -> str:
         listed = "\n".join(json.dumps(t.model_dump(exclude_none=True)) for t in self.offered)
@@ -251,113 +217,3 @@ def template_inputs(
         else:
             messages.insert(0, {"role": "system", "content": section})
     return messages, None
-
-
-class ToolStream:
-    """Turns one choice's text, piece by piece, into answer text and calls. `auto`: Hermes `<tool_call>`
-    blocks (a block that does not parse, or names no offered tool, stays text); `required` / named: the
-    guided JSON, parsed when the answer ends. The whole-answer path runs the same parser, so a stream and a
-    whole answer carry the same calls."""
-
-    def __init__(self, plan: ToolPlan):
-        self.plan = plan
-        self.names = {t.function.name for t in plan.tools}
-        self.pending, self.in_call, self.calls = "", False, 0
-
-    def feed(self, text: str) -> list[Piece]:
-        self.pending += text
-        if self.plan.mode in ("required", "named"):
-            return []
-        out: list[Piece] = []
-        while True:
-            if not self.in_call:
-                k = self.pending.find(OPEN)
-                if k < 0:  # hold back what may be the start of a tag
-                    keep = next(
-                        (n for n in range(len(OPEN) - 1, 0, -1) if self.pending.endswith(OPEN[:n])), 0
-                    )
-                    text, self.pending = (
-                        self.pending[: len(self.pending) - keep],
-                        self.pending[len(self.pending) - keep :],
-                    )
-                    out += [text] if text else []
-                    return out
-                out += [self.pending[:k]] if k else []
-                self.pending, self.in_call = self.pending[k + len(OPEN) :], True
-            else:
-                k = self.pending.find(CLOSE)
-                if k < 0:
-                    return out
-                body, self.pending, self.in_call = self.pending[:k], self.pending[k + len(CLOSE) :], False
-                out += self._block(body, closed=True)
-
-    def finish(self) -> list[Piece]:
-        rest, self.pending = self.pending, ""
-        if self.plan.mode in ("required", "named"):
-            calls = _guided_calls(rest)
-            if calls is None:  # cut short (max_tokens): the text as it is
-                return [rest] if rest else []
-            return [c for c in (self._call(n, a) for n, a in calls) if c]
-        if self.in_call:  # the model ended inside a block (EOS before the closing tag)
-            self.in_call = False
-            return self._block(rest, closed=False)
-        return [rest] if rest else []
-
-    def _block(self, body: str, closed: bool) -> list[Piece]:
-        parsed = _hermes_call(body)
-        call = self._call(*parsed) if parsed and parsed[0] in self.names else None
-        if call:
-            return [call]
-        if parsed and parsed[0] in self.names:
-            return []  # a further call where parallel_tool_calls is false: dropped
-        return [OPEN + body + (CLOSE if closed else "")]
-
-    def _call(self, name: str, arguments: Any) -> Call | None:
-        if self.calls and not self.plan.parallel:
-            return None
-        self.calls += 1
-        return Call(self.calls - 1, name, json.dumps(arguments, ensure_ascii=False))
-
-
-def _hermes_call(body: str) -> tuple[str, Any] | None:
-    """{"name": ..., "arguments": {...}} (or "parameters", or arguments as JSON text), else None."""
-    try:
-        obj = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-        return None
-    args = obj.get("arguments", obj.get("parameters", {}))
-    if isinstance(args, str):
-        try:
-            args = json.loads(args)
-        except ValueError:
-            return None
-    return (obj["name"], args) if isinstance(args, dict) else None
-
-
-def _guided_calls(text: str) -> list[tuple[str, Any]] | None:
-    try:
-        obj = json.loads(text)
-    except ValueError:
-        return None
-    items = obj if isinstance(obj, list) else [obj]
-    calls = [
-        (o["name"], o["arguments"]) for o in items if isinstance(o, dict) and "name" in o and "arguments" in o
-    ]
-    return calls if calls and len(calls) == len(items) else None
-
-
-def whole_answer(plan: ToolPlan, text: str, reason: str) -> tuple[str | None, list[Call], str]:
-    """A whole answer's content (null when only calls), calls and finish_reason."""
-    s = plan.stream()
-    pieces = s.feed(text) + s.finish()
-    calls = [p for p in pieces if isinstance(p, Call)]
-    content = "".join(p for p in pieces if isinstance(p, str))
-    if calls:
-        content = content.strip()
-    return content or (None if calls else ""), calls, finish_reason(calls, reason)
-
-
-def finish_reason(calls: list[Call] | bool, reason: str) -> str:
-    return "tool_calls" if calls and reason == "stop" else reason

@@ -11,14 +11,15 @@ import jsonschema
 import pytest
 
 from chatmodel_serving.api.protocol import ApiError, ChatCompletionRequest
-from chatmodel_serving.api.tools import (
+from chatmodel_serving.api.tool_calls import (
+    ArgumentsPiece,
     Call,
-    ToolPlan,
-    plan_tools,
-    supports_tools,
-    template_inputs,
+    CallStart,
+    ToolStream,
+    calls_of,
     whole_answer,
 )
+from chatmodel_serving.api.tools import ToolPlan, plan_tools, supports_tools, template_inputs
 
 WEATHER = {
     "type": "function",
@@ -49,7 +50,7 @@ def call(name: str, args: dict[str, Any]) -> str:
 
 def fed(p: ToolPlan, text: str, size: int) -> list[Any]:
     """The pieces a stream yields when the text arrives `size` characters at a time."""
-    s = p.stream()
+    s = ToolStream(p)
     pieces = [x for i in range(0, len(text), size) for x in s.feed(text[i : i + size])] + s.finish()
     return pieces
 
@@ -178,7 +179,7 @@ def test_guides_describe_the_calls() -> None:
     jsonschema.validate(good[0], json.loads(guide.spec))
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(good[1], json.loads(guide.spec))
-    # The guided JSON parses into calls; one cut short by max_tokens stays text, finish_reason length.
+    # The guided JSON parses into calls; one cut short before a call started stays text, finish_reason length.
     assert [
         c.name
         for c in whole_answer(plan(tools=[WEATHER, TIME], tool_choice="required"), json.dumps(good), "stop")[
@@ -190,6 +191,37 @@ def test_guides_describe_the_calls() -> None:
         [],
         "length",
     )
+
+
+def test_guided_calls_stream_their_arguments_as_they_come() -> None:
+    """required / named: each call starts once its name is out, and its arguments follow in pieces, as the
+    model wrote them (strings holding braces, quotes and escapes included); whole and fed agree."""
+    args = [{"city": 'Pa{r}is \\"x\\"', "unit": "celsius"}, {"timezone": "Asia/Tokyo", "n": [1, {"a": []}]}]
+    names = ["get_weather", "get_time"]
+    text = json.dumps([{"name": n, "arguments": a} for n, a in zip(names, args, strict=True)])
+    p = plan(tools=[WEATHER, TIME], tool_choice="required")
+    content, calls, reason = whole_answer(p, text, "stop")
+    assert content is None and reason == "tool_calls"
+    assert [(c.index, c.name, json.loads(c.arguments)) for c in calls] == [
+        (0, "get_weather", args[0]),
+        (1, "get_time", args[1]),
+    ]
+    for size in (1, 2, 5, 11):
+        pieces = fed(p, text, size)
+        starts = [x for x in pieces if isinstance(x, CallStart)]
+        assert [(s.index, s.name) for s in starts] == [(0, "get_weather"), (1, "get_time")]
+        assert len([x for x in pieces if isinstance(x, ArgumentsPiece)]) > 2  # in pieces, not at the end
+        assert [(c.name, c.arguments) for c in calls_of(pieces)] == [(c.name, c.arguments) for c in calls]
+        first_args = next(i for i, x in enumerate(pieces) if isinstance(x, ArgumentsPiece))
+        assert pieces.index(starts[1]) > first_args  # the second starts after the first's arguments
+
+
+def test_guided_call_cut_short_keeps_what_was_written() -> None:
+    named = plan(tools=[WEATHER, TIME], tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    cut = '{"name": "get_weather", "arguments": {"city": "Pa'
+    content, calls, reason = whole_answer(named, cut, "length")
+    assert (content, reason) == (None, "length")
+    assert [(c.name, c.arguments) for c in calls] == [("get_weather", '{"city": "Pa')]
 
 
 HISTORY = [
