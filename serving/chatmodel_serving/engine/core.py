@@ -95,20 +95,22 @@ class Engine(EngineClient):
 
     def prepare(self, params: SamplingParams) -> None:
         """Compile the request's guide (cached; bounded in time), raising GuideError for a bad one."""
-        if params.guide is not None:
-            if params.beams > 1:
-                param = param_of(params.guide)
-                raise UnsupportedParamError(param, f"{param} is not supported with use_beam_search")
-            self.grammars.compile(params.guide)
+        self._grammar(params)
+
+    def _grammar(self, params: SamplingParams) -> Any:
+        """The compiled guide (None without one); a cache hit once prepare() ran."""
+        if params.guide is None:
+            return None
+        if params.beams > 1:
+            param = param_of(params.guide)
+            raise UnsupportedParamError(param, f"{param} is not supported with use_beam_search")
+        return self.grammars.compile(params.guide)
 
     def submit(self, prompt: list[int], params: SamplingParams, sink: Sink) -> int:
         """Queue a request; events go to `sink` from the engine thread. Returns the request id."""
         if not prompt:
             raise ValueError("the prompt is empty")
-        grammar = None
-        if params.guide is not None:  # compiled here, before queueing: the engine thread never waits on it
-            self.prepare(params)
-            grammar = self.grammars.compile(params.guide)  # the cache's
+        grammar = self._grammar(params)  # compiled before queueing: the engine thread never waits on it
         with self._lock:
             if not self._accepting:
                 raise EngineStoppedError("the server is draining and takes no new requests")
