@@ -10,6 +10,7 @@ from collections.abc import AsyncGenerator
 from ..engine.types import (
     EngineStoppedError,
     Event,
+    PromptTooLongError,
     QueueFullError,
     SamplingParams,
     TokenLogprob,
@@ -55,6 +56,10 @@ async def generate(
             code="queue_full",
             headers={"Retry-After": "1"},
         ) from None
+    except PromptTooLongError as exc:
+        for rid in ids.values():
+            engine.cancel(rid)
+        raise ApiError(413, str(exc), code="kv_cache_exceeded") from None
     except EngineStoppedError as exc:
         raise ApiError(503, str(exc), "service_unavailable", code="draining") from None
     except UnsupportedParamError as exc:

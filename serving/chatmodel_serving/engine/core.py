@@ -1,19 +1,21 @@
-"""The generation engine: continuous batching on any Hugging Face causal LM, shared by the HTTP server
+"""The generation engine: continuous batching on a Hugging Face causal LM, shared by the HTTP server
 and the Triton backend.
 
-One thread owns the model. Each iteration it admits waiting requests (prefilling them together as one
-group, reusing cached prompt prefixes), then runs one decode step for every running sequence, samples
-each with its own settings, and hands text deltas to the request's sink. Sequences join and leave the
-batch between steps, so a long answer never holds a short one back.
+One thread owns the model. Each step is one forward pass over a packed sequence of tokens (no padding):
+the decode token of every running row, then chunks of the prompts being prefilled, up to
+`max_prefill_tokens` prompt tokens a step, so a long prompt never stalls the running answers for long
+(chunked prefill). Waiting requests join between steps while a row is free and the KV pool can hold them;
+rows that finish leave. Each row samples with its own settings and hands text deltas to its request's sink.
 
-Batch layout: one KV cache of shape [rows, heads, columns, head_dim] per layer plus a [rows, columns]
-attention mask. A row's tokens need not be contiguous: masked columns (padding from merging groups of
-different lengths) are skipped by attention, and position ids are given explicitly per row. New decode
-tokens always go in a fresh column at the right, so no query ever sees only masked keys.
+KV layout: a pool (kvcache.py) where each running row owns a slot and its position p sits in column p, so
+joining and leaving copy nobody else's cache; attention.py writes and reads it inside the model's
+attention layers. The pool's memory (slots x columns) stays within `max_kv_tokens`: admission waits for
+room, and when the rows' growth would pass it, the newest row is preempted (its cache dropped; it resumes
+later by recomputing its tokens, as vLLM does) instead of running out of memory.
 
-This module is the loop and the batch's KV layout; its parts live beside it: scheduler.py (admission),
+This module is the loop and the step's plan; its parts live beside it: scheduler.py (admission),
 sequence.py (detokenisation, stop strings), grammar.py (structured outputs), sampler.py, prefix_cache.py,
-beam.py and kvcache.py.
+beam.py, attention.py and kvcache.py.
 """
 
 from __future__ import annotations
@@ -25,13 +27,13 @@ import threading
 from typing import Any
 
 import torch
-from transformers.cache_utils import Cache
 
 from ..models import LoadedModel
-from . import kvcache
+from . import attention
 from .beam import beam_search
 from .grammar import Grammars, param_of
-from .prefix_cache import LayerKV, PrefixCache
+from .kvcache import COLUMN_STEP, SLOT_STEP, KVPool, round_up
+from .prefix_cache import PrefixCache
 from .sampler import sample_step
 from .scheduler import Budget, admit
 from .sequence import Request, Sequence
@@ -40,6 +42,7 @@ from .types import (
     EngineStats,
     EngineStoppedError,
     Event,
+    PromptTooLongError,
     QueueFullError,
     SamplingParams,
     Sink,
@@ -63,6 +66,7 @@ class Engine(EngineClient):
     ):
         self.loaded = loaded
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
+        self.model.set_attn_implementation(attention.NAME)
         self.device = loaded.device
         self.context_length = loaded.context_length
         self.max_batch_size = max_batch_size
@@ -72,12 +76,13 @@ class Engine(EngineClient):
         self.eos_ids = self._eos_ids()
         self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens else None
         self.grammars = Grammars(self.tokenizer, int(self.model.config.vocab_size))
+        self.pool = _pool_for(self.model, self.device)
         self._waiting: collections.deque[Request] = collections.deque()
+        self._preempted: collections.deque[Sequence] = collections.deque()  # resume before new requests
         self._lock = threading.Condition()
         self._ids = itertools.count(1)
-        self._rows: list[Sequence] = []
-        self._cache: Cache | None = None
-        self._mask: torch.Tensor | None = None
+        self._rows: list[Sequence] = []  # row i owns pool slot i
+        self._kv_used = 0  # positions the running rows hold in the pool (stats() reads it)
         self._accepting = True
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="chatmodel-engine", daemon=True)
@@ -110,6 +115,11 @@ class Engine(EngineClient):
         """Queue a request; events go to `sink` from the engine thread. Returns the request id."""
         if not prompt:
             raise ValueError("the prompt is empty")
+        if not self._fits(1, len(prompt) + 1):
+            raise PromptTooLongError(
+                f"the prompt has {len(prompt)} tokens; this server's KV cache holds {self.max_kv_tokens} "
+                "tokens in all (--max-kv-tokens)"
+            )
         grammar = self._grammar(params)  # compiled before queueing: the engine thread never waits on it
         with self._lock:
             if not self._accepting:
@@ -130,18 +140,18 @@ class Engine(EngineClient):
             for req in self._waiting:
                 if req.id == request_id:
                     req.cancelled = True
-            for seq in self._rows:
+            for seq in [*self._rows, *self._preempted]:
                 if seq.req.id == request_id:
                     seq.req.cancelled = True
 
     def stats(self) -> EngineStats:
         with self._lock:
-            kv = sum(s.length for s in self._rows)
-            return EngineStats(len(self._waiting), len(self._rows), kv, self.max_kv_tokens)
+            waiting = len(self._waiting) + len(self._preempted)
+            return EngineStats(waiting, len(self._rows), self._kv_used, self.max_kv_tokens)
 
     def idle(self) -> bool:
         with self._lock:
-            return not self._waiting and not self._rows
+            return not self._waiting and not self._rows and not self._preempted
 
     def stop_accepting(self) -> None:
         with self._lock:
@@ -165,197 +175,231 @@ class Engine(EngineClient):
                 ids.update(v for v in value if isinstance(v, int))
         return ids
 
-    def _loop(self) -> None:
-        torch.set_grad_enabled(False)
-        while True:
-            with self._lock:
-                while not self._stop and not self._waiting and not self._rows:
-                    self._lock.wait()
-                if self._stop:
-                    break
-                admitted = self._admit()
-            try:
-                with torch.inference_mode():
-                    self._drop_cancelled()
-                    if admitted:
-                        self._prefill(admitted)
-                    if self._rows:
-                        self._decode_step()
-            except Exception as exc:  # a bug or OOM: fail the affected requests, keep serving
-                log.exception("engine step failed")
-                self._fail_all(exc, admitted)
-        self._fail_all(EngineStoppedError("engine stopped"), [])
-
-    def _admit(self) -> list[Request]:
-        """Take waiting requests for one prefill group (called with the lock held)."""
-        kv_used = sum(s.length for s in self._rows)
-        budget = Budget(self.max_batch_size, self.max_prefill_tokens, self.max_kv_tokens)
-        return admit(self._waiting, len(self._rows), kv_used, budget)
-
-    def _fail_all(self, exc: BaseException, admitted: list[Request]) -> None:
-        failed = [s.req for s in self._rows] + admitted
-        with self._lock:
-            if self._stop:
-                failed += list(self._waiting)
-                self._waiting.clear()
-        self._rows, self._cache, self._mask = [], None, None
-        for req in {id(r): r for r in failed}.values():
-            req.sink(Event(finish_reason="error", error=str(exc) or exc.__class__.__name__))
-
-    def _drop_cancelled(self) -> None:
-        keep = [i for i, s in enumerate(self._rows) if not s.req.cancelled]
-        if len(keep) == len(self._rows):
-            return
-        for s in self._rows:
-            if s.req.cancelled:
-                s.req.sink(Event(finish_reason="abort", completion_tokens=len(s.generated)))
-        self._keep_rows(keep)
-
-    def _prefill(self, reqs: list[Request]) -> None:
-        if reqs[0].params.beams > 1:
-            r = reqs[0]
-            pad = self.eos_token_for_padding
-            beam_search(self.model, self.tokenizer, self.device, r, self.eos_ids, pad, self.context_length)
-            return
-        seqs = [Sequence(r, self.tokenizer, self.eos_ids) for r in reqs]
-        for seq in seqs:
-            if seq.req.grammar is not None:
-                seq.matcher = self.grammars.matcher(seq.req.grammar, seq.stop_ids)
-        cached = [self.prefix_cache.lookup(r.prompt) if self.prefix_cache else (0, None) for r in reqs]
-        past = max(n for n, _ in cached)
-        width = max(len(r.prompt) - n for r, (n, _) in zip(reqs, cached, strict=True))
-        g, dev = len(reqs), self.device
-        ids = torch.full((g, width), self.eos_token_for_padding, dtype=torch.long)
-        mask = torch.zeros((g, past + width), dtype=torch.long)
-        pos = torch.zeros((g, width), dtype=torch.long)
-        last = []
-        for i, (r, (n, _)) in enumerate(zip(reqs, cached, strict=True)):
-            suffix = r.prompt[n:]
-            ids[i, : len(suffix)] = torch.tensor(suffix)
-            mask[i, past - n : past + len(suffix)] = 1  # prefix right-aligned before the new columns
-            pos[i] = torch.arange(n, n + width)
-            last.append(len(suffix) - 1)
-        cache = kvcache.new_cache(self._stack_prefixes(cached, past) if past else None)
-        keep = torch.tensor(sorted(set(last)))
-        out = self.model(
-            input_ids=ids.to(dev),
-            attention_mask=mask.to(dev),
-            position_ids=pos.to(dev),
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=keep.to(dev),
-        )
-        col = {c: j for j, c in enumerate(keep.tolist())}
-        logits = out.logits[torch.arange(g), torch.tensor([col[c] for c in last])]
-        if self.prefix_cache:
-            self._remember_prompts(reqs, cached, cache, past)
-        self._merge(seqs, cache, mask)
-        step = sample_step(logits, seqs)
-        for seq, tok, lp in zip(seqs, step.tokens, step.logprobs, strict=True):
-            seq.add(tok, self.context_length, lp)
-        self._retire_finished()
-
     @property
     def eos_token_for_padding(self) -> int:
         pad = self.tokenizer.pad_token_id
         return int(pad if pad is not None else next(iter(self.eos_ids), 0))
 
-    def _stack_prefixes(self, cached: list[tuple[int, LayerKV | None]], past: int) -> LayerKV:
-        """Per layer, the rows' cached prefixes right-aligned in `past` columns (zeros where masked)."""
-        template = next(kv for _, kv in cached if kv is not None)
-        layers = []
-        for layer, (k0, v0) in enumerate(template):
-            shape = (len(cached), k0.shape[1], past, k0.shape[3])
-            k, v = k0.new_zeros(shape), v0.new_zeros(shape)
-            for i, (n, kv) in enumerate(cached):
-                if kv is not None and n:
-                    k[i, :, past - n :] = kv[layer][0][0]
-                    v[i, :, past - n :] = kv[layer][1][0]
-            layers.append((k, v))
-        return layers
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self._lock:
+                while not self._stop and not self._waiting and not self._rows and not self._preempted:
+                    self._lock.wait()
+                if self._stop:
+                    break
+            try:
+                with torch.inference_mode():
+                    self._step()
+            except Exception as exc:  # a bug or OOM: fail the affected requests, keep serving
+                log.exception("engine step failed")
+                self._fail_all(exc)
+        self._fail_all(EngineStoppedError("engine stopped"))
 
-    def _remember_prompts(
-        self,
-        reqs: list[Request],
-        cached: list[tuple[int, Any]],
-        cache: Cache,
-        past: int,
-    ) -> None:
-        assert self.prefix_cache is not None
-        for i, (r, (n, _)) in enumerate(zip(reqs, cached, strict=True)):
-            if n == len(r.prompt) - 1:
-                continue  # nothing new to remember
-            lo, hi = past - n, past + len(r.prompt) - n
-            kv = [
-                (k[i : i + 1, :, lo:hi].clone(), v[i : i + 1, :, lo:hi].clone())
-                for k, v in kvcache.contents(cache)
-            ]
-            self.prefix_cache.store(r.prompt, kv)
+    def _fail_all(self, exc: BaseException) -> None:
+        failed = [s.req for s in self._rows] + [s.req for s in self._preempted]
+        with self._lock:
+            if self._stop:
+                failed += list(self._waiting)
+                self._waiting.clear()
+            self._rows, self._kv_used = [], 0
+            self._preempted.clear()
+        self.pool.release()
+        for req in {id(r): r for r in failed}.values():
+            req.sink(Event(finish_reason="error", error=str(exc) or exc.__class__.__name__))
 
-    def _merge(self, seqs: list[Sequence], cache: Cache, mask: torch.Tensor) -> None:
-        """Add a prefilled group to the running batch, left-padding whichever is shorter."""
-        mask = mask.to(self.device)
-        if self._cache is None or self._mask is None or not self._rows:
-            self._rows, self._cache, self._mask = seqs, cache, mask
+    # ---- one step ----
+
+    def _step(self) -> None:
+        self._drop_cancelled()
+        beam = self._admit()
+        if beam is not None:
+            pad = self.eos_token_for_padding
+            beam_search(self.model, self.tokenizer, self.device, beam, self.eos_ids, pad, self.context_length)
             return
-        a, b = self._mask.shape[1], mask.shape[1]
-        width = max(a, b)
-        kvcache.assign(
-            self._cache,
-            [
-                (
-                    torch.cat([kvcache.left_pad(ok, width), kvcache.left_pad(nk, width)], 0),
-                    torch.cat([kvcache.left_pad(ov, width), kvcache.left_pad(nv, width)], 0),
-                )
-                for (ok, ov), (nk, nv) in zip(
-                    kvcache.contents(self._cache), kvcache.contents(cache), strict=True
-                )
-            ],
-        )
-        self._mask = torch.cat([kvcache.left_pad(self._mask, width), kvcache.left_pad(mask, width)], 0)
-        self._rows = self._rows + seqs
+        decode, chunks = self._schedule()
+        while self._rows and not self._reserve(len(self._rows), _columns(decode, chunks)):
+            if len(self._rows) == 1:  # alone and still beyond the budget: the answer ends here
+                self._rows[0].finish("length")
+                self._retire_finished()
+                return
+            self._preempt_newest()
+            decode, chunks = self._schedule()
+        if decode or chunks:
+            self._forward(decode, chunks)
+            self._retire_finished()
 
-    def _decode_step(self) -> None:
-        assert self._cache is not None and self._mask is not None
-        rows = self._rows
+    def _schedule(self) -> tuple[list[Sequence], list[tuple[Sequence, int]]]:
+        """This step's work: every row with one token to feed decodes; rows still prefilling take chunks of
+        their prompt (first come, first served) up to the prefill budget."""
+        decode = [s for s in self._rows if s.total - s.cached == 1]
+        chunks = []
+        left = self.max_prefill_tokens
+        for s in sorted((s for s in self._rows if s.total - s.cached > 1), key=lambda s: s.req.id):
+            if left <= 0:
+                break
+            n = min(s.total - s.cached, left)
+            chunks.append((s, n))
+            left -= n
+        return decode, chunks
+
+    def _shape(self, rows: int, columns: int) -> tuple[int, int]:
+        """The pool's (slots, columns) to hold `rows` rows of `columns` positions: both grow in steps (so a
+        copy is rare), slots only where the budget allows."""
+        columns = round_up(max(columns, 1), COLUMN_STEP)
+        return max(rows, min(round_up(rows, SLOT_STEP), self.max_kv_tokens // columns)), columns
+
+    def _fits(self, rows: int, columns: int) -> bool:
+        slots, cols = self._shape(rows, columns)
+        return slots * cols <= self.max_kv_tokens
+
+    def _reserve(self, rows: int, columns: int) -> bool:
+        """Resize the pool to hold `rows` rows of `columns` positions; False when the budget cannot."""
+        if rows <= self.pool.slots and columns <= self.pool.columns:
+            return True
+        if not self._fits(rows, columns):
+            return False
+        self.pool.resize(*self._shape(rows, columns))
+        return True
+
+    def _preempt_newest(self) -> None:
+        """Drop the newest row's cache to make room; it resumes (recomputing its tokens) when there is."""
+        newest = max(self._rows, key=lambda s: s.req.id)
+        log.info("KV cache full: preempting request %d (%d tokens)", newest.req.id, newest.total)
+        self._remove([newest.slot])
+        newest.cached, newest.slot = 0, -1
+        with self._lock:
+            self._preempted.appendleft(newest)
+
+    def _admit(self) -> Request | None:
+        """Resume preempted rows, then admit waiting requests, while rows, the prefill budget and the pool
+        allow. Returns a beam-search request to run alone, if that is what comes next."""
+        left = [s.total - s.cached for s in self._rows if s.total - s.cached > 1]
+        planned = min(sum(left), self.max_prefill_tokens)
+        columns = max((s.total + 1 for s in self._rows), default=0)
+        joining: list[Sequence] = []
+        with self._lock:
+            while self._preempted and len(self._rows) + len(joining) < self.max_batch_size:
+                s = self._preempted[0]
+                alone = not self._rows and not joining
+                if not alone and not self._fits(
+                    len(self._rows) + len(joining) + 1, max(columns, s.total + 1)
+                ):
+                    break
+                joining.append(self._preempted.popleft())
+                columns, planned = max(columns, s.total + 1), planned + s.total
+
+            def fits(batch: list[Request], req: Request) -> bool:
+                rows = len(self._rows) + len(joining) + len(batch) + 1
+                return self._fits(rows, max([columns, *(len(r.prompt) + 1 for r in [*batch, req])]))
+
+            budget = Budget(self.max_batch_size, self.max_prefill_tokens)
+            reqs = admit(self._waiting, len(self._rows) + len(joining), budget, fits, planned)
+        if reqs and reqs[0].params.beams > 1:
+            return reqs[0]
+        for r in reqs:
+            seq = Sequence(r, self.tokenizer, self.eos_ids)
+            if r.grammar is not None:
+                seq.matcher = self.grammars.matcher(r.grammar, seq.stop_ids)
+            joining.append(seq)
+        for seq in joining:
+            self._join(seq)
+        return None
+
+    def _join(self, seq: Sequence) -> None:
+        """Give a row a slot, its cached prompt prefix copied in."""
+        n, kv = self.prefix_cache.lookup(seq.req.prompt) if self.prefix_cache else (0, None)
+        seq.slot, seq.cached = len(self._rows), 0
+        self._reserve(seq.slot + 1, max([n + 1, *(s.total + 1 for s in [*self._rows, seq])]))
+        if kv is not None:
+            self.pool.write(seq.slot, kv)
+            seq.cached = n
+        with self._lock:
+            self._rows.append(seq)
+
+    def _forward(self, decode: list[Sequence], chunks: list[tuple[Sequence, int]]) -> None:
+        """One forward pass: decode tokens, then chunks; rows that reach their last token sample one."""
+        ids: list[int] = [s.tokens(s.cached, s.total)[0] for s in decode]  # a prompt's last token too
+        pos: list[int] = [s.cached for s in decode]
+        for s, n in chunks:
+            ids += s.tokens(s.cached, s.cached + n)
+            pos += range(s.cached, s.cached + n)
         dev = self.device
-        ids = torch.tensor([[s.last_token] for s in rows], device=dev)
-        pos = torch.tensor([[s.length] for s in rows], device=dev)
-        self._mask = torch.cat([self._mask, self._mask.new_ones((len(rows), 1))], 1)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=self._mask,
-            position_ids=pos,
-            past_key_values=self._cache,
-            use_cache=True,
+        plan = attention.build_plan(
+            self.pool, [(s.slot, s.cached) for s in decode], [(s.slot, s.cached, n) for s, n in chunks], dev
         )
-        step = sample_step(out.logits[:, -1], rows)
-        for seq, tok, lp in zip(rows, step.tokens, step.logprobs, strict=True):
-            seq.length += 1
+        sampled = list(decode)
+        keep = list(range(len(decode)))
+        at = len(decode)
+        for s, n in chunks:
+            at += n
+            if s.cached + n == s.total:
+                sampled.append(s)
+                keep.append(at - 1)
+        out = self.model(
+            input_ids=torch.tensor([ids], device=dev),
+            position_ids=torch.tensor([pos], device=dev),
+            use_cache=False,
+            plan=plan,
+            logits_to_keep=torch.tensor(keep, dtype=torch.long, device=dev),
+        )
+        for s in decode:
+            s.cached += 1
+        for s, n in chunks:
+            before, s.cached = s.cached, s.cached + n
+            prompt = len(s.req.prompt)
+            if self.prefix_cache and before < prompt <= s.cached and prompt >= self.prefix_cache.min_tokens:
+                self.prefix_cache.store(s.req.prompt, self.pool.read(s.slot, prompt))
+        self._kv_used = sum(s.cached for s in self._rows)
+        if not sampled:
+            return
+        step = sample_step(out.logits[0], sampled)
+        for seq, tok, lp in zip(sampled, step.tokens, step.logprobs, strict=True):
+            seq.length = seq.cached
             seq.add(tok, self.context_length, lp)
-        self._retire_finished()
+
+    # ---- rows leaving ----
+
+    def _drop_cancelled(self) -> None:
+        with self._lock:
+            gone = [s for s in self._preempted if s.req.cancelled]
+            for s in gone:
+                self._preempted.remove(s)
+        for s in gone:
+            s.req.sink(Event(finish_reason="abort", completion_tokens=len(s.generated)))
+        cancelled = [s for s in self._rows if s.req.cancelled]
+        for s in cancelled:
+            s.req.sink(Event(finish_reason="abort", completion_tokens=len(s.generated)))
+        if cancelled:
+            self._remove([s.slot for s in cancelled])
 
     def _retire_finished(self) -> None:
-        keep = [i for i, s in enumerate(self._rows) if s.finish_reason is None]
-        if len(keep) < len(self._rows):
-            self._keep_rows(keep)
+        done = [s.slot for s in self._rows if s.finish_reason is not None]
+        if done:
+            self._remove(done)
 
-    def _keep_rows(self, keep: list[int]) -> None:
-        with self._lock:  # stats() reads the rows
-            if not keep:
-                self._rows, self._cache, self._mask = [], None, None
-                return
-            assert self._cache is not None and self._mask is not None
-            index = torch.tensor(keep, device=self.device)
-            mask = self._mask.index_select(0, index)
-            # Drop leading columns that no remaining row uses.
-            first = int(mask.any(0).int().argmax().item())
-            self._mask = mask[:, first:]
-            kvcache.assign(
-                self._cache,
-                [
-                    (k.index_select(0, index)[:, :, first:], v.index_select(0, index)[:, :, first:])
-                    for k, v in kvcache.contents(self._cache)
-                ],
-            )
-            self._rows = [self._rows[i] for i in keep]
+    def _remove(self, slots: list[int]) -> None:
+        """Take rows out; the last row moves into each freed slot, so slots stay 0..n-1."""
+        with self._lock:  # stats() and cancel() read the rows
+            for slot in sorted(slots, reverse=True):
+                last = self._rows.pop()
+                if last.slot != slot:
+                    self.pool.move(last.slot, slot, last.cached)
+                    last.slot = slot
+                    self._rows[slot] = last
+            self._kv_used = sum(s.cached for s in self._rows)
+            if not self._rows and not self._preempted:
+                self.pool.release()
+
+
+def _columns(decode: list[Sequence], chunks: list[tuple[Sequence, int]]) -> int:
+    """Pool columns a step writes up to."""
+    return max([*(s.cached + 1 for s in decode), *(s.cached + n for s, n in chunks)], default=0)
+
+
+def _pool_for(model: Any, device: torch.device) -> KVPool:
+    cfg = model.config
+    heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    return KVPool(cfg.num_hidden_layers, kv_heads, head_dim, model.dtype, device)

@@ -1,83 +1,83 @@
-"""A KV cache whose layers grow in place: decode steps write into spare capacity instead of
-concatenating (and so copying) every layer's whole cache on every token, as DynamicCache does."""
+"""The KV pool: per layer one keys and one values tensor of shape [slots, kv_heads, columns, head_dim].
+Each running row owns a slot, and its token at position p has its keys/values in column p, so rows join
+and leave without copying anyone else's cache, and a decode step writes one column per row in place.
+
+The pool grows (slots by SLOT_STEP, columns by COLUMN_STEP: a copy now and then) within a budget of
+slots x columns, the memory it really takes; the engine admits and preempts by that measure.
+"""
 
 from __future__ import annotations
 
-from typing import Any, cast
-
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
 
-HEADROOM = 64  # columns allocated beyond what is needed, so ~64 decode steps run without a copy
+SLOT_STEP = 8
+COLUMN_STEP = 256
 KV = tuple[torch.Tensor, torch.Tensor]
 
 
-class GrowingLayer(DynamicLayer):
-    def __init__(self) -> None:
-        super().__init__()
-        self.kbuf: torch.Tensor | None = None
-        self.vbuf: torch.Tensor | None = None
-        self.n = 0
-
-    def assign(self, keys: torch.Tensor, values: torch.Tensor, room: int = HEADROOM) -> KV:
-        """Replace the contents (after rows joined or left the batch), with `room` columns to grow."""
-        shape = list(keys.shape)
-        shape[-2] += max(room, HEADROOM)
-        kbuf, vbuf = keys.new_empty(shape), values.new_empty(shape)
-        self.n = keys.shape[-2]
-        kbuf[:, :, : self.n] = keys
-        vbuf[:, :, : self.n] = values
-        self.kbuf, self.vbuf = kbuf, vbuf
-        self.keys, self.values = kbuf[:, :, : self.n], vbuf[:, :, : self.n]
-        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
-        return self.keys, self.values
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> KV:
-        if self.kbuf is None or self.vbuf is None:
-            return self.assign(key_states, value_states)
-        need = self.n + key_states.shape[-2]
-        if need > self.kbuf.shape[-2]:  # one copy per HEADROOM decode steps; a long prefill gets all it needs
-            self.assign(self.kbuf[:, :, : self.n], self.vbuf[:, :, : self.n], key_states.shape[-2] + HEADROOM)
-        kbuf, vbuf = self.kbuf, self.vbuf
-        kbuf[:, :, self.n : need] = key_states
-        vbuf[:, :, self.n : need] = value_states
-        self.n = need
-        self.keys, self.values = kbuf[:, :, :need], vbuf[:, :, :need]
-        return self.keys, self.values
-
-    def kv(self) -> KV:
-        assert self.kbuf is not None and self.vbuf is not None
-        return self.kbuf[:, :, : self.n], self.vbuf[:, :, : self.n]
+def round_up(n: int, step: int) -> int:
+    return -(-n // step) * step
 
 
-def new_cache(layers: list[KV] | None = None) -> Cache:
-    """An empty cache, or one holding the given per-layer (keys, values)."""
-    if not layers:
-        return Cache(layer_class_to_replicate=GrowingLayer)
-    grown: list[Any] = []
-    for k, v in layers:
-        layer = GrowingLayer()
-        layer.assign(k, v)
-        grown.append(layer)
-    return Cache(layers=grown)
+class KVPool:
+    def __init__(self, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device):
+        self.layers, self.kv_heads, self.head_dim = layers, kv_heads, head_dim
+        self.dtype, self.device = dtype, device
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.slots = self.columns = 0
 
+    @property
+    def tokens(self) -> int:
+        """Token positions the pool holds memory for (slots x columns)."""
+        return self.slots * self.columns
 
-def contents(cache: Cache) -> list[KV]:
-    """Per layer, the (keys, values) the cache holds."""
-    return [cast(GrowingLayer, layer).kv() for layer in cache.layers]
+    def bytes_per_token(self) -> int:
+        return (
+            2 * self.layers * self.kv_heads * self.head_dim * torch.empty(0, dtype=self.dtype).element_size()
+        )
 
+    def resize(self, slots: int, columns: int) -> None:
+        """Reallocate as `slots` x `columns`, keeping what fits (the caller keeps its rows inside)."""
+        if (slots, columns) == (self.slots, self.columns):
+            return
+        shape = (slots, self.kv_heads, columns, self.head_dim)
+        keep_s, keep_c = min(slots, self.slots), min(columns, self.columns)
+        keys, values = [], []
+        for layer in range(self.layers):
+            # Zeros, not empty: attention weighs a row's masked columns by 0, and 0 x NaN (whatever bits
+            # fresh memory holds) would poison the row. What a row leaves behind is finite, so reuse is safe.
+            k = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            if keep_s and keep_c:
+                k[:keep_s, :, :keep_c] = self.keys[layer][:keep_s, :, :keep_c]
+                v[:keep_s, :, :keep_c] = self.values[layer][:keep_s, :, :keep_c]
+            keys.append(k)
+            values.append(v)
+        self.keys, self.values = keys, values
+        self.slots, self.columns = slots, columns
 
-def assign(cache: Cache, layers: list[KV]) -> None:
-    for layer, (k, v) in zip(cache.layers, layers, strict=True):
-        cast(GrowingLayer, layer).assign(k, v)
+    def release(self) -> None:
+        """Free the memory (the engine is idle)."""
+        self.keys, self.values = [], []
+        self.slots = self.columns = 0
 
+    def move(self, src: int, dst: int, length: int) -> None:
+        """Copy a row's first `length` positions from slot `src` to slot `dst`."""
+        for k, v in zip(self.keys, self.values, strict=True):
+            k[dst, :, :length] = k[src, :, :length]
+            v[dst, :, :length] = v[src, :, :length]
 
-def left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
-    """Pad dim -2 of a KV tensor (or dim 1 of a mask) on the left with zeros up to `width`."""
-    dim = 1 if t.dim() == 2 else 2
-    missing = width - t.shape[dim]
-    if missing <= 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = missing
-    return torch.cat([t.new_zeros(shape), t], dim)
+    def read(self, slot: int, length: int) -> list[KV]:
+        """Per layer, a copy of one row's first `length` positions, shaped [1, kv_heads, length, dim]."""
+        return [
+            (k[slot : slot + 1, :, :length].clone(), v[slot : slot + 1, :, :length].clone())
+            for k, v in zip(self.keys, self.values, strict=True)
+        ]
+
+    def write(self, slot: int, layers: list[KV]) -> None:
+        """Put per-layer [1, kv_heads, n, dim] keys/values at a row's first n positions."""
+        for (k, v), (nk, nv) in zip(zip(self.keys, self.values, strict=True), layers, strict=True):
+            n = nk.shape[-2]
+            k[slot, :, :n] = nk[0]
+            v[slot, :, :n] = nv[0]

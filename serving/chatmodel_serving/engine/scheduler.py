@@ -1,9 +1,10 @@
-"""Admission: which waiting requests join the running batch as the next prefill group. No torch, no model:
-the engine thread calls it with its lock held."""
+"""Admission: which waiting requests join the running batch this step. No torch, no model: the engine
+thread calls it with its lock held, and says through `fits` whether the KV pool can hold one more."""
 
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .sequence import Request
@@ -12,32 +13,37 @@ from .types import Event
 
 @dataclass(frozen=True)
 class Budget:
-    max_batch_size: int  # sequences decoded together
-    max_prefill_tokens: int  # prompt tokens prefilled in one group (beyond the first request's)
-    max_kv_tokens: int  # KV-cache capacity in tokens
+    max_batch_size: int  # sequences running together
+    max_prefill_tokens: int  # prompt tokens computed in one step (long prompts go in chunks)
 
 
-def admit(waiting: collections.deque[Request], running: int, kv_used: int, budget: Budget) -> list[Request]:
-    """Take requests off the front of `waiting` for one prefill group: as many as fit the free batch rows,
-    the prefill budget and the KV budget (the first always, so a long prompt is never starved). Cancelled
-    requests are dropped with an 'abort' event. A beam-search request runs alone: it waits for an empty
-    batch and nothing joins it."""
+def admit(
+    waiting: collections.deque[Request],
+    running: int,
+    budget: Budget,
+    fits: Callable[[list[Request], Request], bool] = lambda batch, req: True,
+    prefill_tokens: int = 0,
+) -> list[Request]:
+    """Take requests off the front of `waiting` (first come, first served) while a batch row is free, this
+    step's prefill budget has tokens left (after `prefill_tokens` already planned; a prompt longer than
+    what is left starts now and goes on in chunks) and `fits(taken, req)` says the KV pool holds it.
+    Cancelled requests are dropped with an 'abort' event. A beam-search request runs alone: it waits for
+    an empty batch and nothing joins it."""
     free = budget.max_batch_size - running
     batch: list[Request] = []
-    tokens = 0
-    while waiting and len(batch) < free:
+    tokens = prefill_tokens
+    while waiting and len(batch) < free and tokens < budget.max_prefill_tokens:
         req = waiting[0]
         if req.cancelled:
             waiting.popleft()
             req.sink(Event(finish_reason="abort"))
             continue
-        n = len(req.prompt)
-        if batch and (tokens + n > budget.max_prefill_tokens or kv_used + tokens + n > budget.max_kv_tokens):
-            break
         if req.params.beams > 1 and (batch or running):
             break  # beam search runs alone
+        if not fits(batch, req):
+            break
         batch.append(waiting.popleft())
-        tokens += n
+        tokens += len(req.prompt)
         if req.params.beams > 1:
             break
     return batch

@@ -42,7 +42,13 @@ class Sequence:
         self.pending_logprobs: list[TokenLogprob] = []  # not yet sent (their text may be held back)
         self.length = len(req.prompt)  # tokens whose KV is in the cache once the last sampled one is fed
         self.generated: list[int] = []
+        self.slot = -1  # the engine's KV pool row (kvcache.py) while running
+        self.cached = 0  # positions of prompt + generated whose keys/values are in the pool
         self.sent = 0  # characters of text already handed out
+        # Incremental detokenisation (as vLLM's): `text` is final up to the tokens before `read`; each new
+        # token decodes only generated[prefix:], so a token costs the same at the 10th and the 1000th.
+        self.text = ""
+        self.prefix = self.read = 0
         self.hold = max((len(s) for s in req.params.stop), default=1) - 1
         self.finish_reason: str | None = None
         self.matcher: Any = None  # structured outputs: an xgrammar GrammarMatcher (set by the engine)
@@ -50,6 +56,30 @@ class Sequence:
     @property
     def last_token(self) -> int:
         return self.generated[-1]
+
+    @property
+    def total(self) -> int:
+        """Tokens so far: the prompt and the answer."""
+        return len(self.req.prompt) + len(self.generated)
+
+    def tokens(self, start: int, end: int) -> list[int]:
+        """Tokens [start, end) of prompt + generated."""
+        prompt = self.req.prompt
+        if end <= len(prompt):
+            return prompt[start:end]
+        return prompt[start:] + self.generated[max(0, start - len(prompt)) : end - len(prompt)]
+
+    def _detokenize(self, final: bool) -> str:
+        """The answer's text so far (the last characters may still change unless `final`)."""
+        decode = self.tokenizer.decode
+        gen = self.generated
+        before: str = decode(gen[self.prefix : self.read], skip_special_tokens=True)
+        after: str = decode(gen[self.prefix :], skip_special_tokens=True)
+        if len(after) > len(before) and (final or not after.endswith("\ufffd")):
+            self.text += after[len(before) :]
+            self.prefix, self.read = self.read, len(gen)
+            return self.text
+        return self.text + after[len(before) :]
 
     def add(self, token: int, context_length: int, logprob: TokenLogprob | None = None) -> None:
         """Record a sampled token and emit the new text; sets finish_reason when the sequence ends."""
@@ -66,7 +96,7 @@ class Sequence:
             self.generated.append(token)
             if logprob is not None:
                 self.pending_logprobs.append(logprob)
-        text = self.tokenizer.decode(self.generated, skip_special_tokens=True)
+        text = self._detokenize(final=ended)
         if params.stop:
             cut = min(
                 (i for s in params.stop if (i := text.find(s, max(0, self.sent - len(s)))) >= 0), default=-1
@@ -96,3 +126,15 @@ class Sequence:
                     logprobs=logprobs,
                 )
             )
+
+    def finish(self, reason: str) -> None:
+        """End the answer here (the engine cannot go on with it), sending what text is left."""
+        self.finish_reason = reason
+        text = self._detokenize(final=True)
+        delta, self.sent = text[self.sent :], len(text)
+        logprobs = None
+        if self.req.params.logprobs is not None:
+            logprobs, self.pending_logprobs = self.pending_logprobs, []
+        self.req.sink(
+            Event(text=delta, finish_reason=reason, completion_tokens=len(self.generated), logprobs=logprobs)
+        )

@@ -19,6 +19,10 @@ class QueueFullError(RuntimeError):
     """The waiting queue is at its bound; the client should retry later (HTTP 429)."""
 
 
+class PromptTooLongError(ValueError):
+    """The prompt needs more KV cache than the server holds in all (HTTP 413): it could never run."""
+
+
 class EngineStoppedError(RuntimeError):
     """The engine is draining or stopped and takes no new requests (HTTP 503)."""
 

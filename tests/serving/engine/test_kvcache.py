@@ -1,23 +1,23 @@
-"""The growing KV cache: a long prefill onto an existing (prefix-cached) layer gets all the room it needs.
-Found by the fuzzer: a cached prefix plus more than HEADROOM new prompt tokens failed the engine step."""
+"""The KV pool: rows keep their positions when it grows, and a row moves into a freed slot whole."""
 
 from __future__ import annotations
 
 import torch
 
-from chatmodel_serving.engine.kvcache import HEADROOM, GrowingLayer
+from chatmodel_serving.engine.kvcache import KVPool
 
 
-def test_a_long_prefill_onto_a_cached_prefix_fits() -> None:
-    layer = GrowingLayer()
-    prefix = torch.randn(1, 2, 10, 16)
-    layer.assign(prefix, prefix + 1)
-    suffix = torch.randn(1, 2, HEADROOM * 2 + 10, 16)
-    keys, values = layer.update(suffix, suffix + 1)
-    assert keys.shape[-2] == 10 + suffix.shape[-2]
-    assert torch.equal(keys[:, :, :10], prefix) and torch.equal(keys[:, :, 10:], suffix)
-    assert torch.equal(values[:, :, 10:], suffix + 1)
-    # ...and decode steps still append in place afterwards.
-    step = torch.randn(1, 2, 1, 16)
-    keys, _ = layer.update(step, step)
-    assert torch.equal(keys[:, :, -1:], step)
+def test_resize_keeps_every_row_and_move_copies_a_row() -> None:
+    pool = KVPool(layers=2, kv_heads=2, head_dim=4, dtype=torch.float32, device=torch.device("cpu"))
+    pool.resize(2, 8)
+    assert pool.tokens == 16 and torch.count_nonzero(pool.keys[0]) == 0  # fresh memory is zeros
+    row = [(torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4)) for _ in range(2)]
+    pool.write(1, row)
+    pool.resize(4, 16)
+    kept = pool.read(1, 5)
+    assert all(torch.equal(k, rk) and torch.equal(v, rv) for (k, v), (rk, rv) in zip(kept, row, strict=True))
+    pool.move(1, 3, 5)
+    moved = pool.read(3, 5)
+    assert all(torch.equal(k, rk) for (k, _), (rk, _) in zip(moved, row, strict=True))
+    pool.release()
+    assert pool.tokens == 0 and pool.keys == []

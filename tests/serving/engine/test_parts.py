@@ -43,21 +43,22 @@ def request(
 
 def test_admission_respects_free_rows_and_the_prefill_budget() -> None:
     waiting = collections.deque(request(i, 10) for i in range(5))
-    got = admit(waiting, running=1, kv_used=0, budget=Budget(8, 25, 1000))
-    assert [r.id for r in got] == [0, 1]  # 20 of 25 prefill tokens: a third would make 30
-    assert [r.id for r in waiting] == [2, 3, 4]
-    got = admit(waiting, running=7, kv_used=0, budget=Budget(8, 1000, 1000))
-    assert [r.id for r in got] == [2]  # one free row
+    got = admit(waiting, running=1, budget=Budget(8, 25))
+    assert [r.id for r in got] == [0, 1, 2]  # the third starts within the budget and goes on in chunks
+    assert [r.id for r in waiting] == [3, 4]
+    got = admit(waiting, running=7, budget=Budget(8, 1000))
+    assert [r.id for r in got] == [3]  # one free row
 
 
-def test_the_first_request_is_admitted_even_over_budget() -> None:
+def test_a_long_prompt_is_admitted_over_the_prefill_budget() -> None:
     waiting = collections.deque([request(1, 500), request(2, 1)])
-    assert [r.id for r in admit(waiting, 0, 0, Budget(8, 100, 100))] == [1]
+    assert [r.id for r in admit(waiting, 0, Budget(8, 100))] == [1]
 
 
-def test_kv_budget_holds_back_a_second_request() -> None:
+def test_the_kv_pool_holds_back_a_request_it_cannot_fit() -> None:
     waiting = collections.deque([request(1, 10), request(2, 10)])
-    assert [r.id for r in admit(waiting, 1, kv_used=85, budget=Budget(8, 1000, 100))] == [1]
+    got = admit(waiting, 1, Budget(8, 1000), fits=lambda taken, req: not taken)
+    assert [r.id for r in got] == [1] and [r.id for r in waiting] == [2]
 
 
 def test_cancelled_requests_are_dropped_with_abort() -> None:
@@ -65,16 +66,16 @@ def test_cancelled_requests_are_dropped_with_abort() -> None:
     gone = request(1, 3, events)
     gone.cancelled = True
     waiting = collections.deque([gone, request(2, 3)])
-    assert [r.id for r in admit(waiting, 0, 0, Budget(8, 100, 100))] == [2]
+    assert [r.id for r in admit(waiting, 0, Budget(8, 100))] == [2]
     assert [e.finish_reason for e in events] == ["abort"]
 
 
 def test_beam_search_runs_alone() -> None:
     waiting = collections.deque([request(1, 3, beams=2), request(2, 3)])
-    assert admit(waiting, running=1, kv_used=3, budget=Budget(8, 100, 100)) == []  # waits for an empty batch
-    assert [r.id for r in admit(waiting, 0, 0, Budget(8, 100, 100))] == [1]
+    assert admit(waiting, running=1, budget=Budget(8, 100)) == []  # waits for an empty batch
+    assert [r.id for r in admit(waiting, 0, Budget(8, 100))] == [1]
     waiting = collections.deque([request(2, 3), request(1, 3, beams=2)])
-    assert [r.id for r in admit(waiting, 0, 0, Budget(8, 100, 100))] == [2]  # nothing joins it either
+    assert [r.id for r in admit(waiting, 0, Budget(8, 100))] == [2]  # nothing joins it either
 
 
 def kv(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
