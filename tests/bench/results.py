@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import platform
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +35,33 @@ def machine() -> dict[str, Any]:
     return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), **versions}
 
 
+def stamp() -> dict[str, Any]:
+    """When and from which commit: the date (UTC), `git rev-parse --short HEAD`, and whether tracked files
+    differed from it."""
+
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+
+    head = git("rev-parse", "--short", "HEAD")
+    return {
+        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M"),
+        "commit": head.stdout.strip() if head.returncode == 0 else "unknown",
+        "dirty": git("diff", "--quiet", "HEAD").returncode == 1,
+    }
+
+
+def reset() -> None:
+    """Start from an empty results file (a full `make bench`)."""
+    for path in (RESULTS, TABLE):
+        path.unlink(missing_ok=True)
+
+
 def record(section: str, figures: dict[str, Any]) -> None:
-    """Merge one benchmark's figures into bench-results.json under `section` and rewrite the table."""
+    """Merge one benchmark's figures into bench-results.json under `section` (with when and from which
+    commit they were measured, as `measured`) and rewrite the table."""
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     data["machine"] = machine()
-    data[section] = figures
+    data[section] = {**figures, "measured": stamp()}
     RESULTS.write_text(json.dumps(data, indent=2) + "\n")
     lines = ["| key | value |", "|---|---|"]
     for sec, figs in data.items():

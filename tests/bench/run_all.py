@@ -2,7 +2,9 @@
 
 Each benchmark runs in its own process (so one's memory and threads never colour the next) and merges its
 section into bench-results.json; this script times the whole run and prints each headline figure beside its
-target (docs/benchmarks.md "Targets"). A missed target is printed as such, never hidden.
+target (docs/benchmarks.md "Targets"). A missed target is printed as such, never hidden. A full run starts
+from an empty results file; `--only` reruns some sections and keeps the others. The `run` section records
+the date (UTC) and commit of the run; `make bench-readme` then writes the README's table from the file.
 
     python -m tests.bench.run_all [--only serving,train]
 """
@@ -19,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.bench.results import RESULTS, TABLE, record
+from tests.bench.results import RESULTS, TABLE, record, reset, stamp
 
 ROOT = Path(__file__).resolve().parents[2]
 # Each a module of this package, run as `python -m tests.bench.NAME` from the repository root.
@@ -32,14 +34,30 @@ BENCHMARKS = {
     "grammar": ["bench_grammar"],
 }
 Check = Callable[[float, float], bool]
+# Serving workloads (tests/bench/workloads.py) and their stream counts, for the per-workload targets.
+SERVING_RUNS = [
+    *(f"{w}_{s}" for w in ("shared-prefix", "distinct") for s in (1, 8, 32, 64)),
+    "long-context_8",
+    "long-answer_16",
+]
+VLLM_TARGETED = {"shared-prefix_32", "shared-prefix_64", "distinct_32", "distinct_64", "long-context_8",
+                 "long-answer_16"}  # fmt: skip
 # key -> (comparison, target); None = reported only.
 TARGETS: dict[str, tuple[str, float] | None] = {
     "serving.ratio_vs_transformers_serve_32": (">=", 1.3),
     "serving.ttft_p50_ratio_vs_transformers_serve_32": ("<=", 0.5),
     "serving.ratio_vs_sequential_32": (">=", 8.0),
     "serving.ratio_vs_vllm_32": None,
+    **{f"serving.ratio_vs_vllm_{r}": (">=", 1.0) if r in VLLM_TARGETED else None for r in SERVING_RUNS},
+    "serving.ttft_p50_ratio_vs_vllm_distinct_32": ("<=", 0.5),
+    # The issue's >= 1.5 per workload, except the figure the legacy key above is (shared-prefix at 32
+    # streams), which keeps DESIGN.md's 1.3.
+    **{
+        f"serving.ratio_vs_transformers_serve_{r}": (">=", 1.3 if r == "shared-prefix_32" else 1.5)
+        for r in SERVING_RUNS
+    },
     "serving.structured_ratio_32": (">=", 0.85),
-    "serving.batch1_fraction_of_bandwidth_bound": None,
+    "serving.batch1_fraction_of_bandwidth_bound": (">=", 0.5),
     "train.ratio_vs_hf_trainer": (">=", 1.0),
     "train.ddp2_ratio_vs_single": None,
     "triton.latency_ratio_vs_pytorch": ("<=", 1.15),
@@ -78,11 +96,18 @@ def summary(data: dict[str, Any]) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated sections to run")
+    ap.add_argument("--only", help="comma-separated sections to run, keeping the others' figures")
     args = ap.parse_args()
+    sections = args.only.split(",") if args.only else list(BENCHMARKS)
+    unknown = set(sections) - set(BENCHMARKS)
+    if unknown:
+        raise SystemExit(f"unknown section(s) {', '.join(sorted(unknown))}; known: {', '.join(BENCHMARKS)}")
+    if not args.only:
+        reset()  # a full run: no figure from an earlier run survives
     start = time.monotonic()
+    began = stamp()
     failed = []
-    for section in args.only.split(","):
+    for section in sections:
         print(f"\n=== {section} ===", flush=True)
         t0 = time.monotonic()
         module, *extra = BENCHMARKS[section]
@@ -90,11 +115,19 @@ def main() -> int:
         print(f"=== {section}: {time.monotonic() - t0:.0f} s, exit {rc}", flush=True)
         if rc:
             failed.append(section)
-    record("run", {"wall_seconds": round(time.monotonic() - start), "failed": ",".join(failed) or "none"})
+    run = {
+        **began,
+        "sections": ",".join(sections),
+        "full": not args.only,
+        "wall_seconds": round(time.monotonic() - start),
+        "failed": ",".join(failed) or "none",
+    }
+    record("run", run)
     lines = summary(json.loads(RESULTS.read_text()))
     text = "\n".join(lines)
     TABLE.write_text(TABLE.read_text() + "\n## Targets\n\n" + text + "\n")
     print(f"\n{text}\n\nWhole run: {time.monotonic() - start:.0f} s. Figures: {RESULTS.name}, {TABLE.name}")
+    print("`make bench-readme` writes the README's Performance table from them.")
     return 1 if failed else 0
 
 
