@@ -3,12 +3,13 @@
 types.py         SamplingParams, Event, Sink, EngineStats, the engine errors and the EngineClient protocol
                  that both the Engine and the Triton client implement (no torch: metrics and the Triton
                  client import it)
-core.py          Engine: the engine thread, prefill, decode steps and the running batch's KV layout
-scheduler.py     admission: which waiting requests join the batch in the next prefill group
+core.py          Engine: the engine thread; each step one packed forward pass (decode tokens + prompt chunks)
+scheduler.py     admission: which waiting requests join the running batch this step
 sequence.py      Request and Sequence: one request's tokens, incremental detokenisation and stop strings
 sampler.py       one token per row: logprobs, logit_bias, penalties, greedy, temperature, min_p, top_k,
                  top_p, batched per row
 prefix_cache.py  the KV of recent prompts, reused for prompts that share a prefix
 beam.py          beam search (an extension, as in vLLM), run alone through transformers' generate()
-kvcache.py       a KV cache whose layers grow in place
+kvcache.py       the KV pool: a slot per running row, position p in column p, within the memory budget
+attention.py     the model's attention over the pool (registered with transformers), the step's Plan
 """
