@@ -9,7 +9,7 @@ from pathlib import Path
 CONTEXT = 128
 
 
-def write_tiny_model(folder: Path) -> Path:
+def write_tiny_model(folder: Path, context: int = CONTEXT) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -23,7 +23,7 @@ def write_tiny_model(folder: Path) -> Path:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=CONTEXT,
+        max_position_embeddings=context,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=True,
