@@ -54,10 +54,6 @@ class Sequence:
         self.matcher: Any = None  # structured outputs: an xgrammar GrammarMatcher (set by the engine)
 
     @property
-    def last_token(self) -> int:
-        return self.generated[-1]
-
-    @property
     def total(self) -> int:
         """Tokens so far: the prompt and the answer."""
         return len(self.req.prompt) + len(self.generated)
