@@ -79,7 +79,7 @@ demo: install
 	$(PY) -m chatmodel_serving.cli.demo
 
 test: install
-	$(PY) -m pytest -q tests --ignore=tests/bench
+	$(PY) -m pytest -q --durations=25 tests --ignore=tests/bench
 
 # The inner loop: every test not marked slow (tests/conftest.py says which are), ~2-4 min on 2 cores.
 test-fast: install
