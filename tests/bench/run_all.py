@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Each a module of this package, run as `python -m tests.bench.NAME` from the repository root.
 BENCHMARKS = {
     "serving": ["bench_serving"],
+    "kv-budget": ["bench_kv_budget"],
     "train": ["bench_train"],
     "triton": ["bench_triton"],
     "operator": ["bench_operator"],
@@ -58,6 +59,7 @@ TARGETS: dict[str, tuple[str, float] | None] = {
     },
     "serving.structured_ratio_32": (">=", 0.85),
     "serving.batch1_fraction_of_bandwidth_bound": (">=", 0.5),
+    "kv_budget.peak_rss_over_allowed": ("<=", 1.0),
     "train.ratio_vs_hf_trainer": (">=", 1.0),
     "train.ddp2_ratio_vs_single": None,
     "triton.latency_ratio_vs_pytorch": ("<=", 1.15),

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from ..models import LoadedModel
-from . import attention
+from . import attention, linears
 from .beam import beam_search
 from .grammar import Grammars, param_of
 from .kvcache import COLUMN_STEP, SLOT_STEP, KVPool, round_up
@@ -67,6 +67,7 @@ class Engine(EngineClient):
         self.loaded = loaded
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.model.set_attn_implementation(attention.NAME)
+        linears.pack(self.model)
         self.device = loaded.device
         self.context_length = loaded.context_length
         self.max_batch_size = max_batch_size
