@@ -15,6 +15,9 @@ class Config:
     # Namespaces to watch; empty means cluster-wide.
     namespaces: tuple[str, ...] = ()
     runtime_image: str = "ghcr.io/chatmodel/runtime:0.1.0"
+    # The same runtime with a CUDA build of torch, for pods that ask for a GPU (resources.gpu > 0); the CPU
+    # image stays slim for CPU pools.
+    runtime_cuda_image: str = "ghcr.io/chatmodel/runtime-cuda:0.1.0"
     triton_image: str = "ghcr.io/chatmodel/runtime-triton:0.1.0"
     operator_image: str = "ghcr.io/chatmodel/operator:0.1.0"
     image_pull_policy: str = "IfNotPresent"
@@ -31,6 +34,10 @@ class Config:
     prometheus_url: str = ""
     # How often a ChatModel with a canary in progress is re-checked (the live gate is time-based).
     rollout_check_seconds: float = 30.0
+
+    def runtime_image_for(self, gpus: int) -> str:
+        """The PyTorch runtime image for a pod with `gpus` GPUs."""
+        return self.runtime_cuda_image if gpus > 0 else self.runtime_image
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CUSTOM_IMAGES = {
     "operator": "registry.example.com/ml/operator:1.2.3",
     "runtime": "registry.example.com/ml/runtime@sha256:" + "a" * 64,
+    "runtimeCuda": "registry.example.com/ml/runtime-cuda:1.2.3",
     "triton": "registry.example.com/ml/runtime-triton:1.2.3",
     "pullPolicy": "Always",
 }
@@ -106,19 +107,26 @@ def test_chart_versions_and_images_follow_the_package() -> None:
     assert values["images"] == {
         "operator": config.operator_image,
         "runtime": config.runtime_image,
+        "runtimeCuda": config.runtime_cuda_image,
         "triton": config.triton_image,
         "pullPolicy": config.image_pull_policy,
     }
-    for image in (config.operator_image, config.runtime_image, config.triton_image):
+    for image in (
+        config.operator_image,
+        config.runtime_image,
+        config.runtime_cuda_image,
+        config.triton_image,
+    ):
         assert image.endswith(f":{package}"), image
 
 
 def test_custom_images_reach_the_operator_config() -> None:
     objs = render_objects(MATRIX["custom-images"])
     config = Config.from_env(operator_env(objs))
-    assert (config.operator_image, config.runtime_image, config.triton_image) == (
+    assert (config.operator_image, config.runtime_image, config.runtime_cuda_image, config.triton_image) == (
         CUSTOM_IMAGES["operator"],
         CUSTOM_IMAGES["runtime"],
+        CUSTOM_IMAGES["runtimeCuda"],
         CUSTOM_IMAGES["triton"],
     )
     assert config.image_pull_policy == "Always"

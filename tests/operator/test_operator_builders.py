@@ -187,6 +187,23 @@ def test_images_come_from_config() -> None:
     assert {c["name"]: c["image"] for c in pod["containers"]}["triton"] == "reg/tr:1"
 
 
+def test_pods_that_ask_for_a_gpu_get_the_cuda_runtime_image() -> None:
+    cfg = Config.from_env(
+        {"CHATMODEL_RUNTIME_IMAGE": "reg/rt:1", "CHATMODEL_RUNTIME_CUDA_IMAGE": "reg/rt-cuda:1"}
+    )
+    gpu = chatmodel(FINE)  # serving gpu 1, fine-tune gpu 2
+    v = model_version(gpu.spec)
+    assert container(deployment(gpu, v, cfg))["image"] == "reg/rt-cuda:1"
+    assert container(training_objects(gpu, v, cfg)[1])["image"] == "reg/rt-cuda:1"
+    cpu = chatmodel({**FINE, "serving": {}, "fineTune": {**FINE["fineTune"], "resources": {"gpu": 0}}})
+    v = model_version(cpu.spec)
+    assert container(deployment(cpu, v, cfg))["image"] == "reg/rt:1"
+    assert container(training_objects(cpu, v, cfg)[1])["image"] == "reg/rt:1"
+    # An image the ChatModel names wins either way.
+    own = chatmodel({**FINE, "serving": {"resources": {"gpu": 1}, "image": "mine/rt:2"}})
+    assert container(deployment(own, model_version(own.spec), cfg))["image"] == "mine/rt:2"
+
+
 def test_playground_can_be_switched_off() -> None:
     on = container(deployment(chatmodel({}), "v1", CFG))["args"]
     off = container(deployment(chatmodel({"serving": {"ui": False}}), "v1", CFG))["args"]

@@ -28,7 +28,9 @@ class Runtime:
     def image(self, config: Config, serving: Serving) -> str:
         if serving.image:
             return serving.image
-        return config.triton_image if self.subcommand == "triton" else config.runtime_image
+        if self.subcommand == "triton":
+            return config.triton_image
+        return config.runtime_image_for(serving.resources.gpu)
 
 
 RUNTIMES = {

@@ -127,7 +127,7 @@ def _trainer_pod(cm: ChatModel, version: str, config: Config, master: str | None
     run = launch(ft, train_args(ft, base, data, validation, version), master)
     container: Obj = {
         "name": "trainer",
-        "image": ft.image or config.runtime_image,
+        "image": ft.image or config.runtime_image_for(ft.resources.gpu),
         "imagePullPolicy": config.image_pull_policy,
         "command": run.command,
         "args": run.args,
