@@ -35,7 +35,7 @@ class Chunk:
     start: int
     end: int
     column: int
-    mask: torch.Tensor | None = None  # causal with an offset; None = plain causal (column 0)
+    mask: torch.Tensor | None = None  # additive, causal with an offset; None = plain causal (column 0)
 
 
 @dataclass
@@ -47,10 +47,16 @@ class Plan:
     write_slot: torch.Tensor  # per packed token
     write_column: torch.Tensor
     decode_slots: list[int]
-    decode_mask: torch.Tensor | None  # [span, 1, 1, columns]: True where a slot's row has KV
+    decode_mask: torch.Tensor | None  # [span, 1, 1, columns]: 0 where a slot's row has KV, else -inf
     decode_index: torch.Tensor | None  # decode_slots as a tensor; None when they are 0..n-1
     columns: int  # columns the decode rows read
     chunks: list[Chunk] = field(default_factory=list)
+
+
+def additive(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean attention mask as SDPA's additive form: 0 where visible, -inf elsewhere."""
+    mask = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
+    return mask.masked_fill_(~visible, float("-inf"))
 
 
 def build_plan(
@@ -60,7 +66,8 @@ def build_plan(
     device: torch.device,
 ) -> Plan:
     """`decode`: (slot, column of its token) per decode row, ascending slots; `chunks`: (slot, first column,
-    tokens) per prefill chunk. Masks are built here once, not per layer."""
+    tokens) per prefill chunk. Masks are built here once, not per layer, and additive in the pool's dtype:
+    what SDPA would turn a boolean mask into in every call (the same values, so the same answers)."""
     slots: list[int] = [s for s, _ in decode]
     cols: list[int] = [c for _, c in decode]
     planned: list[Chunk] = []
@@ -69,7 +76,7 @@ def build_plan(
         mask = None
         if column:
             q = torch.arange(column, column + n, device=device)
-            mask = torch.arange(column + n, device=device)[None, :] <= q[:, None]
+            mask = additive(torch.arange(column + n, device=device)[None, :] <= q[:, None], pool.dtype)
         planned.append(Chunk(slot, start, start + n, column, mask))
         slots += [slot] * n
         cols += list(range(column, column + n))
@@ -83,7 +90,8 @@ def build_plan(
         for slot, col in decode:
             length[slot] = col + 1
         length.clamp_(min=1)  # a slot not decoding here (mid-prefill) reads one column, then is dropped
-        decode_mask = (torch.arange(columns)[None, :] < length[:, None]).to(device)[:, None, None, :]
+        visible = (torch.arange(columns)[None, :] < length[:, None]).to(device)[:, None, None, :]
+        decode_mask = additive(visible, pool.dtype)
         if span != len(decode):
             decode_index = torch.tensor([s for s, _ in decode], device=device)
     return Plan(
