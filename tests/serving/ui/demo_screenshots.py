@@ -1,4 +1,4 @@
-"""README's pictures from a real `make demo`: `python -m tests.serving.ui.demo_screenshots` (`make screenshots`).
+"""README's pictures from a real `make demo` (`make screenshots`).
 
 It serves what the demo left in artifacts/ (`chatmodel run` of the quickstart with `--with-base`, which reuses
 the fine-tuned version instead of training again), asks the fine-tuned version one question so the live
@@ -10,7 +10,6 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-from pathlib import Path
 
 import httpx
 
