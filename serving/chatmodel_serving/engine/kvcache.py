@@ -43,18 +43,18 @@ class KVPool:
             return
         shape = (slots, self.kv_heads, columns, self.head_dim)
         keep_s, keep_c = min(slots, self.slots), min(columns, self.columns)
-        keys, values = [], []
-        for layer in range(self.layers):
-            # Zeros, not empty: attention weighs a row's masked columns by 0, and 0 x NaN (whatever bits
-            # fresh memory holds) would poison the row. What a row leaves behind is finite, so reuse is safe.
-            k = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            v = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            if keep_s and keep_c:
-                k[:keep_s, :, :keep_c] = self.keys[layer][:keep_s, :, :keep_c]
-                v[:keep_s, :, :keep_c] = self.values[layer][:keep_s, :, :keep_c]
-            keys.append(k)
-            values.append(v)
-        self.keys, self.values = keys, values
+        if not self.keys:
+            self.keys, self.values = [torch.empty(0)] * self.layers, [torch.empty(0)] * self.layers
+        # Layer by layer, each old tensor dropped as soon as it is copied: the pool's memory passes its
+        # size by one layer while it grows, never by a whole second pool.
+        for store in (self.keys, self.values):
+            for layer in range(self.layers):
+                # Zeros, not empty: attention weighs a row's masked columns by 0, and 0 x NaN (whatever
+                # bits fresh memory holds) would poison the row. What a row leaves behind is finite.
+                new = torch.zeros(shape, dtype=self.dtype, device=self.device)
+                if keep_s and keep_c:
+                    new[:keep_s, :, :keep_c] = store[layer][:keep_s, :, :keep_c]
+                store[layer] = new
         self.slots, self.columns = slots, columns
 
     def release(self) -> None:
