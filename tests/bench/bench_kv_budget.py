@@ -17,6 +17,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, cast
 
+from chatmodel_serving.engine import prefix_cache
 from chatmodel_serving.engine.kvcache import COLUMN_STEP, round_up
 from chatmodel_serving.launch import ServerProcess
 from chatmodel_serving.models import resolve_source
@@ -29,15 +30,20 @@ from tests.bench.workloads import long_context_prompts
 if TYPE_CHECKING:
     from transformers import BatchEncoding
 
-PREFIX_CACHE_TOKENS = 16384  # the engine's default bound (Engine(prefix_cache_tokens=...))
-ELEMENT_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-
 
 def kv_bytes_per_token(config: dict[str, int], dtype: str) -> int:
     """Keys and values of one position over every layer."""
     heads = config.get("num_key_value_heads") or config["num_attention_heads"]
     dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    return 2 * config["num_hidden_layers"] * heads * dim * ELEMENT_BYTES[dtype]
+    import torch
+
+    return (
+        2
+        * config["num_hidden_layers"]
+        * heads
+        * dim
+        * torch.empty(0, dtype=getattr(torch, dtype)).element_size()
+    )
 
 
 def main() -> int:
@@ -88,7 +94,9 @@ def main() -> int:
                 srv.url, "m", streams, answer, extra=IGNORE_EOS, prompts=prompts, same_length=True
             )
     budget_mb = budget_tokens * per_token / 2**20
-    prefix_mb = (PREFIX_CACHE_TOKENS + longest) * per_token / 2**20  # it may pass its bound by one prompt
+    prefix_mb = (
+        (prefix_cache.DEFAULT_TOKENS + longest) * per_token / 2**20
+    )  # it may pass its bound by one prompt
     warm_entry_mb = prompt_tokens(warm[0]) * per_token / 2**20
     allowed = idle - warm_entry_mb + budget_mb + prefix_mb
     figures = {

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from ..models import LoadedModel
-from . import attention, linears
+from . import attention, linears, prefix_cache
 from .beam import beam_search
 from .grammar import Grammars, param_of
 from .kvcache import COLUMN_STEP, SLOT_STEP, KVPool, round_up
@@ -62,7 +62,7 @@ class Engine(EngineClient):
         max_waiting_requests: int = 64,
         max_prefill_tokens: int = 1024,
         max_kv_tokens: int = 131072,
-        prefix_cache_tokens: int = 16384,
+        prefix_cache_tokens: int = prefix_cache.DEFAULT_TOKENS,
     ):
         self.loaded = loaded
         self.model, self.tokenizer = loaded.model, loaded.tokenizer

@@ -7,11 +7,12 @@ import collections
 
 import torch
 
+DEFAULT_TOKENS = 16384  # the bound on the positions whose KV the cache keeps
 LayerKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer, (keys, values) of one row
 
 
 class PrefixCache:
-    def __init__(self, max_tokens: int = 16384, min_tokens: int = 8):
+    def __init__(self, max_tokens: int = DEFAULT_TOKENS, min_tokens: int = 8):
         self.entries: collections.OrderedDict[tuple[int, ...], LayerKV] = collections.OrderedDict()
         self.max_tokens, self.min_tokens, self.tokens = max_tokens, min_tokens, 0
         self.hits = 0
