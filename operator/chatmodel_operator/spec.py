@@ -28,8 +28,9 @@ SHORT_NAME = "chm"
 
 DEFAULT_BASE_MODEL = "builtin://smollm2-135m"
 # Model sources: builtin demo models, Hugging Face ids, a path on a PVC, or a path inside the image.
-MODEL_SOURCE_PATTERN = r"^((builtin|hf|pvc|file)://.+|/.+)$"
-DATA_SOURCE_PATTERN = r"^((builtin|pvc|file)://.+|/.+)$"
+MODEL_SOURCE_PATTERN = r"^((builtin|hf|s3|pvc|file)://.+|/.+)$"
+DATA_SOURCE_PATTERN = r"^((builtin|hf|s3|pvc|file)://.+|/.+)$"
+URL_PATTERN = r"^https?://[^\s/]+(/\S*)?$"
 # CPU: cores (up to 3 decimals) or whole millicores. Bytes: a whole, non-zero number with an optional suffix
 # (the API server warns about fractional bytes and refuses a zero-sized claim).
 CPU_PATTERN = r"^([0-9]{1,6}(\.[0-9]{1,3})?|[0-9]{1,9}m)$"
@@ -95,18 +96,51 @@ class _Model(BaseModel):
         return self
 
 
-class ModelSource(_Model):
+class LocalObjectRef(_Model):
+    """An object in the ChatModel's namespace, by name."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=SUBDOMAIN_PATTERN, description="Its name.")
+
+
+class RemoteAccess(_Model):
+    """How to reach an hf:// or s3:// source (ignored for the other sources)."""
+
+    endpoint: str | None = Field(
+        None,
+        pattern=URL_PATTERN,
+        max_length=2048,
+        description="hf://: a Hugging Face hub or a hub-compatible mirror (default https://huggingface.co); "
+        "s3://: an S3-compatible endpoint (default AWS S3).",
+    )
+    region: str | None = Field(None, max_length=64, description="s3:// only: the bucket's region.")
+    path_style: bool | None = Field(
+        None, description="s3:// only: the bucket in the URL path (default: MinIO, Ceph...); false: the host."
+    )
+    credentials_secret_ref: LocalObjectRef | None = Field(
+        None,
+        description="A Secret with HF_TOKEN (hf://) or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (s3://).",
+    )
+
+
+class ModelSource(RemoteAccess):
     """Where the base model comes from."""
 
     source: str = Field(
         DEFAULT_BASE_MODEL,
         pattern=MODEL_SOURCE_PATTERN,
-        description="Model source: builtin://smollm2-135m, hf://org/name, pvc://claim/path, file:///path "
-        "or an absolute path inside the runtime image.",
+        description="Model source: builtin://smollm2-135m, hf://org/name[@revision] (a commit, branch or "
+        "tag; unpinned, the branch's commit at version time is part of the version), s3://bucket/prefix, "
+        "pvc://claim/path, file:///path or an absolute path inside the runtime image.",
+    )
+    cache_policy: Literal["Keep", "Delete"] = Field(
+        "Keep",
+        description="Whether deleting the ChatModel also deletes its download from the model cache. "
+        "Not acted on yet: in a cluster, hf:// and s3:// models are downloaded by each serving pod at "
+        "start-up.",
     )
 
 
-class Dataset(_Model):
+class Dataset(RemoteAccess):
     """Training data: a JSONL file of chat examples."""
 
     rules: ClassVar[tuple[Rule, ...]] = (
@@ -118,7 +152,8 @@ class Dataset(_Model):
     )
     source: str = Field(
         pattern=DATA_SOURCE_PATTERN,
-        description="JSONL training data: pvc://claim/path/file.jsonl, file:///path or builtin://name.",
+        description="JSONL training data: pvc://claim/path/file.jsonl, hf://datasets/org/name[@revision]/"
+        "file.jsonl, s3://bucket/key.jsonl, file:///path or builtin://name.",
     )
     validation_split: float | None = Field(
         None,
@@ -732,16 +767,22 @@ class ChatModel(BaseModel):
     status: ChatModelStatus | None = None
 
 
-def model_version(spec: ChatModelSpec) -> str:
-    """Short content hash of what changes the weights: the base model and the fine-tune recipe.
+def model_version(spec: ChatModelSpec, revisions: Mapping[str, str] | None = None) -> str:
+    """Short content hash of what changes the weights: the base model and the fine-tune recipe, plus the
+    revisions that hf:// and s3:// sources resolved to (`revisions`: source -> commit or listing digest),
+    so a branch that moves makes a new version instead of changing one silently.
 
     Resources, scheduling, retries and images do not change the model, so they are left out: changing them
     never retrains.
     """
     recipe: dict[str, Any] = {"baseModel": spec.base_model.source}
+    if revisions:
+        recipe["revisions"] = dict(revisions)
     if spec.fine_tune is not None:
+        # Where the data is and how to sign in do not change the weights (its revision does, above).
+        data = {"source", "validation_split", "validation_source"}
         recipe["fineTune"] = spec.fine_tune.model_dump(
-            by_alias=True, include={"dataset", "method", "hyperparameters"}
+            by_alias=True, include={"dataset": data, "method": True, "hyperparameters": True}
         )
     blob = json.dumps(recipe, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:10]

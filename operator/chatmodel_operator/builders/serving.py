@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from chatmodel_operator.builders import meta
 from chatmodel_operator.builders.meta import Obj
-from chatmodel_operator.builders.sources import Mounts
+from chatmodel_operator.builders.sources import Mounts, remote_env
 from chatmodel_operator.config import Config
 from chatmodel_operator.runtime_args import ServeOptions
 from chatmodel_operator.spec import ChatModel, Serving
@@ -155,7 +155,11 @@ def build(cm: ChatModel, version: str, config: Config, fine_tuned: bool | None =
         "command": ["chatmodel"],
         "args": [runtime.subcommand, *options.to_argv()],
         "ports": [{"name": "http", "containerPort": config.service_port, "protocol": "TCP"}],
-        "env": meta.base_env() + [e.model_dump(by_alias=True) for e in sv.env],
+        "env": [
+            *meta.base_env(),
+            *remote_env(cm.spec.base_model, cm.spec.base_model.source),
+            *(e.model_dump(by_alias=True) for e in sv.env),
+        ],
         "resources": meta.resources(sv.resources.gpu, sv.resources.cpu, sv.resources.memory),
         "securityContext": meta.container_security_context(),
         # Loading a model takes a while: the startup probe holds liveness off for up to 10 minutes.

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from chatmodel_operator.spec import RemoteAccess
+
 SOURCES_MOUNT = "/sources"
 
 
@@ -35,3 +37,25 @@ class Mounts:
             root = self.claim(claim)
             return f"{root}/{rest}" if rest else root
         return source
+
+
+def remote_env(access: RemoteAccess, source: str) -> list[dict[str, Any]]:
+    """What an hf:// or s3:// source's fields become in a container: the environment variables the stores'
+    own tools read, which the runtime's downloader (chatmodel_serving.fetch.settings) reads too."""
+    env: list[dict[str, Any]]
+    if source.startswith("hf://"):
+        env = [{"name": "HF_ENDPOINT", "value": access.endpoint}] if access.endpoint else []
+        keys = ["HF_TOKEN"]
+    elif source.startswith("s3://"):
+        env = [{"name": "AWS_ENDPOINT_URL", "value": access.endpoint}] if access.endpoint else []
+        if access.region:
+            env.append({"name": "AWS_REGION", "value": access.region})
+        if access.path_style is False:
+            env.append({"name": "CHATMODEL_S3_ADDRESSING_STYLE", "value": "virtual"})
+        keys = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+    else:
+        return []
+    if access.credentials_secret_ref is not None:
+        secret = access.credentials_secret_ref.name
+        env += [{"name": k, "valueFrom": {"secretKeyRef": {"name": secret, "key": k}}} for k in keys]
+    return env

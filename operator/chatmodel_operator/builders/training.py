@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from chatmodel_operator.builders import meta
 from chatmodel_operator.builders.meta import Obj
-from chatmodel_operator.builders.sources import Mounts
+from chatmodel_operator.builders.sources import Mounts, remote_env
 from chatmodel_operator.config import Config
 from chatmodel_operator.spec import ChatModel, FineTune
 
@@ -108,6 +108,11 @@ def _queued(cm: ChatModel, obj: Obj) -> Obj:
     return obj
 
 
+def _unique(env: list[Obj]) -> list[Obj]:
+    """One entry per variable name, the last given winning."""
+    return list({e["name"]: e for e in env}.values())
+
+
 @dataclass(frozen=True)
 class _Pod:
     """The trainer container and its volumes, shared by the Job and the TrainJob."""
@@ -131,7 +136,15 @@ def _trainer_pod(cm: ChatModel, version: str, config: Config, master: str | None
         "imagePullPolicy": config.image_pull_policy,
         "command": run.command,
         "args": run.args,
-        "env": [*meta.base_env(), *run.env],
+        # The dataset's store settings first: where both are on one kind of store, the model's win.
+        "env": [
+            *meta.base_env(),
+            *_unique(
+                remote_env(ft.dataset, ft.dataset.source)
+                + remote_env(cm.spec.base_model, cm.spec.base_model.source)
+            ),
+            *run.env,
+        ],
         "resources": meta.resources(ft.resources.gpu, ft.resources.cpu, ft.resources.memory),
         "securityContext": meta.container_security_context(),
         # The trainer writes a JSON summary (or the failure reason) here; the operator reads it back.

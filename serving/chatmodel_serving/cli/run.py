@@ -23,7 +23,7 @@ from . import CliError, validation_lines, yaml_line
 
 if TYPE_CHECKING:
     from chatmodel_operator.runtime_args import ServeOptions
-    from chatmodel_operator.spec import ChatModel
+    from chatmodel_operator.spec import ChatModel, RemoteAccess
 
     from ..api.state import ServerState
     from ..train.config import TrainConfig
@@ -53,13 +53,39 @@ class Plan:
         return str(self.train.output) if self.train else self.base_source
 
 
-def local_source(source: str, folder: Path, what: str) -> str:
-    """pvc:// exists only in a cluster; relative file:// paths are taken from the manifest's folder."""
+def local_source(
+    source: str,
+    folder: Path,
+    what: str,
+    access: RemoteAccess | None = None,
+    revisions: dict[str, str] | None = None,
+) -> str:
+    """pvc:// exists only in a cluster; relative file:// paths are taken from the manifest's folder; hf:// and
+    s3:// are downloaded into the local cache (once), their resolved revision noted in `revisions`."""
     if source.startswith("pvc://"):
         raise ManifestError(f"{what} {source}: pvc:// sources exist only in a cluster; use a local path here")
     if source.startswith("file://"):
         path = Path(source[len("file://") :]).expanduser()
         return str(path if path.is_absolute() else (folder / path).resolve())
+    if source.startswith(("hf://", "s3://")):
+        from ..fetch import FetchError, Settings, pull
+
+        if access is not None and access.credentials_secret_ref is not None:
+            log.info(
+                "%s: credentialsSecretRef names a Secret, which exists only in a cluster: "
+                "HF_TOKEN / AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY come from the environment",
+                what,
+            )
+        settings = Settings.for_source(
+            source, *((access.endpoint, access.region, access.path_style) if access is not None else ())
+        )
+        try:
+            pulled = pull(source, settings)
+        except FetchError as exc:
+            raise ManifestError(f"{what}: {exc}") from None
+        if revisions is not None:
+            revisions[source] = pulled.revision
+        return str(pulled.path)
     return source
 
 
@@ -90,14 +116,17 @@ def plan(manifest_path: Path, work_dir: Path = DEFAULT_WORK_DIR, device: str = "
 
     cm = load(manifest_path)
     folder = manifest_path.resolve().parent
-    base = local_source(cm.spec.base_model.source, folder, "spec.baseModel.source")
+    revisions: dict[str, str] = {}
+    base = local_source(
+        cm.spec.base_model.source, folder, "spec.baseModel.source", cm.spec.base_model, revisions
+    )
     ft = cm.spec.fine_tune
     if ft is None:
         return Plan(cm, base, None)
     ds, hp = ft.dataset, ft.hyperparameters
-    data = local_source(ds.source, folder, "spec.fineTune.dataset.source")
+    data = local_source(ds.source, folder, "spec.fineTune.dataset.source", ds, revisions)
     validation = (
-        local_source(ds.validation_source, folder, "spec.fineTune.dataset.validationSource")
+        local_source(ds.validation_source, folder, "spec.fineTune.dataset.validationSource", ds, revisions)
         if (ds.validation_source)
         else None
     )
@@ -106,7 +135,7 @@ def plan(manifest_path: Path, work_dir: Path = DEFAULT_WORK_DIR, device: str = "
         data=data,
         validation_data=validation,
         validation_split=0.1 if ds.validation_split is None else ds.validation_split,
-        output=(work_dir / cm.metadata.name / model_version(cm.spec)).resolve(),
+        output=(work_dir / cm.metadata.name / model_version(cm.spec, revisions)).resolve(),
         method=ft.method,
         epochs=hp.epochs,
         learning_rate=hp.learning_rate,

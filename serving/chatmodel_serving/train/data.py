@@ -109,8 +109,9 @@ BUILTIN_DATA = Path(__file__).resolve().parent.parent / "data"
 
 
 def resolve_data_source(source: str | Path, relative_to: Path | None = None) -> Path:
-    """builtin://NAME (a dataset shipped in the package, so also in the runtime image), file://PATH
-    or a path; relative paths are taken from `relative_to` (a manifest's folder) when given."""
+    """builtin://NAME (a dataset shipped in the package, so also in the runtime image), hf:// or s3://
+    (downloaded), file://PATH or a path; relative paths are taken from `relative_to` (a manifest's
+    folder) when given."""
     text = str(source)
     if text.startswith("builtin://"):
         name = text[len("builtin://") :]
@@ -119,6 +120,13 @@ def resolve_data_source(source: str | Path, relative_to: Path | None = None) -> 
             known = ", ".join(sorted(p.stem for p in BUILTIN_DATA.glob("*.jsonl")))
             raise DataError(text, [(0, f"no builtin dataset {name!r}; known: {known}")])
         return path
+    if text.startswith(("hf://", "s3://")):  # downloaded once into the cache, checked (fetch/)
+        from ..fetch import FetchError, pull
+
+        try:
+            return pull(text).path
+        except FetchError as exc:
+            raise DataError(text, [(0, str(exc))]) from None
     if "://" in text and not text.startswith("file://"):
         scheme = text.split("://", 1)[0]
         raise DataError(

@@ -55,7 +55,7 @@ def backends_dir() -> Path:
         raise TritonNotInstalled(f"nvidia-pytriton ships no python backend stub for Python {version}")
     backends = root / "backends"
     if not os.access(backends / "python", os.W_OK) and not (backends / "python" / STUB).exists():
-        from ..models import cache_dir
+        from ..fetch.settings import cache_dir
 
         private = cache_dir() / "triton-backends"
         shutil.copytree(backends, private, dirs_exist_ok=True)
