@@ -91,7 +91,7 @@ def pull(
     with locked(entry):
         partial = entry.with_name(entry.name + ".partial")
         if entry.is_dir():
-            bad = [f for f in listing.files if not present(f, entry / f.path, verify)]
+            bad = [f for f in listing.files if not f.matches(entry / f.path, sizes_only=verify == "sizes")]
             if not bad:
                 return finish(base, remote, listing, entry, 0)
             log.warning(
@@ -107,12 +107,6 @@ def pull(
         (partial / SOURCE_FILE).write_text(listing.to_json())
         partial.rename(entry)
     return finish(base, remote, listing, entry, fetched)
-
-
-def present(f: RemoteFile, local: Path, verify: Verify) -> bool:
-    if verify == "sizes":
-        return local.is_file() and local.stat().st_size == f.size
-    return f.matches(local)
 
 
 def finish(base: Path, remote: Remote, listing: Listing, entry: Path, fetched: int) -> Pulled:

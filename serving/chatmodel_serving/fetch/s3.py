@@ -57,7 +57,7 @@ class S3Store:
 
         key = remote.path
         try:
-            objects = [o for o in self.client().list_objects(remote.repo, prefix=key, recursive=True)]
+            objects = list(self.client().list_objects(remote.repo, prefix=key, recursive=True))
         except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             raise self._error(remote, exc) from None
         exact = [o for o in objects if o.object_name == key]
