@@ -34,6 +34,15 @@ class Config:
     prometheus_url: str = ""
     # How often a ChatModel with a canary in progress is re-checked (the live gate is time-based).
     rollout_check_seconds: float = 30.0
+    # The namespace's model cache (builders/model_cache.py): one PVC that hf:// and s3:// models are
+    # downloaded into once; ReadWriteMany so that every replica on every node mounts it.
+    model_cache_size: str = "100Gi"
+    model_cache_storage_class: str = ""
+    model_cache_access_mode: str = "ReadWriteMany"
+    # A download that receives no byte for this long fails (its message says so) instead of hanging.
+    download_stall_seconds: float = 300.0
+    # How often a ChatModel whose model is downloading re-reads the download's progress.
+    download_poll_seconds: float = 5.0
 
     def runtime_image_for(self, gpus: int) -> str:
         """The PyTorch runtime image for a pod with `gpus` GPUs."""

@@ -17,6 +17,7 @@ from typing import Any
 import kopf
 
 from chatmodel_operator.config import Config
+from chatmodel_operator.downloads import in_progress
 from chatmodel_operator.informers import Children
 from chatmodel_operator.k8s import Client
 from chatmodel_operator.reconciler import Reconciler
@@ -29,10 +30,10 @@ WORKERS = 16
 log = logging.getLogger("chatmodel.handlers")
 
 
-def reconcile_from(reconciler: Reconciler, children: Children, requeue_seconds: float) -> Reconcile:
+def reconcile_from(reconciler: Reconciler, children: Children, config: Config) -> Reconcile:
     """The work queue's reconcile of one key, with what the ChatModel and child stores hold when it runs;
-    a ChatModel in its canary comes back after `requeue_seconds` (its live gate is judged by time, not by
-    an event)."""
+    a ChatModel in its canary comes back after rollout_check_seconds (its live gate is judged by time,
+    not by an event), one whose model downloads after download_poll_seconds (its progress is read)."""
 
     async def reconcile(key: Key) -> float | None:
         await children.listed()  # a reconcile before a kind is listed would miss its children
@@ -45,8 +46,11 @@ def reconcile_from(reconciler: Reconciler, children: Children, requeue_seconds: 
             # The stuck pods are read once the ChatModel's lock is held (a pod has one such event).
             troubles=lambda: children.stuck_pods.get(key),
         )
-        if canary_running(status or reconciler.last_status(key) or body.get("status")):
-            return requeue_seconds
+        latest = status or reconciler.last_status(key) or body.get("status")
+        if in_progress(latest):
+            return config.download_poll_seconds
+        if canary_running(latest):
+            return config.rollout_check_seconds
         return None
 
     return reconcile
@@ -68,7 +72,14 @@ class Cleanups:
 
     async def _cleanup(self, key: Key, body: dict[str, Any]) -> None:
         try:
-            await self.reconciler.cleanup(body, *self.children.of(key))
+            # The namespace's other ChatModels: whether one still uses this one's download.
+            others = [
+                b
+                for k, objs in self.children.chatmodels.by_key.items()
+                if k[0] == key[0] and k != key
+                for b in objs.values()
+            ]
+            await self.reconciler.cleanup(body, *self.children.of(key), others)
         except Exception:
             log.exception("%s/%s: cleaning up after the deletion failed", *key)
 
@@ -81,7 +92,7 @@ def register(registry: kopf.OperatorRegistry, config: Config) -> None:
         settings.posting.reporting_component = "chatmodel-operator"  # the Events' source
         memo.reconciler = Reconciler(config, Client(settings, logger))
         memo.children = Children()
-        reconcile = reconcile_from(memo.reconciler, memo.children, config.rollout_check_seconds)
+        reconcile = reconcile_from(memo.reconciler, memo.children, config)
         memo.queue = WorkQueue(reconcile, WORKERS, RETRY_SECONDS)
         memo.cleanups = Cleanups(memo.reconciler, memo.children, memo.queue)
         memo.queue.start()

@@ -126,6 +126,20 @@ class Client:
             logger=self.logger,
         )
 
+    async def pod_log(self, ns: str, pod: str, container: str, tail_lines: int = 20) -> str | None:
+        """The last lines of a container's log; None where the node's kubelet does not answer (no retry:
+        a caller polling progress asks again soon)."""
+        self.requests += 1
+        path = f"/api/v1/namespaces/{ns}/pods/{pod}/log?container={container}&tailLines={tail_lines}"
+        try:
+            response = await kopf_api.request(
+                "get", path, settings=self.settings, logger=self.logger, backoffs=[]
+            )
+            return await response.text()
+        except (kopf_errors.APIError, OSError, TimeoutError) as e:
+            self.logger.debug("log of pod %s/%s unavailable: %s", ns, pod, e)
+            return None
+
     async def list(self, api_version: str, kind: str, ns: str, selector: dict[str, str]) -> list[Obj]:
         query = ",".join(f"{k}={v}" for k, v in selector.items())
         found = await self._call("get", url(api_version, kind, ns) + f"?labelSelector={query}")

@@ -10,6 +10,7 @@ from typing import Any
 from chatmodel_operator import rollout
 from chatmodel_operator.builders import gateway_objects, meta, service, serving_objects, training_objects
 from chatmodel_operator.builders.meta import Obj
+from chatmodel_operator.builders.model_cache import cache_pvc, cached_source, download_job
 from chatmodel_operator.builders.network import network_policy
 from chatmodel_operator.builders.serving import serves_https, uses_hpa
 from chatmodel_operator.builders.storage import prune_job
@@ -21,6 +22,7 @@ from chatmodel_operator.spec import (
     SERVABLE,
     ChatModel,
     ChatModelStatus,
+    DownloadStatus,
     Gate,
     ModelSource,
     VersionState,
@@ -63,6 +65,24 @@ def missing_prometheus(cm: ChatModel, config: Config) -> str | None:
     return None
 
 
+def _download_state(download: DownloadStatus | None) -> tuple[VersionState, str] | None:
+    """A remote base model's download holds its version back until it is in the cache."""
+    if download is None or download.state == "Succeeded":
+        return None
+    if download.state == "Failed":
+        return "Failed", f"downloading {download.requested}: {download.message or 'failed'}"
+    return "Downloading", ""
+
+
+def describe_download(d: DownloadStatus) -> str:
+    done = ""
+    if d.bytes_total:
+        done = f": {(d.bytes_done or 0) / 1e6:,.1f} of {d.bytes_total / 1e6:,.1f} MB"
+        if d.files_total:
+            done += f", {d.files_done or 0} of {d.files_total} files"
+    return f"downloading {d.source} into the model cache{done}"
+
+
 def _target_state(
     cm: ChatModel, job: JobObs | None, result: TrainResult, serving_loss: float | None
 ) -> tuple[VersionState, str]:
@@ -82,20 +102,27 @@ def _pinned_state(pin: str, record: VersionStatus | None) -> tuple[VersionState,
     return "Trained", ""
 
 
-def _source_of(cm: ChatModel, record: VersionStatus | None) -> ChatModel:
-    """The ChatModel as it was for a pinned version: its own base model (tuned weights are on the PVC)."""
-    if record is None:
+def _source_of(cm: ChatModel, record: VersionStatus | None, download: DownloadStatus | None) -> ChatModel:
+    """The ChatModel as its pods see it: a pinned version's own base model (tuned weights are on the PVC),
+    and a downloaded base model as its folder on the model cache PVC."""
+    if download is not None and download.state == "Succeeded" and download.path:
+        base = ModelSource(source=cached_source(download.path))
+    elif record is not None:
+        base = ModelSource(source=record.base_model)
+    else:
         return cm
-    spec = cm.spec.model_copy(update={"base_model": ModelSource(source=record.base_model)})
+    spec = cm.spec.model_copy(update={"base_model": base})
     return cm.model_copy(update={"spec": spec})
 
 
 def _phase(
     cm: ChatModel, target: str, state: VersionState, job: JobObs | None, dep: DeploymentObs | None,
-    d: Decision, prev: ChatModelStatus,
+    d: Decision, prev: ChatModelStatus, download: DownloadStatus | None,
 ) -> tuple[str, str]:  # fmt: skip
     if state in ("Failed", "Rejected", "RolledBack"):
         return ("Degraded" if d.active else "Failed"), ""
+    if state == "Downloading" and download is not None:
+        return "Pending", describe_download(download)
     if state == "Training":
         return (
             ("FineTuning", f"training version {target}") if job else ("Pending", "starting the training Job")
@@ -261,6 +288,7 @@ class Target:
     fine_tuned: bool
     dep: DeploymentObs | None
     want: int  # spec.serving.replicas.min
+    download: DownloadStatus | None  # its base model's download, when remote
 
 
 def _target(
@@ -270,9 +298,10 @@ def _target(
     deployments: dict[str, DeploymentObs],
     config: Config,
     stable_loss: float | None,
+    download: DownloadStatus | None,
 ) -> Target:
     pin = cm.spec.rollout.pin_version
-    name = pin or model_version(cm.spec)
+    name = pin or target_version(cm, download)
     record = {v.name: v for v in prev.versions}.get(name)
     job = None if pin else jobs.get(name)
     result = parse_result(job.result) if job else TrainResult()
@@ -280,19 +309,38 @@ def _target(
         state, why = _pinned_state(pin, record)
         fine_tuned = bool(record and record.fine_tuned)
     else:
-        state, why = _target_state(cm, job, result, stable_loss)
+        state, why = _download_state(download) or _target_state(cm, job, result, stable_loss)
         fine_tuned = cm.spec.fine_tune is not None
     missing = missing_prometheus(cm, config)
     if missing and state != "Failed":  # re-checked every reconcile: setting the URL lets it go on
         state, why = "Failed", missing
     want = cm.spec.serving.replicas.min
-    return Target(name, pin, record, job, result, state, why, fine_tuned, deployments.get(name), want)
+    if pin and state != "Failed":
+        state, why = _download_state(download) or (state, why)
+    return Target(
+        name, pin, record, job, result, state, why, fine_tuned, deployments.get(name), want, download
+    )
+
+
+def target_version(cm: ChatModel, download: DownloadStatus | None) -> str:
+    """The version the spec asks for; an hf:// base model's resolved commit is part of it."""
+    if download is not None and download.revision and download.requested.startswith("hf://"):
+        return model_version(cm.spec, {download.requested: download.revision})
+    return model_version(cm.spec)
+
+
+def _download(out: Plan, cm: ChatModel, t: Target, config: Config) -> None:
+    """The namespace's model cache and the download Job, until the Job exists."""
+    d = t.download
+    if d is not None and d.state == "Pending":
+        ns = meta.namespace(cm)
+        out.create_only += [cache_pvc(ns, config), download_job(ns, d.source, cm.spec.base_model, config)]
 
 
 def _train(out: Plan, cm: ChatModel, t: Target, config: Config) -> None:
-    """The artifacts PVC, and the training Job until it exists."""
-    if cm.spec.fine_tune is not None and not t.pin:
-        pvc, *workload = training_objects(cm, t.name, config)
+    """The artifacts PVC, and the training Job until it exists (once the base model is there)."""
+    if cm.spec.fine_tune is not None and not t.pin and t.state != "Downloading":
+        pvc, *workload = training_objects(_source_of(cm, None, t.download), t.name, config)
         out.create_only.append(pvc)
         if t.job is None:
             out.create_only += workload
@@ -308,7 +356,7 @@ def _serve(
         return
     canary = d.target_replicas != max(t.want, 1)
     restore = t.dep is not None and t.dep.desired_replicas == 0
-    source = _source_of(cm, t.record) if t.pin else cm
+    source = _source_of(cm, t.record if t.pin else None, t.download)
     objs = serving_objects(
         source,
         t.name,
@@ -361,7 +409,7 @@ def _history(
     else:
         fresh = VersionStatus(
             name=t.name,
-            base_model=cm.spec.base_model.source,
+            base_model=t.download.source if t.download else cm.spec.base_model.source,
             state=d.state,
             fine_tuned=t.fine_tuned,
             eval_loss=t.result.eval_loss,
@@ -388,7 +436,7 @@ def _status(
     generation: int | None,
 ) -> None:  # fmt: skip
     """The phase, conditions and status to write, and the rollout Event, if any."""
-    phase, message = _phase(cm, t.name, d.state, t.job, t.dep, d, prev)
+    phase, message = _phase(cm, t.name, d.state, t.job, t.dep, d, prev, t.download)
     message = t.why or message
     stuck = _stuck_pod(troubles, t.name, d.state, phase)
     if stuck is not None:  # say why the version does not progress, not only that it does not
@@ -410,6 +458,10 @@ def _status(
     ]
     if stuck is not None:
         conditions.append(cond("PodsHealthy", False, stuck.reason))
+    if t.download is not None:
+        ok = {"Succeeded": True, "Failed": False}.get(t.download.state)
+        reason = {"Succeeded": "Downloaded", "Failed": "DownloadFailed"}.get(t.download.state, "Downloading")
+        conditions.insert(1, cond("Downloaded", ok, reason, t.download.message or ""))
     if cm.spec.fine_tune is not None and not t.pin:
         trained = {"Training": None, "Failed": False, "Rejected": False}.get(t.state, True)
         reason = {"Training": "Training", "Failed": "TrainingFailed", "Rejected": "GateRejected"}.get(
@@ -434,6 +486,8 @@ def _status(
         "selector": ",".join(f"{k}={v}" for k, v in selector.items()),
         "conditions": conditions,
     }
+    if t.download is not None:
+        out.status["download"] = t.download.model_dump(by_alias=True, exclude_none=True)
     out.phase, out.message = phase, message
 
 
@@ -446,9 +500,11 @@ def plan(
     generation: int | None = None,
     live: LiveFigures | None = None,
     troubles: Iterable[PodTrouble] = (),
+    download: DownloadStatus | None = None,
 ) -> Plan:
-    """What to create, apply, delete and scale down for one ChatModel, and the status to write."""
-    target = cm.spec.rollout.pin_version or model_version(cm.spec)
+    """What to create, apply, delete and scale down for one ChatModel, and the status to write.
+    `download`: the remote base model's download (downloads.py), None for other sources."""
+    target = cm.spec.rollout.pin_version or target_version(cm, download)
     prev = _with_unrecorded(cm, cm.status or ChatModelStatus(), jobs, deployments, target)
     records = {v.name: v for v in prev.versions}
     # The version serving now (a rollout's fallback), when it is not the target.
@@ -456,9 +512,10 @@ def plan(
         prev.active_version if prev.active_version in deployments and prev.active_version != target else None
     )
     stable_loss = records[stable].eval_loss if stable in records else None
-    t = _target(cm, prev, jobs, deployments, config, stable_loss)
+    t = _target(cm, prev, jobs, deployments, config, stable_loss, download)
     d = rollout.decide(cm, t.name, t.state, t.record, stable, t.dep, max(t.want, 1), now, live)
     out = Plan()
+    _download(out, cm, t, config)
     _train(out, cm, t, config)
     _serve(out, cm, t, d, config, generation, prev)
     _route(out, cm, t, d, config, generation, prev)

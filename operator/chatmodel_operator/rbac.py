@@ -44,8 +44,9 @@ ACCESS: tuple[Access, ...] = (
     Access("chatmodel.dev", "chatmodels/finalizers", ("update",), "blockOwnerDeletion", admission_only=True),
     # Children: the operator diffs and applies them; Jobs, TrainJobs and Deployments are also watched
     # (informers.py).
-    # Jobs: created once, watched, and annotated with the trainer's result (patch).
-    Access("batch", "jobs", (*WATCH, *CREATE_ONLY, "patch"), "fine-tune Jobs", "Job"),
+    # Jobs: created once, watched, and annotated with the trainer's result (patch); a model download's
+    # Job is shared by the ChatModels that use it, and read by name (get) while it runs.
+    Access("batch", "jobs", (*WATCH, *CREATE_ONLY, "get", "patch"), "fine-tune and download Jobs", "Job"),
     # fineTune.engine kubeflow: a Kubeflow Trainer TrainJob, the same as a Job (its conditions are read).
     Access(
         "trainer.kubeflow.org",
@@ -67,6 +68,10 @@ ACCESS: tuple[Access, ...] = (
     Access("networking.k8s.io", "networkpolicies", APPLY, "serving ingress policy", "NetworkPolicy"),
     # A finished training pod's termination message (the trainer's result), and why a pod is stuck.
     Access("", "pods", ("list", "watch"), "training results, stuck pods", "Pod"),
+    # A model download's progress: the last lines of its pod's log.
+    Access("", "pods/log", ("get",), "model download progress"),
+    # spec.baseModel.credentialsSecretRef: the hub token that resolves an hf:// revision at version time.
+    Access("", "secrets", ("get",), "hub token for revision resolution", "Secret"),
     # kopf posts Events on phase changes (core v1 events).
     Access("", "events", ("create",), "Events on phase changes"),
 )

@@ -11,8 +11,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from chatmodel_operator import metrics, observe, prometheus, rollout
+from chatmodel_operator import downloads, metrics, observe, prometheus, rollout
 from chatmodel_operator.builders import meta
+from chatmodel_operator.builders.model_cache import cache_prune_job
 from chatmodel_operator.config import Config
 from chatmodel_operator.k8s import Applier, Client
 from chatmodel_operator.observe import DeploymentObs, JobObs, PodTrouble
@@ -138,9 +139,10 @@ class Reconciler:
         # Compared with ==, not encoded: most triggers are repeats, and the spec is usually the same object.
         spec_seen = (body["metadata"].get("uid"), body.get("spec"))
         previous = memory.written or body.get("status") or {}
-        # A canary's live gate is time-based: its requeue must get through.
+        # A canary's live gate is time-based, a download's progress is polled: their requeues get through.
         if (
             not canary_running(previous)
+            and not downloads.in_progress(previous)
             and memory.spec_seen == spec_seen
             and memory.acted_on == {*jobs.values(), *deps.values(), *troubles}
         ):
@@ -155,7 +157,8 @@ class Reconciler:
         jobs = await self._record_results(key[0], jobs)
         at = now()
         live = await self._live_figures(cm, at)
-        p = plan(cm, jobs, deps, self.config, at, generation, live, troubles)
+        download = await downloads.observe_download(self.client, cm, generation)
+        p = plan(cm, jobs, deps, self.config, at, generation, live, troubles, download)
         created = []
         for obj in p.create_only:
             if await self.applier.apply(obj, create_only=True) == "created":
@@ -175,7 +178,7 @@ class Reconciler:
             trainers = [o for o in created if o["kind"] in observe.TRAINERS]
             jobs = {**jobs, **{j.version: j for j in map(observe.job, trainers)}}
             deps = {**deps, **{d.version: d for d in map(observe.deployment, _of(created, "Deployment"))}}
-            p = plan(cm, jobs, deps, self.config, at, generation, live, troubles)
+            p = plan(cm, jobs, deps, self.config, at, generation, live, troubles, download)
         written = await self._write_status(key, memory, body, previous, p.status)
         # Only once the status landed: a refused write (raised) must not make the retry look like a repeat.
         memory.acted_on = {*jobs.values(), *deps.values(), *troubles}
@@ -243,17 +246,40 @@ class Reconciler:
         return status
 
     async def cleanup(
-        self, body: Mapping[str, Any], jobs: Iterable[JobObs], deps: Iterable[DeploymentObs]
+        self,
+        body: Mapping[str, Any],
+        jobs: Iterable[JobObs],
+        deps: Iterable[DeploymentObs],
+        others: Iterable[Mapping[str, Any]] = (),
     ) -> None:
         """Delete a deleted ChatModel's children. ownerReferences make the garbage collector do the same;
-        this covers clusters (and emulators) without one, and clears this process's memory."""
+        this covers clusters (and emulators) without one, and clears this process's memory. Its download
+        stays in the model cache unless its cachePolicy is Delete and none of `others` (the namespace's
+        other ChatModels) uses it."""
         namespace, name = body["metadata"].get("namespace") or "default", body["metadata"]["name"]
         key = (namespace, name)
         self._gone[key] = body["metadata"].get("uid")
         async with self._memory_of(key).lock:  # let an in-flight reconcile finish first
             await self._delete_children(namespace, name, jobs, deps)
+            await self._drop_download(namespace, body, others)
         self.phases.drop(key)
         self._memory.pop(key, None)
+
+    async def _drop_download(
+        self, namespace: str, body: Mapping[str, Any], others: Iterable[Mapping[str, Any]]
+    ) -> None:
+        policy = ((body.get("spec") or {}).get("baseModel") or {}).get("cachePolicy", "Keep")
+        status = self.last_status((namespace, body["metadata"]["name"])) or body.get("status") or {}
+        download = status.get("download") or {}
+        job, path = download.get("job"), download.get("path")
+        if policy != "Delete" or not job:
+            return
+        if any(((o.get("status") or {}).get("download") or {}).get("job") == job for o in others):
+            log.info("%s: download %s kept: another ChatModel uses it", namespace, job)
+            return
+        if path:  # created before the Job goes: the cache entry is never left behind
+            await self.applier.apply(cache_prune_job(namespace, path, self.config), create_only=True)
+        await self.client.delete("batch/v1", "Job", namespace, job)
 
     async def _delete_children(
         self, namespace: str, name: str, jobs: Iterable[JobObs], deps: Iterable[DeploymentObs]

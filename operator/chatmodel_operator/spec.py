@@ -60,7 +60,7 @@ Phase = Literal["Pending", "FineTuning", "Deploying", "Ready", "Failed", "Degrad
 PHASES: tuple[str, ...] = get_args(Phase)
 # One model version's lifecycle (status.versions[].state).
 VersionState = Literal[
-    "Training", "Trained", "Failed", "Rejected", "Canary", "Serving", "Retired", "RolledBack"
+    "Downloading", "Training", "Trained", "Failed", "Rejected", "Canary", "Serving", "Retired", "RolledBack"
 ]
 # States whose weights exist and may serve again (spec.rollout.pinVersion may name them).
 SERVABLE: tuple[VersionState, ...] = ("Trained", "Canary", "Serving", "Retired", "RolledBack")
@@ -134,9 +134,9 @@ class ModelSource(RemoteAccess):
     )
     cache_policy: Literal["Keep", "Delete"] = Field(
         "Keep",
-        description="Whether deleting the ChatModel also deletes its download from the model cache. "
-        "Not acted on yet: in a cluster, hf:// and s3:// models are downloaded by each serving pod at "
-        "start-up.",
+        description="hf:// and s3:// models are downloaded once into the namespace's model cache (a "
+        "ReadWriteMany PVC). Keep leaves the download there when the ChatModel is deleted; Delete removes "
+        "it (and its download Job) unless another ChatModel in the namespace uses the same download.",
     )
 
 
@@ -729,6 +729,25 @@ class VersionStatus(_Model):
     requests: float | None = Field(None, description="Requests its pods answered in the live-gate window.")
 
 
+class DownloadStatus(_Model):
+    """The base model's download into the namespace's model cache (hf:// and s3:// sources)."""
+
+    requested: str = Field(description="spec.baseModel.source as written.")
+    source: str = Field(description="What is downloaded: an hf:// source with its resolved commit.")
+    revision: str | None = Field(None, description="The commit (hf://) or listing digest (s3://).")
+    resolved_generation: int | None = Field(
+        None, description="The spec generation whose source was resolved (a new one resolves again)."
+    )
+    state: Literal["Pending", "Downloading", "Succeeded", "Failed"] = Field(description="Download state.")
+    job: str | None = Field(None, description="The download Job (shared by every user of the download).")
+    bytes_done: int | None = Field(None, description="Bytes in the cache so far.")
+    bytes_total: int | None = Field(None, description="Bytes of every file.")
+    files_done: int | None = Field(None, description="Files complete.")
+    files_total: int | None = Field(None, description="Files in the download.")
+    path: str | None = Field(None, description="The downloaded folder on the model cache PVC.")
+    message: str | None = Field(None, description="The store's own error, when it failed.")
+
+
 class ChatModelStatus(_Model):
     """Observed state of a ChatModel."""
 
@@ -746,6 +765,7 @@ class ChatModelStatus(_Model):
     ready_replicas: int | None = Field(None, description="Ready serving pods of the active version.")
     selector: str | None = Field(None, description="Label selector of the serving pods (scale subresource).")
     conditions: list[Condition] = Field(default_factory=list, description="Ready, FineTuned, Available...")
+    download: DownloadStatus | None = Field(None, description="The base model's download, if remote.")
 
 
 class Metadata(BaseModel):

@@ -4,6 +4,8 @@ verb), and compare with the declared list (chatmodel_operator/rbac.py) and the c
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -13,6 +15,7 @@ from prometheus_client import REGISTRY
 
 from chatmodel_operator import rbac
 from chatmodel_operator.builders import all_objects
+from chatmodel_operator.builders.model_cache import CACHE_MOUNT
 from chatmodel_operator.config import Config
 from chatmodel_operator.observe import RESULT_ANNOTATION
 from chatmodel_operator.spec import load_manifests
@@ -28,8 +31,10 @@ from tests.operator.test_operator_lifecycle import (
     make_ready,
     manifest,
     phase_is,
+    status,
     version,
 )
+from tests.serving.fetch.stores import Hub, commit_folder, olah_hub
 
 Triple = tuple[str, str, str]
 EDGE = {
@@ -94,7 +99,67 @@ async def result_recorded(c: Cluster, url: str) -> bool:
     return RESULT_ANNOTATION in ((body or {}).get("metadata", {}).get("annotations") or {})
 
 
-async def lifecycle(c: Cluster) -> None:
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    """A real hub (olah, offline) holding one small repo: the operator resolves its revision there."""
+    root = tmp_path_factory.mktemp("hub")
+    files = root / "files"
+    files.mkdir()
+    (files / "config.json").write_text('{"model_type": "llama"}\n')
+    commit_folder(root / "mirrors" / "models" / "acme" / "chat", files, "one")
+    with olah_hub(root, "acme/chat") as h:
+        yield h
+
+
+async def remote_base_model(c: Cluster, hub: Hub) -> str:
+    """A base model from a hub with a token: the Secret is read, the revision resolved, the download
+    Job's progress read from its pod's log; cachePolicy Delete prunes the download at deletion."""
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hub-token", "namespace": NS},
+              "data": {"HF_TOKEN": "aGZfdG9rZW4="}}  # fmt: skip
+    await c.create(path("v1", "secrets", NS), secret)
+    base = {"source": "hf://acme/chat", "endpoint": hub.endpoint, "cachePolicy": "Delete",
+            "credentialsSecretRef": {"name": "hub-token"}}  # fmt: skip
+    await c.create(CM, manifest("remote", {"baseModel": base}))
+
+    async def downloading() -> str | None:
+        d = (await status(c, "remote")).get("download") or {}
+        return d.get("job") if d.get("state") in ("Pending", "Downloading") else None
+
+    job = await eventually(downloading)
+    await eventually(lambda: c.get(path("batch/v1", "jobs", NS, job)))
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{job}-xyz", "namespace": NS, "labels": {"batch.kubernetes.io/job-name": job}},
+        "status": {"phase": "Running"},
+    }
+    await c.create(path("v1", "pods", NS), pod)
+    await c.patch(path("batch/v1", "jobs", NS, job, "status"), {"status": {"active": 1}})
+
+    async def polled_log() -> bool:
+        return any(r.subresource == "log" for r in c.k if r.resource is not None)
+
+    await eventually(polled_log)
+    result = {"path": f"{CACHE_MOUNT}/hf/acme/chat", "revision": "x", "bytesTotal": 1, "files": 1}
+    await c.delete(path("v1", "pods", NS, f"{job}-xyz"))
+    await finish_job(c, job, ok=True, message=json.dumps(result))
+
+    async def served() -> bool:
+        target = (await status(c, "remote")).get("targetVersion")
+        return await c.get(path("apps/v1", "deployments", NS, f"remote-{target}")) is not None
+
+    await eventually(served)
+    return str(job)
+
+
+async def pruned(c: Cluster, job: str) -> bool:
+    """The download's Job deleted, and a prune Job for its cache entry created."""
+    jobs = ((await c.get(path("batch/v1", "jobs", NS))) or {}).get("items", [])
+    names = {j["metadata"]["name"] for j in jobs}
+    return job not in names and any(n.startswith("chatmodel-cache-prune-") for n in names)
+
+
+async def lifecycle(c: Cluster, hub: Hub) -> None:
     v1 = version("m", FINE_TUNE)
     ve = version("edge", EDGE)
     edge_urls = [
@@ -126,6 +191,7 @@ async def lifecycle(c: Cluster) -> None:
         done = {"conditions": [{"type": "Complete", "status": "True", "reason": "JobsCompleted"}]}
         await c.patch(trainjob, {"status": done})
         await eventually(lambda: result_recorded(c, trainjob))
+        remote_job = await remote_base_model(c, hub)
         # A failing fine-tune posts a Warning and Failed.
         vb = version("bad", FINE_TUNE)
         await c.create(CM, manifest("bad", FINE_TUNE))
@@ -170,17 +236,19 @@ async def lifecycle(c: Cluster) -> None:
         await c.delete(f"{CM}/m")
         await c.delete(f"{CM}/edge")
         await c.delete(f"{CM}/kf")  # its TrainJob goes with it
+        await c.delete(f"{CM}/remote")  # its download goes from the cache (cachePolicy Delete)
+        await eventually(partial(pruned, c, remote_job))
         for url in edge_urls[:3]:
             await eventually(partial(gone, url))
         await eventually(lambda: gone(path("v1", "persistentvolumeclaims", NS, "m-artifacts")))
         await eventually(lambda: gone(path("apps/v1", "deployments", NS, f"m-{v1}")))
 
 
-async def test_rbac_allows_every_request_and_nothing_unused(kmock: Any) -> None:
+async def test_rbac_allows_every_request_and_nothing_unused(kmock: Any, hub: Hub) -> None:
     declare(kmock)
     c = Cluster(kmock)
     failed_jobs = finished_jobs("Failed")
-    await lifecycle(c)
+    await lifecycle(c, hub)
     # The alert ChatModelFineTuneJobFailing reads this counter: one failed Job, counted once.
     assert finished_jobs("Failed") == failed_jobs + 1
     ours = requested(kmock)
@@ -246,9 +314,12 @@ async def test_namespaced_scope_is_enough_for_an_operator_watching_one_namespace
         # kmock's watches not replaying from a resourceVersion, the Ready transition proved timing-dependent.)
         await eventually(lambda: phase_is(c, "solo", "Deploying"), timeout=45)
     assert proxy.denied == set()
-    # The proxy does refuse: Role grants stop at their namespace, and nothing grants secrets.
+    # The proxy does refuse: Role grants stop at their namespace (hub tokens too), and nothing lists
+    # or writes Secrets.
     assert not proxy.allowed("other", ("apps", "deployments", "create"))
-    assert not proxy.allowed(NS, ("", "secrets", "get"))
+    assert not proxy.allowed("other", ("", "secrets", "get"))
+    assert not proxy.allowed(NS, ("", "secrets", "list"))
+    assert not proxy.allowed(NS, ("", "secrets", "create"))
     assert {ns for ns, _, _ in proxy.seen} == {NS, None}  # nothing in any other namespace
     # What namespaced mode adds over cluster mode: kopf observes the namespaces it serves.
     assert (None, ("", "namespaces", "list"), True) in proxy.seen

@@ -6,7 +6,9 @@ People: `make cluster` (= `python -m tests.cluster.devcluster up`) prints how to
 Tests: tests/cluster/conftest.py starts the same once per test session.
 
 No kubelet and no kube-proxy: pods are scheduled and go Running/Ready/Succeeded through kwok, but no
-container starts and nothing answers on a cluster IP (README "A local control plane").
+container starts and nothing answers on a cluster IP (README "A local control plane"). Pod logs do come
+back through the API server (`kubectl logs`, pods/log): kwok serves them for its nodes from files a test
+writes (`LocalCluster.write_pod_log`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ SERVICE_CIDR = "10.0.0.0/24"
 # training Job fail and a serving pod stay Pending the way a real node would report it.
 TEST_STAGES = HERE / "stages.yaml"
 UNPULLABLE_IMAGE = "kwok.invalid/pull-fails:1"
+# Containers whose logs kwok serves: every pod's container of that name reads root/pod-logs/NAME.log.
+LOGGED_CONTAINERS = ("download",)
 # kwok manages only nodes with this annotation.
 KWOK_ANNOTATION = {"kwok.x-k8s.io/node": "fake"}
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -201,6 +205,8 @@ class LocalCluster:
             f"--service-account-key-file={d / 'sa.pub'}",
             f"--service-account-signing-key-file={d / 'sa.key'}",
             "--allow-privileged=true", "--profiling=false",
+            # kwok's nodes have a Hostname address nothing resolves: logs go to their InternalIP.
+            "--kubelet-preferred-address-types=InternalIP",
         ])  # fmt: skip
         self.kubeconfig.write_text(yaml.safe_dump(kubeconfig(self.server, d / "ca.crt", ADMIN_TOKEN)))
         self._wait("the API server's /readyz", self._readyz, timeout=90)
@@ -215,11 +221,16 @@ class LocalCluster:
         self._spawn(
             "kube-scheduler", [self.tool("kube-scheduler"), kc, "--leader-elect=false", "--secure-port=0"]
         )
-        stages = [str(self.kwok_stages()), str(TEST_STAGES)]
+        configs = [str(self.kwok_stages()), str(TEST_STAGES), str(self.kwok_logs())]
+        # kwok answers the API server's kubelet requests (logs) for every node on one loopback port;
+        # the API server does not check a kubelet's certificate without --kubelet-certificate-authority.
+        kubelet_port = free_port()
         self._spawn("kwok", [
-            self.tool("kwok"), kc, *(f"--config={s}" for s in stages), "--manage-all-nodes=false",
+            self.tool("kwok"), kc, *(f"--config={c}" for c in configs), "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake", "--cidr=10.244.0.0/16",
-            "--node-lease-duration-seconds=40",
+            "--node-lease-duration-seconds=40", "--node-ip=127.0.0.1", f"--node-port={kubelet_port}",
+            f"--server-address=127.0.0.1:{kubelet_port}",
+            f"--tls-cert-file={d / 'server.crt'}", f"--tls-private-key-file={d / 'server.key'}",
         ])  # fmt: skip
         self.apply([*NODES, *(hostpath_volume(f"pool-{i}") for i in range(24))])
         self._wait("Ready nodes", self._nodes_ready, timeout=60)
@@ -242,6 +253,34 @@ class LocalCluster:
         out = self.root / "kwok-stages.yaml"
         out.write_text(yaml.safe_dump_all(docs))
         return out
+
+    def kwok_logs(self) -> Path:
+        """kwok's ClusterLogs: each LOGGED_CONTAINERS container, in any pod, reads its file."""
+        (self.root / "pod-logs").mkdir(exist_ok=True)
+        docs = []
+        for name in LOGGED_CONTAINERS:
+            self.pod_log(name).touch()
+            logs = [{"containers": [name], "logsFile": str(self.pod_log(name))}]
+            docs.append({
+                "apiVersion": "kwok.x-k8s.io/v1alpha1",
+                "kind": "ClusterLogs",
+                "metadata": {"name": f"{name}-logs"},
+                "spec": {"selector": {}, "logs": logs},
+            })  # fmt: skip
+        out = self.root / "kwok-logs.yaml"
+        out.write_text(yaml.safe_dump_all(docs))
+        return out
+
+    def pod_log(self, container: str) -> Path:
+        return self.root / "pod-logs" / f"{container}.log"
+
+    def write_pod_log(self, container: str, lines: list[str]) -> None:
+        """What `kubectl logs` shows for that container from now on, in the CRI format kubelets keep."""
+        now = time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime())
+        text = "".join(f"{now} stdout F {line}\n" for line in lines)
+        tmp = self.pod_log(container).with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(self.pod_log(container))
 
     def _nodes_ready(self) -> bool:
         nodes = json.loads(self.kubectl("get", "nodes", "-o", "json").stdout)["items"]

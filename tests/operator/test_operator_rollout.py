@@ -31,7 +31,7 @@ from tests.operator.test_operator_lifecycle import (
 from tests.operator.test_operator_lifecycle import version as version_of
 
 FAST = Config(rollout_check_seconds=0.3)
-OTHER_BASE = {"baseModel": {"source": "hf://org/other-model"}}
+OTHER_BASE = {"baseModel": {"source": "pvc://models/other-model"}}
 
 
 def dep(name: str, v: str) -> str:

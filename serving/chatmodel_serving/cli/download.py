@@ -27,23 +27,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--offline", action="store_true", help="only look in the cache")
     p.add_argument("--json", action="store_true", help="print path, revision and bytes fetched as JSON")
+    p.add_argument(
+        "--result-file",
+        type=Path,
+        help="also write the result (or the error) there as JSON: the cluster's download Job writes its "
+        "termination message, which the operator reads",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from ..fetch import Settings, pull
 
-    settings = Settings.for_source(
-        args.source,
-        args.endpoint,
-        args.region,
-        False if args.virtual_host_style else None,
-        stall_seconds=args.stall_seconds,
-        offline=True if args.offline else None,
-    )
-    pulled = pull(args.source, settings, cache_root=args.cache_dir)
-    if args.json:
-        body = {"path": str(pulled.path), "revision": pulled.revision, "fetchedBytes": pulled.fetched_bytes}
-        print(json.dumps(body))
-    else:
-        print(pulled.path)
+    try:
+        settings = Settings.for_source(
+            args.source,
+            args.endpoint,
+            args.region,
+            False if args.virtual_host_style else None,
+            stall_seconds=args.stall_seconds,
+            offline=True if args.offline else None,
+        )
+        pulled = pull(args.source, settings, cache_root=args.cache_dir)
+    except Exception as e:  # the CLI prints it as one line; the result file carries it to the operator
+        if args.result_file:
+            args.result_file.write_text(json.dumps({"error": str(e) or type(e).__name__}))
+        raise
+    body = {
+        "path": str(pulled.path),
+        "revision": pulled.revision,
+        "fetchedBytes": pulled.fetched_bytes,
+        "bytesTotal": pulled.total_bytes,
+        "files": pulled.files,
+    }
+    if args.result_file:
+        args.result_file.write_text(json.dumps(body))
+    print(json.dumps(body) if args.json else pulled.path)
     return 0

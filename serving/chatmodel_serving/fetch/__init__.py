@@ -4,8 +4,9 @@ stores into a local cache, once per (source, resolved revision), verified agains
 `pull(source)` is the one entry point: `chatmodel run`/`serve` call it with ~/.cache/chatmodel, the
 cluster's download Job (`chatmodel download`) with the shared cache volume."""
 
+from chatmodel_operator.remote_source import FetchError, Remote, is_remote, parse
+
 from .cache import Pulled, pull
-from .remote import FetchError, Remote, is_remote, parse
 from .settings import Settings
 
 __all__ = ["FetchError", "Pulled", "Remote", "Settings", "is_remote", "parse", "pull"]

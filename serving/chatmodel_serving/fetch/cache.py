@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TextIO
 
+from chatmodel_operator.remote_source import FetchError, Remote, parse
+
 from .hub import HubStore
 from .listing import Interrupted, Listing, RemoteFile, Stalled, Store
 from .progress import Progress
-from .remote import FetchError, Remote, parse
 from .s3 import S3Store
 from .settings import Settings, cache_dir
 
@@ -34,6 +35,8 @@ class Pulled:
     revision: str
     source: str
     fetched_bytes: int  # transferred by this pull (0: all from the cache)
+    total_bytes: int = 0  # of every file in the entry
+    files: int = 0
 
 
 def default_root() -> Path:
@@ -118,7 +121,7 @@ def finish(base: Path, remote: Remote, listing: Listing, entry: Path, fetched: i
         tmp.write_text(listing.revision)
         tmp.replace(ref)
     path = entry / listing.files[0].path if listing.single_file else entry
-    return Pulled(path, listing.revision, str(remote), fetched)
+    return Pulled(path, listing.revision, str(remote), fetched, listing.total_bytes, len(listing.files))
 
 
 def cached(base: Path, remote: Remote) -> Pulled:

@@ -8,8 +8,9 @@ from collections.abc import Iterator
 
 import httpx
 
+from chatmodel_operator.remote_source import FetchError, Remote
+
 from .listing import CHUNK, Interrupted, Listing, RemoteFile, Stalled
-from .remote import FetchError, Remote
 from .settings import Settings
 
 

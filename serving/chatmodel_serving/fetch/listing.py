@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .remote import Remote
+from chatmodel_operator.remote_source import Remote
+
 from .settings import Settings
 
 CHUNK = 1 << 20

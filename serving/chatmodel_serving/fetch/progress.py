@@ -3,12 +3,11 @@ operator reads into the ChatModel's status)."""
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from typing import Any, TextIO
 
-PROGRESS_KEY = "chatmodelDownload"  # the JSON lines' one key: what a reader of the log looks for
+from chatmodel_operator.download_contract import progress_line
 
 
 class Progress:
@@ -47,33 +46,19 @@ class Progress:
         self._last = time.monotonic()
         if self._bar is not None:
             return
-        line = {
-            PROGRESS_KEY: {
-                "state": state,
-                "source": self.source,
-                "revision": self.revision,
-                "bytesDone": self.done_bytes,
-                "bytesTotal": self.total_bytes,
-                "filesDone": self.done_files,
-                "filesTotal": self.total_files,
-            }
+        record = {
+            "state": state,
+            "source": self.source,
+            "revision": self.revision,
+            "bytesDone": self.done_bytes,
+            "bytesTotal": self.total_bytes,
+            "filesDone": self.done_files,
+            "filesTotal": self.total_files,
         }
-        print(json.dumps(line), file=self.stream, flush=True)
+        print(progress_line(record), file=self.stream, flush=True)
 
     def close(self, state: str) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
         self.emit(state)
-
-
-def parse_progress(line: str) -> dict[str, Any] | None:
-    """The progress record in one log line, or None."""
-    if PROGRESS_KEY not in line:
-        return None
-    try:
-        body = json.loads(line)
-    except ValueError:
-        return None
-    record = body.get(PROGRESS_KEY) if isinstance(body, dict) else None
-    return record if isinstance(record, dict) else None

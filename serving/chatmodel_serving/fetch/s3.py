@@ -10,8 +10,9 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+from chatmodel_operator.remote_source import FetchError, Remote
+
 from .listing import CHUNK, Interrupted, Listing, RemoteFile, Stalled
-from .remote import FetchError, Remote
 from .settings import Settings
 
 _MD5 = re.compile(r"^[0-9a-f]{32}$")

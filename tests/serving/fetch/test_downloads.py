@@ -304,3 +304,21 @@ def test_offline_uses_what_the_cache_holds_and_says_what_is_missing(
     assert pull(f"hf://{small_repo}@{online.revision}", offline, tmp_path).path == online.path
     with pytest.raises(FetchError, match="not in the download cache"):
         pull("hf://tidewell/never-fetched", offline, tmp_path)
+
+
+def test_the_operators_resolver_asks_the_hub_for_the_commit_and_keeps_its_refusal(
+    hub: Hub, tmp_path: Path
+) -> None:
+    """The operator resolves hf:// revisions itself (stdlib, no huggingface_hub in its image): the same
+    commit the runtime's download pins, and the hub's own words when it refuses."""
+    from chatmodel_operator.revisions import ResolveError, resolve
+
+    by_runtime = pull(f"hf://{MODEL}", hub_settings(hub), tmp_path)
+    assert resolve(f"hf://{MODEL}", hub.endpoint) == by_runtime.revision
+    assert resolve(f"hf://{MODEL}@{by_runtime.revision}", hub.endpoint) == by_runtime.revision
+    for bad in ("hf://tidewell/no-such-model", f"hf://{MODEL}@no-such-branch"):
+        with pytest.raises(ResolveError, match=r"answered 401: .*Repo") as e:
+            resolve(bad, hub.endpoint)
+        assert bad in str(e.value)
+    with pytest.raises(ResolveError, match="could not be reached"):
+        resolve(f"hf://{MODEL}", "http://127.0.0.1:9")

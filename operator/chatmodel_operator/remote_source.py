@@ -1,4 +1,7 @@
-"""What a remote source string names: `hf://[datasets/]org/name[@revision][/path]` or `s3://bucket/key`."""
+"""What a remote source string names: `hf://[datasets/]org/name[@revision][/path]` or `s3://bucket/key`.
+
+Shared: the runtime's downloader (chatmodel_serving.fetch) and the operator (which resolves hf://
+revisions and keys the model cache) read sources the same way. Stdlib only."""
 
 from __future__ import annotations
 
