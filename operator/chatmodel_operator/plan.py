@@ -70,7 +70,10 @@ def _download_state(download: DownloadStatus | None) -> tuple[VersionState, str]
     if download is None or download.state == "Succeeded":
         return None
     if download.state == "Failed":
-        return "Failed", f"downloading {download.requested}: {download.message or 'failed'}"
+        said = download.message or "failed"
+        if said.startswith(download.requested.split("@")[0]):  # the downloader names its source itself
+            return "Failed", f"downloading {said}"
+        return "Failed", f"downloading {download.requested}: {said}"
     return "Downloading", ""
 
 

@@ -36,13 +36,13 @@ def resolve(source: str, endpoint: str | None = None, token: str | None = None) 
         with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
             body = json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as e:
-        raise ResolveError(f"{source}: the hub at {base} answered {e.code}: {_said(e)}") from None
+        raise ResolveError(f"the hub at {base} answered {e.code}: {_said(e)}") from None
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
-        raise ResolveError(f"{source}: the hub at {base} could not be reached: {reason}") from None
+        raise ResolveError(f"the hub at {base} could not be reached: {reason}") from None
     sha = body.get("sha") if isinstance(body, dict) else None
     if not isinstance(sha, str) or not COMMIT.match(sha):
-        raise ResolveError(f"{source}: the hub at {base} gave no commit for revision {revision or 'main'}")
+        raise ResolveError(f"the hub at {base} gave no commit for revision {revision or 'main'}")
     return sha
 
 

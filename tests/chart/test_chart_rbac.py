@@ -34,7 +34,7 @@ from tests.operator.test_operator_lifecycle import (
     status,
     version,
 )
-from tests.serving.fetch.stores import Hub, commit_folder, olah_hub
+from tests.serving.fetch.stores import Hub, hub_serving
 
 Triple = tuple[str, str, str]
 EDGE = {
@@ -106,8 +106,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     files = root / "files"
     files.mkdir()
     (files / "config.json").write_text('{"model_type": "llama"}\n')
-    commit_folder(root / "mirrors" / "models" / "acme" / "chat", files, "one")
-    with olah_hub(root, "acme/chat") as h:
+    with hub_serving(root, {"models/acme/chat": files}) as h:
         yield h
 
 

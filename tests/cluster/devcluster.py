@@ -297,6 +297,17 @@ class LocalCluster:
         self.procs.clear()
 
 
+def eventually(what: str, ok: Any, why: Any = lambda: "", timeout: float = 90.0) -> Any:
+    """ok()'s first truthy answer, polled; else an AssertionError saying what did not come, and why()."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = ok()
+        if got:
+            return got
+        time.sleep(0.5)
+    raise AssertionError(f"{what}: not within {timeout:.0f} s\n{why()}")
+
+
 def _conditions(obj: dict[str, Any]) -> list[dict[str, Any]]:
     return list((obj.get("status") or {}).get("conditions") or [])
 

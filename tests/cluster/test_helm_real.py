@@ -12,7 +12,6 @@ import json
 import os
 import re
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +21,13 @@ import pytest
 import yaml
 
 from chatmodel_operator import rbac
-from tests.cluster.devcluster import LocalCluster
+from tests.cluster.devcluster import LocalCluster, eventually
 from tests.cluster.operator_process import OperatorProcess, operator_process, service_account_kubeconfig
 
 REPO = Path(__file__).parents[2]
 CHART = REPO / "charts" / "chatmodel-operator"
 SAMPLES = REPO / "manifests" / "samples"
 CRD = "chatmodels.chatmodel.dev"
-TIMEOUT = 90.0
 # Where each release's operator lives, and the namespaces its ChatModels are in.
 CLUSTER_RELEASE, CLUSTER_TEAM = "helm-cluster-op", "helm-team-c"
 NAMESPACED_RELEASE, NAMESPACED_TEAM = "helm-ns-op", "helm-team-a"
@@ -149,16 +147,6 @@ def diagnosis(cluster: LocalCluster, ns: str, op: OperatorProcess, names: list[s
     return f"status: {json.dumps(status, indent=1)}\n{children}\noperator log tail:\n{op.tail(3000)}"
 
 
-def eventually(what: str, ok: Callable[[], Any], why: Callable[[], str], timeout: float = TIMEOUT) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = ok()
-        if got:
-            return got
-        time.sleep(0.5)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s\n{why()}")
-
-
 def sample(file: str, ns: str) -> dict[str, Any]:
     cm: dict[str, Any]
     (cm,) = yaml.safe_load_all((SAMPLES / file).read_text())
@@ -247,7 +235,8 @@ def json_documents(text: str) -> list[Any]:
 def check_grants(cluster: LocalCluster, release: Release) -> None:
     """The real authorizer's answer for every permission rbac.py declares for this scope, asked of it as
     SubjectAccessReviews for the ServiceAccount (cluster-scoped rows cluster-wide, the rest in the team
-    namespace); and nothing beyond: no Secrets, no other namespace in namespaced scope."""
+    namespace); and nothing beyond: Secrets only read one by one (hub tokens), no other namespace in
+    namespaced scope."""
     groups = ["system:serviceaccounts", f"system:serviceaccounts:{release.namespace}", "system:authenticated"]
 
     def review(group: str, resource: str, verb: str, ns: str) -> dict[str, Any]:
@@ -261,9 +250,10 @@ def check_grants(cluster: LocalCluster, release: Release) -> None:
         for a in rbac.in_mode(release.scope)
         for v in a.verbs
     ]
-    refused = [("", "secrets", "get", release.team)]
+    refused = [("", "secrets", v, release.team) for v in ("list", "watch", "create", "update")]
     if release.scope == "namespaced":
         refused += [("apps", "deployments", "create", "default"), ("chatmodel.dev", "chatmodels", "list", "")]
+        refused += [("", "secrets", "get", "default")]
     asked = [review(*w) for w in wanted + refused]
     reviews = json.dumps({"apiVersion": "v1", "kind": "List", "items": asked})
     items = json_documents(cluster.kubectl("create", "-o", "json", "-f", "-", input=reviews).stdout)

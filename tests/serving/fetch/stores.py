@@ -69,6 +69,12 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def same_files(folder: Path, builtin: Path) -> None:
+    """Every file of the built-in model's folder is in `folder`, byte for byte."""
+    for f in builtin.iterdir():
+        assert sha256_of(folder / f.name) == sha256_of(f), f.name
+
+
 def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -117,6 +123,16 @@ def olah_hub(root: Path, seed: str) -> Iterator[Hub]:
             proc.wait(15)
 
 
+@contextmanager
+def hub_serving(root: Path, repos: dict[str, Path]) -> Iterator[Hub]:
+    """olah serving each folder committed as a repo: keys are "models/org/name" or "datasets/org/name"."""
+    for key, folder in repos.items():
+        commit_folder(root / "mirrors" / key, folder, f"{key}: {folder.name}")
+    seed = next(k.split("/", 1)[1] for k in repos if k.startswith("models/"))
+    with olah_hub(root, seed) as hub:
+        yield hub
+
+
 # moto's IAM answers this many requests unsigned (to create the test user), then checks every signature.
 IAM_SETUP = """
 import boto3, json, sys
@@ -135,6 +151,7 @@ class S3Server:
     endpoint: str
     access_key: str
     secret_key: str
+    pid: int  # the server's process: a test can freeze it (SIGSTOP) as a hung store
 
     def client(self) -> Any:
         from minio import Minio
@@ -170,7 +187,7 @@ def s3_server(root: Path) -> Iterator[S3Server]:
                 [str(STORES_PYTHON), "-c", IAM_SETUP, endpoint], check=True, capture_output=True, text=True
             )
             access, secret = done.stdout.split()
-            yield S3Server(endpoint, access, secret)
+            yield S3Server(endpoint, access, secret, proc.pid)
         finally:
             proc.terminate()
             proc.wait(15)
