@@ -392,6 +392,12 @@ def test_an_s3_base_model_downloads_through_the_job_with_the_secrets_keys(
     [
         ("no-repo", "hf://tidewell/no-such-model", "hub", "Repository Not Found"),
         ("no-revision", f"hf://{MODEL}@no-such-branch", "hub", "Repository Not Found"),
+        (
+            "no-secret",
+            f"hf://{MODEL}",
+            "hub-no-secret",
+            "credentialsSecretRef: Secret no-such-secret not found",
+        ),
         ("no-bucket", "s3://no-such-bucket/model", "s3", "NoSuchBucket"),
         # Not delta's prefix: the namespace's cache would serve what another ChatModel downloaded.
         ("denied", "s3://models/smollm2-private", "s3-wrong-key", "InvalidAccessKeyId"),
@@ -410,8 +416,10 @@ def test_a_bad_source_fails_the_version_with_the_stores_message_quickly(
     says: str,
 ) -> None:
     base: dict[str, Any]
-    if store == "hub":
+    if store.startswith("hub"):
         base = {"source": source, "endpoint": hub.endpoint}
+        if store == "hub-no-secret":
+            base["credentialsSecretRef"] = {"name": "no-such-secret"}
     else:
         secret = f"{name}-keys"
         key = "AKIAUNKNOWN" if store == "s3-wrong-key" else s3.access_key
@@ -423,7 +431,7 @@ def test_a_bad_source_fails_the_version_with_the_stores_message_quickly(
                 "credentialsSecretRef": {"name": secret}}  # fmt: skip
     started = time.monotonic()
     cluster.apply([chatmodel(name, base)], "-n", NS)
-    if store != "hub":  # S3 has no revision to ask for: the download Job meets the refusal
+    if store.startswith("s3"):  # S3 has no revision to ask for: the download Job meets the refusal
         d = downloading(cluster, name, lambda d: "job" in d)
         code, message = play_download(cluster, d["job"], volume, tmp_path / "pod")
         assert code == 2, message  # a refused source: the pod failure policy fails the Job at once
@@ -436,7 +444,7 @@ def test_a_bad_source_fails_the_version_with_the_stores_message_quickly(
     assert st["message"].startswith(f"downloading {source}: "), st["message"]
     assert st["versions"][0]["state"] == "Failed"
     assert not get(cluster, "deployments", "-l", f"chatmodel.dev/name={name}")["items"]
-    if store != "hub":
+    if store.startswith("s3"):
         job = get(cluster, "job", st["download"]["job"])
         assert job["status"].get("failed") == 1  # not retried: exit code 2 is a refused source
     cluster.kubectl("delete", "chatmodel", name, "-n", NS)
