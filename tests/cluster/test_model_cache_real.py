@@ -1,5 +1,5 @@
 """Issue 25 on the real control plane: hf:// and s3:// base models downloaded once into the namespace's
-model cache by a download Job, with the stores on loopback (olah serving the built-in model's plain
+model cache by a download Job (the served answers are the built-in model's), with the stores on loopback (olah serving the built-in model's plain
 folder as a hub repo, offline; moto's S3 server with signatures checked).
 
 kwok runs no containers, so the test is the download pod's kubelet: it runs the pod's own command
@@ -22,10 +22,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
 from chatmodel_operator.builders.model_cache import CACHE_MOUNT, CACHE_PVC, DOWNLOAD_CONTAINER
 from chatmodel_operator.download_contract import parse_progress
+from chatmodel_serving.launch import ServerProcess
 from chatmodel_serving.models import resolve_source
 from tests.cluster.devcluster import LocalCluster, eventually
 from tests.cluster.operator_process import running_operator
@@ -43,6 +45,7 @@ MODEL = "tidewell/smollm2"
 DOWNLOADS = "app.kubernetes.io/component=model-download"
 FINE_TUNE = {"dataset": {"source": "builtin://tidewell-faq"}, "method": "full", "backoffLimit": 0}
 CHATMODEL = Path(sys.executable).with_name("chatmodel")
+QUESTION = "What is the capital of France? Answer in one word."
 
 
 @pytest.fixture(scope="module")
@@ -240,6 +243,39 @@ def serving_args(cluster: LocalCluster, name: str, version: str) -> str:
     return " ".join(a for c in spec["containers"] for a in [*c.get("command", []), *c.get("args", [])])
 
 
+def pod_serve_args(cluster: LocalCluster, name: str, version: str, volume: Path) -> list[str]:
+    """The serving container's `chatmodel serve` options as the operator wrote them, the cache volume at
+    `volume` (ServerProcess picks the port; float32, as tests that compare texts run)."""
+    dep = get(cluster, "deployment", f"{name}-{version}")
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    argv = [*container.get("command", []), *container.get("args", [])]
+    assert argv[:2] == ["chatmodel", "serve"], argv
+    mount = f"/sources/{CACHE_PVC}"
+    assert {"mountPath": mount, "readOnly": True}.items() <= next(
+        m for m in container["volumeMounts"] if m["mountPath"] == mount
+    ).items()
+    options = {"--host": "127.0.0.1", "--dtype": "float32", "--device": "cpu"}
+    out, rest = [], iter(argv[2:])
+    for arg in rest:
+        value = next(rest)
+        if arg == "--port":
+            continue
+        if arg == "--model":
+            value = str(volume / value.removeprefix(mount + "/"))
+        out += [arg, options.get(arg, value)]
+    return out
+
+
+def answer(args: list[str], log: Path) -> str:
+    with ServerProcess(args, log_path=log) as srv:
+        client = openai.OpenAI(base_url=srv.url, api_key="none", max_retries=0, timeout=300)
+        model = client.models.list().data[0].id
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": QUESTION}], max_tokens=24, temperature=0
+        )
+    return reply.choices[0].message.content or ""
+
+
 def test_replicas_and_versions_on_one_hf_base_model_download_it_once(
     cluster: LocalCluster, operator: Any, hub: Hub, builtin: Path, volume: Path, tmp_path: Path
 ) -> None:
@@ -281,6 +317,12 @@ def test_replicas_and_versions_on_one_hf_base_model_download_it_once(
     same_files(entry, builtin)  # the built-in model's bytes: its answers
     rel = Path(path).relative_to(CACHE_MOUNT).as_posix()
     assert f"/sources/{CACHE_PVC}/{rel}" in serving_args(cluster, "alpha", st["activeVersion"])
+    # kwok starts no container: run the serving pod's own command on the cache's files, and the same
+    # command on the built-in model's folder. The answers are the same.
+    served = pod_serve_args(cluster, "alpha", st["activeVersion"], volume)
+    at = served.index("--model") + 1
+    want = answer([*served[:at], str(builtin), *served[at + 1 :]], tmp_path / "builtin.log")
+    assert want.strip() and answer(served, tmp_path / "pod.log") == want
 
     # A second version of alpha (fine-tuned on the same base): trains from the cache, no new download.
     cluster.apply([chatmodel("alpha", base, serving={"replicas": {"min": 2}}, fineTune=FINE_TUNE)], "-n", NS)
