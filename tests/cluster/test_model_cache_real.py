@@ -1,6 +1,7 @@
 """Issue 25 on the real control plane: hf:// and s3:// base models downloaded once into the namespace's
-model cache by a download Job (the served answers are the built-in model's), with the stores on loopback (olah serving the built-in model's plain
-folder as a hub repo, offline; moto's S3 server with signatures checked).
+model cache by a download Job (the served answers are the built-in model's), with the stores on
+loopback (olah serving the built-in model's plain folder as a hub repo, offline; moto's S3 server with
+signatures checked).
 
 kwok runs no containers, so the test is the download pod's kubelet: it runs the pod's own command
 (`chatmodel download ...`, as the operator wrote it, with the pod's environment and Secrets) on this
