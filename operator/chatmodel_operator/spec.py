@@ -32,9 +32,13 @@ MODEL_SOURCE_PATTERN = r"^((builtin|hf|s3|pvc|file)://.+|/.+)$"
 DATA_SOURCE_PATTERN = r"^((builtin|hf|s3|pvc|file)://.+|/.+)$"
 URL_PATTERN = r"^https?://[^\s/]+(/\S*)?$"
 # CPU: cores (up to 3 decimals) or whole millicores. Bytes: a whole, non-zero number with an optional suffix
-# (the API server warns about fractional bytes and refuses a zero-sized claim).
+# (the API server warns about fractional bytes and refuses a zero-sized claim), under 9.2e15 bytes: the
+# server counts milli-bytes in an int64, so a larger value overflows and draws the same warning.
 CPU_PATTERN = r"^([0-9]{1,6}(\.[0-9]{1,3})?|[0-9]{1,9}m)$"
-BYTES_PATTERN = r"^[1-9][0-9]{0,14}(k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?$"
+BYTES_PATTERN = (
+    r"^([1-9][0-9]{0,14}|[1-9][0-9]{0,11}(k|Ki)|[1-9][0-9]{0,8}(M|Mi)|[1-9][0-9]{0,5}(G|Gi)"
+    r"|[1-9][0-9]{0,2}(T|Ti)|[1-9]P|[1-8]Pi)$"
+)
 # Kubernetes label keys ([prefix/]name) and values.
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 LABEL_KEY_PATTERN = rf"^({_DNS_LABEL}(\.{_DNS_LABEL})*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{{0,61}}[A-Za-z0-9])?$"
