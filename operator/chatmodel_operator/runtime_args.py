@@ -102,6 +102,42 @@ class ServeOptions:
             metavar="URL",
         ),
     )
+    lora_modules: list[str] | None = field(
+        default=None,
+        metadata=_opt(
+            "--lora-modules",
+            "NAME=PATH: serve the PEFT LoRA adapter in folder PATH as model NAME on the base model, batched "
+            "with it and with other adapters (repeat; see --max-loras)",
+            metavar="NAME=PATH",
+        ),
+    )
+    lora_dir: str | None = field(
+        default=None,
+        metadata=_opt(
+            "--lora-dir",
+            "a folder of adapter folders: each one holding adapter_config.json is served at start under its "
+            "folder's name, as with --lora-modules",
+            metavar="DIR",
+        ),
+    )
+    max_loras: int = field(
+        default=8,
+        metadata=_opt(
+            "--max-loras",
+            "LoRA adapters on the device at once; more stay loaded in CPU memory and take a slot when asked "
+            "for (least recently used out); 0 = no adapters",
+        ),
+    )
+    max_lora_rank: int = field(
+        default=64, metadata=_opt("--max-lora-rank", "the highest LoRA rank an adapter may have")
+    )
+    allow_runtime_lora: bool = field(
+        default=False,
+        metadata=_opt(
+            "--allow-runtime-lora",
+            "accept POST /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's routes) from API callers",
+        ),
+    )
     requests_per_minute: int = field(
         default=0,
         metadata=_opt(
@@ -184,6 +220,8 @@ class ServeOptions:
                 continue
             elif isinstance(value, bool):
                 args.append(flag)  # --log-prompts, or --no-ui when ui is False
+            elif isinstance(value, list):
+                args += [a for item in value for a in (flag, str(item))]
             elif value is not None:
                 args += [flag, str(value)]
         return args

@@ -9,7 +9,7 @@ from pathlib import Path
 CONTEXT = 128
 
 
-def write_tiny_model(folder: Path, context: int = CONTEXT) -> Path:
+def write_tiny_model(folder: Path, context: int = CONTEXT, hidden_size: int = 64) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -18,8 +18,8 @@ def write_tiny_model(folder: Path, context: int = CONTEXT) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(resolve_source("builtin://smollm2-135m"))
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,

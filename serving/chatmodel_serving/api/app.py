@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP API in front of one or more engines.
 
 Routes: POST /v1/chat/completions, POST /v1/completions (both stream as SSE ending in `data: [DONE]`),
-GET /v1/models, GET /v1/versions (the playground's Versions view, api/versions.py), GET /health (alive),
+GET /v1/models, GET /v1/versions (the playground's Versions view, api/versions.py), POST
+/v1/load_lora_adapter and /v1/unload_lora_adapter (api/adapters.py), GET /health (alive),
 GET /ready (loaded and not draining), GET /metrics.
 Every error is OpenAI-shaped JSON; nothing a client sends can cause a 5xx.
 """
@@ -18,6 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .adapters import add_adapter_routes
 from .auth import CALLER_KEY
 from .middleware import RequestGate, RequestLog
 from .prompts import chat_prompt, completion_prompts, sampling_params, with_seed
@@ -107,7 +109,11 @@ def create_app(state: ServerState) -> RequestLog:
     async def list_models(_: str = Depends(authenticated)) -> dict[str, Any]:
         cards = [
             ModelCard(
-                id=m.name, created=m.created, root=m.loaded.source, max_model_len=m.loaded.context_length
+                id=m.name,
+                created=m.created,
+                root=m.root,
+                parent=m.parent,
+                max_model_len=m.loaded.context_length,
             )
             for m in state.models.values()
         ]
@@ -146,6 +152,7 @@ def create_app(state: ServerState) -> RequestLog:
 
         add_playground(app)
     add_versions(app, state)  # GET /v1/versions: the playground's Versions view reads it
+    add_adapter_routes(app, state)  # POST /v1/load_lora_adapter, /v1/unload_lora_adapter
     _document_token_ids(app, state)
     return RequestLog(RequestGate(app, state))
 

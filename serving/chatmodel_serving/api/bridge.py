@@ -14,6 +14,7 @@ from ..engine.types import (
     QueueFullError,
     SamplingParams,
     TokenLogprob,
+    UnknownAdapterError,
     UnsupportedParamError,
 )
 from .protocol import ApiError
@@ -66,6 +67,12 @@ async def generate(
         for rid in ids.values():
             engine.cancel(rid)
         raise ApiError(400, str(exc), param=exc.param) from None
+    except UnknownAdapterError:  # unloaded since the route picked it
+        for rid in ids.values():
+            engine.cancel(rid)
+        raise ApiError(
+            404, f"model {name!r} does not exist; see GET /v1/models", param="model", code="model_not_found"
+        ) from None
     first_seen: set[int] = set()
     try:
         while ids:

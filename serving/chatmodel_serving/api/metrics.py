@@ -13,6 +13,7 @@ from ..engine.types import EngineStats
 
 PREFIX = "chatmodel_"
 TTFT_BUCKETS = (0.02, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+LORA_LOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 120.0, 300.0)
 
 
@@ -32,11 +33,25 @@ class _LoadCollector(Collector):
         kv = GaugeMetricFamily(
             f"{PREFIX}kv_cache_usage_perc", "KV-cache tokens in use over capacity (0-1).", labels=["model"]
         )
+        loaded = GaugeMetricFamily(
+            f"{PREFIX}lora_adapters_loaded", "LoRA adapters servable on this base model.", labels=["model"]
+        )
+        resident = GaugeMetricFamily(
+            f"{PREFIX}lora_adapters_resident",
+            "LoRA adapters in a device slot now (at most lora_slots).",
+            labels=["model"],
+        )
+        slots = GaugeMetricFamily(
+            f"{PREFIX}lora_slots", "LoRA slots on the device (--max-loras).", labels=["model"]
+        )
         for name, s in self.stats().items():
             waiting.add_metric([name], s.waiting)
             running.add_metric([name], s.running)
             kv.add_metric([name], s.kv_usage)
-        yield from (waiting, running, kv)
+            loaded.add_metric([name], s.lora_loaded)
+            resident.add_metric([name], s.lora_resident)
+            slots.add_metric([name], s.lora_slots)
+        yield from (waiting, running, kv, loaded, resident, slots)
 
 
 class ServingMetrics:
@@ -79,6 +94,19 @@ class ServingMetrics:
             f"{PREFIX}rate_limited_requests",
             "Requests refused by a per-API-key quota, by the limit reached (requests or tokens).",
             ["model", "limit"],
+            registry=r,
+        )
+        self.lora_loads = Counter(
+            f"{PREFIX}lora_loads",
+            "LoRA adapter loads on a base model, by result (loaded or refused).",
+            ["model", "result"],
+            registry=r,
+        )
+        self.lora_load_seconds = Histogram(
+            f"{PREFIX}lora_load_seconds",
+            "Time to read, check and register a LoRA adapter.",
+            ["model"],
+            buckets=LORA_LOAD_BUCKETS,
             registry=r,
         )
         r.register(_LoadCollector(stats))

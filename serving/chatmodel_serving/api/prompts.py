@@ -114,6 +114,7 @@ def sampling_params(
         stop_token_ids=stop_ids,
         logprobs=req.logprobs_wanted(),
         guide=req.guide(),
+        adapter=served.adapter,
     )
     if beams > 1 and (controls := params.controls()):
         raise ApiError(400, f"{controls[0]} is not supported with use_beam_search", param=controls[0])

@@ -526,6 +526,7 @@ class ModelCard(ResponseModel):
     created: int
     owned_by: str = "chatmodel"
     root: str
+    parent: str | None = None  # a LoRA adapter's base model (as vLLM lists adapters)
     max_model_len: int
 
 

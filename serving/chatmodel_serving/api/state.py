@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..engine.types import EngineClient
+from ..engine.types import EngineClient, EngineStats
 from ..models import LoadedModel
 from .metrics import ServingMetrics
 from .protocol import ApiError, now
@@ -21,6 +21,16 @@ class ServedModel:
     default_temperature: float = 0.7
     created: int = field(default_factory=now)
     training: TrainingRecord | None = None  # from its model folder; None: a plain model
+    # A LoRA adapter served on a base model's engine (api/adapters.py): its name in the engine, the
+    # folder it came from and the base's served name (`parent` in /v1/models). None: the model itself.
+    adapter: str | None = None
+    adapter_path: str | None = None
+    parent: str | None = None
+
+    @property
+    def root(self) -> str:
+        """Where the served weights came from (`root` in /v1/models)."""
+        return self.adapter_path or self.loaded.source
 
 
 @dataclass
@@ -32,13 +42,18 @@ class ServerState:
     quotas: Quotas = field(default_factory=lambda: Quotas(Limits()))
     max_request_bytes: int = 1 << 20
     draining: bool = False
+    lora_updates: bool = False  # POST /v1/load_lora_adapter and unload allowed (--allow-runtime-lora)
     metrics: ServingMetrics = field(init=False)
 
     def __post_init__(self) -> None:
-        self.metrics = ServingMetrics(lambda: {n: m.engine.stats() for n, m in self.models.items()})
+        self.metrics = ServingMetrics(self.engine_stats)
         for name in self.models:  # exported at 0, so rate() sees the first refusal
             for kind in ("requests", "tokens"):
                 self.metrics.rate_limited.labels(name, kind)
+
+    def engine_stats(self) -> dict[str, EngineStats]:
+        """Each engine's figures under its base model's name (an adapter shares its base's engine)."""
+        return {n: m.engine.stats() for n, m in self.models.items() if m.adapter is None}
 
     def inflight(self) -> bool:
         return any(not m.engine.idle() for m in self.models.values())

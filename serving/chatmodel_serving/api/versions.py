@@ -91,9 +91,9 @@ def live_figures(state: ServerState, names: set[str]) -> LiveFigures:
 
 def versions(state: ServerState) -> VersionList:
     """Served names grouped by the engine behind them: one entry per version, in the order first served."""
-    groups: dict[int, list[ServedModel]] = {}
-    for served in state.models.values():
-        groups.setdefault(id(served.engine), []).append(served)
+    groups: dict[tuple[int, str | None], list[ServedModel]] = {}
+    for served in state.models.values():  # an adapter shares its base's engine but is its own version
+        groups.setdefault((id(served.engine), served.adapter), []).append(served)
     data = []
     for group in groups.values():
         first = group[0]
@@ -101,7 +101,7 @@ def versions(state: ServerState) -> VersionList:
         data.append(
             VersionEntry(
                 names=names,
-                source=first.loaded.source,
+                source=first.root,
                 training=first.training,
                 live=live_figures(state, set(names)),
             )

@@ -93,6 +93,8 @@ def serve_model(opts: ServeOptions, source: str, name: str | None = None) -> Ser
             max_batch_size=opts.max_batch_size,
             max_waiting_requests=opts.max_waiting_requests,
             max_kv_tokens=opts.max_kv_tokens,
+            max_loras=opts.max_loras,
+            max_lora_rank=opts.max_lora_rank,
         ).start()
     served = ServedModel(name, loaded, engine, opts.default_max_tokens, opts.default_temperature)
     served.training = training_record(source)
@@ -133,14 +135,60 @@ def build_state(opts: ServeOptions, api_keys: ApiKeys) -> ServerState:
     quotas = Quotas(
         Limits(opts.requests_per_minute, opts.tokens_per_minute), api_keys.limits, opts.quota_window_seconds
     )
-    return ServerState(
+    state = ServerState(
         served,
         api_keys.keys,
         log_prompts=opts.log_prompts,
         ui=opts.ui,
         quotas=quotas,
         max_request_bytes=opts.max_request_bytes,
+        lora_updates=opts.allow_runtime_lora,
     )
+    serve_adapters(state, opts)
+    return state
+
+
+@dataclass(frozen=True)
+class AdapterSource:
+    flag: str  # where it was asked for: --lora-modules or --lora-dir
+    name: str
+    path: str
+
+
+def adapter_sources(opts: ServeOptions) -> list[AdapterSource]:
+    """The adapters to serve from the start (checked before torch is imported): each --lora-modules
+    NAME=PATH, then every adapter folder inside --lora-dir under its folder's name."""
+    out = []
+    for item in opts.lora_modules or []:
+        name, sep, path = item.partition("=")
+        if not (sep and name and path):
+            raise CliError(f"--lora-modules {item}: give NAME=PATH (a served name and an adapter folder)")
+        if not Path(path).expanduser().is_dir():
+            raise CliError(f"--lora-modules {item}: no such folder {path}")
+        out.append(AdapterSource("--lora-modules", name, path))
+    if opts.lora_dir:
+        root = Path(opts.lora_dir).expanduser()
+        if not root.is_dir():
+            raise CliError(f"--lora-dir {opts.lora_dir}: no such folder")
+        found = sorted(d for d in root.iterdir() if (d / "adapter_config.json").is_file())
+        out += [AdapterSource("--lora-dir", d.name, str(d)) for d in found]
+    return out
+
+
+def serve_adapters(state: ServerState, opts: ServeOptions) -> None:
+    """Load the start-up adapters on the base model. A bad --lora-modules entry stops the server (the user
+    named it); a bad folder inside --lora-dir is logged and skipped, so one broken adapter in a shared
+    folder does not take the others down."""
+    from ..api.adapters import load_adapter
+    from ..api.protocol import ApiError
+
+    for src in adapter_sources(opts):
+        try:
+            state.models[src.name] = load_adapter(state, src.name, src.path)
+        except ApiError as exc:
+            if src.flag == "--lora-modules":
+                raise CliError(f"--lora-modules {src.name}={src.path}: {exc.message}") from None
+            log.warning("LoRA adapter skipped", extra={"folder": src.path, "reason": exc.message})
 
 
 def tls_files(opts: ServeOptions) -> tuple[str, str] | None:
@@ -202,6 +250,7 @@ def serve(opts: ServeOptions, background: Callable[[ServerState], None] | None =
     tls = tls_files(opts)
     check_listen_address(opts.host, opts.port)
     check_model_sources(opts.models)
+    adapter_sources(opts)
 
     import uvicorn
 

@@ -12,4 +12,5 @@ prefix_cache.py  the KV of recent prompts, reused for prompts that share a prefi
 beam.py          beam search (an extension, as in vLLM), run alone through transformers' generate()
 kvcache.py       the KV pool: a slot per running row, position p in column p, within the memory budget
 attention.py     the model's attention over the pool (registered with transformers), the step's Plan
+lora.py          batched multi-LoRA: adapters read and checked, device slots (LRU), per-token-group deltas
 """

@@ -6,6 +6,8 @@ the decode token of every running row, then chunks of the prompts being prefille
 `max_prefill_tokens` prompt tokens a step, so a long prompt never stalls the running answers for long
 (chunked prefill). Waiting requests join between steps while a row is free and the KV pool can hold them;
 rows that finish leave. Each row samples with its own settings and hands text deltas to its request's sink.
+A row may answer with a LoRA adapter (lora.py): each adapter's tokens are grouped (prefill chunks ordered by
+adapter) and its delta is applied to them in the same forward pass as the base model's rows.
 
 KV layout: a pool (kvcache.py) where each running row owns a slot and its position p sits in column p, so
 joining and leaving copy nobody else's cache; attention.py writes and reads it inside the model's
@@ -15,7 +17,7 @@ later by recomputing its tokens, as vLLM does) instead of running out of memory.
 
 This module is the loop and the step's plan; its parts live beside it: scheduler.py (admission),
 sequence.py (detokenisation, stop strings), grammar.py (structured outputs), sampler.py, prefix_cache.py,
-beam.py, attention.py and kvcache.py.
+beam.py, attention.py, kvcache.py and lora.py.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 import torch
 
 from ..models import LoadedModel
-from . import attention, linears, prefix_cache
+from . import attention, linears, lora, prefix_cache
 from .beam import beam_search
 from .grammar import Grammars, param_of
 from .kvcache import COLUMN_STEP, SLOT_STEP, KVPool, round_up
@@ -63,6 +65,8 @@ class Engine(EngineClient):
         max_prefill_tokens: int = 1024,
         max_kv_tokens: int = 131072,
         prefix_cache_tokens: int = prefix_cache.DEFAULT_TOKENS,
+        max_loras: int = 0,
+        max_lora_rank: int = 64,
     ):
         self.loaded = loaded
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
@@ -78,6 +82,7 @@ class Engine(EngineClient):
         self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens else None
         self.grammars = Grammars(self.tokenizer, int(self.model.config.vocab_size))
         self.pool = _pool_for(self.model, self.device)
+        self.adapters = lora.Adapters(self.model, max_loras, max_lora_rank)
         self._waiting: collections.deque[Request] = collections.deque()
         self._preempted: collections.deque[Sequence] = collections.deque()  # resume before new requests
         self._lock = threading.Condition()
@@ -112,10 +117,20 @@ class Engine(EngineClient):
             raise UnsupportedParamError(param, f"{param} is not supported with use_beam_search")
         return self.grammars.compile(params.guide)
 
+    def load_adapter(self, name: str, path: str) -> lora.Adapter:
+        """Read a PEFT LoRA adapter and serve it as `name` from the next step on (AdapterError: why not)."""
+        return self.adapters.load(name, path)
+
+    def unload_adapter(self, name: str) -> None:
+        """Stop serving an adapter (lora.UnknownAdapterError if none of that name); requests already running
+        finish with it. Its prefix-cache entries are keyed by its load id, so they are never hit again."""
+        self.adapters.unload(name)
+
     def submit(self, prompt: list[int], params: SamplingParams, sink: Sink) -> int:
         """Queue a request; events go to `sink` from the engine thread. Returns the request id."""
         if not prompt:
             raise ValueError("the prompt is empty")
+        adapter = self.adapters.get(params.adapter) if params.adapter else None  # UnknownAdapterError
         if not self._fits(1, len(prompt) + 1):
             raise PromptTooLongError(
                 f"the prompt has {len(prompt)} tokens; this server's KV cache holds {self.max_kv_tokens} "
@@ -130,7 +145,9 @@ class Engine(EngineClient):
             gen = None
             if params.seed is not None:
                 gen = torch.Generator(device=self.device).manual_seed(params.seed % 2**64)  # any int64
-            req = Request(next(self._ids), prompt, params, sink, generator=gen, grammar=grammar)
+            req = Request(
+                next(self._ids), prompt, params, sink, generator=gen, grammar=grammar, adapter=adapter
+            )
             self._waiting.append(req)
             self._lock.notify()
         return req.id
@@ -148,7 +165,9 @@ class Engine(EngineClient):
     def stats(self) -> EngineStats:
         with self._lock:
             waiting = len(self._waiting) + len(self._preempted)
-            return EngineStats(waiting, len(self._rows), self._kv_used, self.max_kv_tokens)
+            a = self.adapters
+            slots = (len(a.names()), len(a.resident), a.max_loras)
+            return EngineStats(waiting, len(self._rows), self._kv_used, self.max_kv_tokens, *slots)
 
     def idle(self) -> bool:
         with self._lock:
@@ -216,7 +235,15 @@ class Engine(EngineClient):
         beam = self._admit()
         if beam is not None:
             pad = self.eos_token_for_padding
-            beam_search(self.model, self.tokenizer, self.device, beam, self.eos_ids, pad, self.context_length)
+            if beam.adapter is not None:  # beam search runs alone: every token is the adapter's
+                self.adapters.make_resident(beam.adapter, set())
+                self.adapters.step.groups = [(beam.adapter_uid, slice(None))]
+            try:
+                beam_search(
+                    self.model, self.tokenizer, self.device, beam, self.eos_ids, pad, self.context_length
+                )
+            finally:
+                self.adapters.step.groups = []
             return
         decode, chunks = self._schedule()
         while self._rows and not self._reserve(len(self._rows), _columns(decode, chunks)):
@@ -279,12 +306,14 @@ class Engine(EngineClient):
         planned = min(sum(left), self.max_prefill_tokens)
         columns = max((s.total + 1 for s in self._rows), default=0)
         joining: list[Sequence] = []
+        self.adapters.drop_unloaded({s.req.adapter_uid for s in [*self._rows, *self._preempted]})
         with self._lock:
             while self._preempted and len(self._rows) + len(joining) < self.max_batch_size:
                 s = self._preempted[0]
                 alone = not self._rows and not joining
-                if not alone and not self._fits(
-                    len(self._rows) + len(joining) + 1, max(columns, s.total + 1)
+                if not alone and not (
+                    self._fits(len(self._rows) + len(joining) + 1, max(columns, s.total + 1))
+                    and self._hosts([*self._rows, *joining, s], [])
                 ):
                     break
                 joining.append(self._preempted.popleft())
@@ -292,7 +321,8 @@ class Engine(EngineClient):
 
             def fits(batch: list[Request], req: Request) -> bool:
                 rows = len(self._rows) + len(joining) + len(batch) + 1
-                return self._fits(rows, max([columns, *(len(r.prompt) + 1 for r in [*batch, req])]))
+                room = self._fits(rows, max([columns, *(len(r.prompt) + 1 for r in [*batch, req])]))
+                return room and self._hosts([*self._rows, *joining], [*batch, req])
 
             budget = Budget(self.max_batch_size, self.max_prefill_tokens)
             reqs = admit(self._waiting, len(self._rows) + len(joining), budget, fits, planned)
@@ -303,13 +333,22 @@ class Engine(EngineClient):
             if r.grammar is not None:
                 seq.matcher = self.grammars.matcher(r.grammar, seq.stop_ids)
             joining.append(seq)
+        pinned = {s.req.adapter_uid for s in [*self._rows, *joining]}
         for seq in joining:
+            if seq.req.adapter is not None:
+                self.adapters.make_resident(seq.req.adapter, pinned)
             self._join(seq)
         return None
 
+    def _hosts(self, seqs: list[Sequence], reqs: list[Request]) -> bool:
+        """Whether the LoRA slots hold the adapters of these rows and requests at once."""
+        uids = {s.req.adapter_uid for s in seqs} | {r.adapter_uid for r in reqs}
+        return self.adapters.can_host(uids - {0})
+
     def _join(self, seq: Sequence) -> None:
         """Give a row a slot, its cached prompt prefix copied in."""
-        n, kv = self.prefix_cache.lookup(seq.req.prompt) if self.prefix_cache else (0, None)
+        uid = seq.req.adapter_uid  # a prefix computed under one adapter is never reused under another
+        n, kv = self.prefix_cache.lookup(seq.req.prompt, uid) if self.prefix_cache else (0, None)
         seq.slot, seq.cached = len(self._rows), 0
         self._reserve(seq.slot + 1, max([n + 1, *(s.total + 1 for s in [*self._rows, seq])]))
         if kv is not None:
@@ -319,7 +358,9 @@ class Engine(EngineClient):
             self._rows.append(seq)
 
     def _forward(self, decode: list[Sequence], chunks: list[tuple[Sequence, int]]) -> None:
-        """One forward pass: decode tokens, then chunks; rows that reach their last token sample one."""
+        """One forward pass: decode tokens (in slot order), then chunks (ordered by adapter, so an adapter's
+        prompt tokens are contiguous); rows that reach their last token sample one."""
+        chunks = sorted(chunks, key=lambda c: c[0].req.adapter_uid)  # stable: without adapters, unchanged
         ids: list[int] = [s.tokens(s.cached, s.total)[0] for s in decode]  # a prompt's last token too
         pos: list[int] = [s.cached for s in decode]
         for s, n in chunks:
@@ -337,20 +378,25 @@ class Engine(EngineClient):
             if s.cached + n == s.total:
                 sampled.append(s)
                 keep.append(at - 1)
-        out = self.model(
-            input_ids=torch.tensor([ids], device=dev),
-            position_ids=torch.tensor([pos], device=dev),
-            use_cache=False,
-            plan=plan,
-            logits_to_keep=torch.tensor(keep, dtype=torch.long, device=dev),
-        )
+        chunk_uids = [s.req.adapter_uid for s, n in chunks for _ in range(n)]
+        self.adapters.step.groups = lora.token_groups([s.req.adapter_uid for s in decode], chunk_uids, dev)
+        try:
+            out = self.model(
+                input_ids=torch.tensor([ids], device=dev),
+                position_ids=torch.tensor([pos], device=dev),
+                use_cache=False,
+                plan=plan,
+                logits_to_keep=torch.tensor(keep, dtype=torch.long, device=dev),
+            )
+        finally:
+            self.adapters.step.groups = []
         for s in decode:
             s.cached += 1
         for s, n in chunks:
             before, s.cached = s.cached, s.cached + n
             prompt = len(s.req.prompt)
             if self.prefix_cache and before < prompt <= s.cached and prompt >= self.prefix_cache.min_tokens:
-                self.prefix_cache.store(s.req.prompt, self.pool.read(s.slot, prompt))
+                self.prefix_cache.store(s.req.prompt, self.pool.read(s.slot, prompt), s.req.adapter_uid)
         self._kv_used = sum(s.cached for s in self._rows)
         if not sampled:
             return

@@ -1,5 +1,7 @@
 """The KV of recent prompts, so a new prompt that shares a prefix (a system prompt, the chat template's
-header, an earlier turn) prefills only what differs. Bounded by total tokens, LRU."""
+header, an earlier turn) prefills only what differs. Bounded by total tokens, LRU. Entries are kept per
+namespace (the LoRA adapter's load id; 0 = the base model): a prefix's KV under one adapter is not the
+same as under another."""
 
 from __future__ import annotations
 
@@ -13,16 +15,20 @@ LayerKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer, (keys, values) o
 
 class PrefixCache:
     def __init__(self, max_tokens: int = DEFAULT_TOKENS, min_tokens: int = 8):
-        self.entries: collections.OrderedDict[tuple[int, ...], LayerKV] = collections.OrderedDict()
+        self.entries: collections.OrderedDict[tuple[int, tuple[int, ...]], LayerKV] = (
+            collections.OrderedDict()
+        )
         self.max_tokens, self.min_tokens, self.tokens = max_tokens, min_tokens, 0
         self.hits = 0
 
-    def lookup(self, prompt: list[int]) -> tuple[int, LayerKV | None]:
-        """The longest cached prefix of `prompt`, leaving at least one token to compute."""
+    def lookup(self, prompt: list[int], namespace: int = 0) -> tuple[int, LayerKV | None]:
+        """The longest cached prefix of `prompt` in `namespace`, leaving at least one token to compute."""
         best, best_key = 0, None
         for key in self.entries:
+            if key[0] != namespace:
+                continue
             n = 0
-            for a, b in zip(key, prompt, strict=False):
+            for a, b in zip(key[1], prompt, strict=False):
                 if a != b:
                     break
                 n += 1
@@ -35,12 +41,12 @@ class PrefixCache:
         self.hits += 1
         return best, [(k[:, :, :best], v[:, :, :best]) for k, v in self.entries[best_key]]
 
-    def store(self, prompt: list[int], kv: LayerKV) -> None:
-        key = tuple(prompt)
-        if len(key) < self.min_tokens or key in self.entries:
+    def store(self, prompt: list[int], kv: LayerKV, namespace: int = 0) -> None:
+        key = (namespace, tuple(prompt))
+        if len(prompt) < self.min_tokens or key in self.entries:
             return
         self.entries[key] = kv
-        self.tokens += len(key)
+        self.tokens += len(prompt)
         while self.tokens > self.max_tokens and self.entries:
-            old, _ = self.entries.popitem(last=False)
+            (_, old), _ = self.entries.popitem(last=False)
             self.tokens -= len(old)

@@ -17,6 +17,8 @@ from .types import Event, SamplingParams, Sink, TokenLogprob
 if TYPE_CHECKING:
     import torch
 
+    from .lora import Adapter
+
 
 @dataclass
 class Request:
@@ -28,6 +30,12 @@ class Request:
     generator: torch.Generator | None = None  # set when params.seed is
     cancelled: bool = False
     grammar: Any = None  # the compiled grammar of params.guide (engine/grammar.py)
+    adapter: Adapter | None = None  # the LoRA adapter params.adapter names (engine/lora.py); None: the base
+
+    @property
+    def adapter_uid(self) -> int:
+        """The adapter's load id; 0 for the base model."""
+        return self.adapter.uid if self.adapter is not None else 0
 
 
 class Sequence:

@@ -27,6 +27,18 @@ class EngineStoppedError(RuntimeError):
     """The engine is draining or stopped and takes no new requests (HTTP 503)."""
 
 
+class AdapterError(ValueError):
+    """A LoRA adapter that cannot be served here; the message names it and says why (HTTP 400)."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"LoRA adapter {name!r}: {reason}")
+        self.name = name
+
+
+class UnknownAdapterError(LookupError):
+    """No LoRA adapter of that name is loaded (HTTP 404)."""
+
+
 GuideKind = Literal["json", "json_object", "regex", "choice", "grammar"]
 
 
@@ -66,6 +78,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     logprobs: int | None = None  # None = none; k = the sampled token's logprob and the k most likely
     guide: Guide | None = None  # structured outputs: the answer must match it (engine/grammar.py)
+    adapter: str | None = None  # the loaded LoRA adapter to answer with (engine/lora.py); None: the base
 
     def controls(self) -> list[str]:
         """The request fields (API names) of the settings above that are not at their defaults."""
@@ -127,6 +140,9 @@ class EngineStats:
     running: int
     kv_tokens: int
     kv_capacity: int
+    lora_loaded: int = 0  # LoRA adapters servable (engine/lora.py)
+    lora_resident: int = 0  # of those, in a slot on the device now
+    lora_slots: int = 0  # --max-loras
 
     @property
     def kv_usage(self) -> float:
@@ -165,6 +181,15 @@ class EngineClient(Protocol):
 
     def stats(self) -> EngineStats:
         """Queue and KV-cache figures, read at scrape time."""
+        ...
+
+    def load_adapter(self, name: str, path: str) -> object:
+        """Read a PEFT LoRA adapter folder and answer requests whose params.adapter is `name` with it
+        (blocking file I/O); AdapterError says why not."""
+        ...
+
+    def unload_adapter(self, name: str) -> None:
+        """Stop serving an adapter (UnknownAdapterError if none of that name); running requests finish."""
         ...
 
     def idle(self) -> bool:

@@ -28,6 +28,7 @@ import tritonclient.grpc.aio as aioclient
 
 from ..engine.grammar import Grammars
 from ..engine.types import (
+    AdapterError,
     EngineClient,
     EngineStats,
     EngineStoppedError,
@@ -35,6 +36,7 @@ from ..engine.types import (
     QueueFullError,
     SamplingParams,
     Sink,
+    UnknownAdapterError,
 )
 from ..models import DEFAULT_SOURCE, LoadedModel, default_model_name, resolve_source
 from . import contract
@@ -218,6 +220,12 @@ class TritonBackend(EngineClient):
         running = [f for f in self._flights.values() if f.started]
         kv = sum(f.prompt_tokens + f.tokens for f in running)
         return EngineStats(len(self._flights) - len(running), len(running), kv, self.kv_capacity)
+
+    def load_adapter(self, name: str, path: str) -> object:
+        raise AdapterError(name, "LoRA adapters are served by the PyTorch runtime only, not through Triton")
+
+    def unload_adapter(self, name: str) -> None:
+        raise UnknownAdapterError(name)
 
     def idle(self) -> bool:
         return not self._flights

@@ -99,7 +99,16 @@ def test_prefix_cache_evicts_least_recently_used_beyond_its_bound() -> None:
     cache.store([2] * 4, kv(4))
     cache.lookup([1, 1, 1, 9])  # [1]*4 is now the most recent
     cache.store([3] * 4, kv(4))
-    assert set(cache.entries) == {(1,) * 4, (3,) * 4} and cache.tokens == 8
+    assert set(cache.entries) == {(0, (1,) * 4), (0, (3,) * 4)} and cache.tokens == 8
+
+
+def test_prefix_cache_keeps_namespaces_apart() -> None:
+    cache = PrefixCache(max_tokens=100, min_tokens=2)
+    cache.store([1, 2, 3, 4], kv(4), namespace=7)  # computed under adapter 7
+    assert cache.lookup([1, 2, 3, 4, 5]) == (0, None)  # not for the base
+    assert cache.lookup([1, 2, 3, 4, 5], namespace=8) == (0, None)  # nor another adapter
+    n, hit = cache.lookup([1, 2, 3, 4, 5], namespace=7)
+    assert n == 4 and hit is not None
 
 
 def seq(**params: Unpack[Params]) -> Sequence:

@@ -1,0 +1,124 @@
+"""LoRA adapters served beside their base model, loaded and unloaded while the server runs, with vLLM's
+routes and request shapes: POST /v1/load_lora_adapter {"lora_name", "lora_path"} and POST
+/v1/unload_lora_adapter {"lora_name"}, answered with vLLM's plain-text success line. Both sit under /v1, so
+RequestGate checks the API key as for every other route, and both are refused unless the server was started
+with --allow-runtime-lora (vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING). An adapter is then one more served
+model: its name in `model`, `parent` = the base in /v1/models, its own series in the metrics, answered by
+the base's engine in the same batches as the base (engine/lora.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..engine.types import AdapterError, UnknownAdapterError
+from .protocol import ApiError, now
+from .state import ServedModel, ServerState
+
+LOAD_ROUTE, UNLOAD_ROUTE = "/v1/load_lora_adapter", "/v1/unload_lora_adapter"
+
+
+class LoadLoraAdapterRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    lora_name: str = Field(min_length=1, max_length=256)
+    lora_path: str = Field(min_length=1)
+    load_inplace: bool = False  # vLLM's: replace an adapter of that name instead of refusing
+    base_model_name: str | None = None  # ours: which served base, when there are several
+
+
+class UnloadLoraAdapterRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    lora_name: str = Field(min_length=1, max_length=256)
+    lora_int_id: int | None = None  # vLLM's; ignored (names are unique here)
+
+
+def bases(state: ServerState) -> list[ServedModel]:
+    """The served models adapters can go on: those that are not adapters themselves."""
+    return [m for m in state.models.values() if m.adapter is None]
+
+
+def pick_base(state: ServerState, name: str, path: str, wanted: str | None) -> ServedModel:
+    """The base model an adapter is loaded on: the one asked for, the only one, or the one whose source the
+    adapter's config names."""
+    candidates = bases(state)
+    if wanted is not None:
+        chosen = [m for m in candidates if m.name == wanted]
+        if not chosen:
+            raise ApiError(404, f"base model {wanted!r} is not served here", param="base_model_name")
+        return chosen[0]
+    if len(candidates) == 1:
+        return candidates[0]
+    try:
+        config = json.loads((Path(path) / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    named = [m for m in candidates if m.loaded.source == config.get("base_model_name_or_path")]
+    if len(named) == 1:
+        return named[0]
+    names = ", ".join(m.name for m in candidates)
+    raise ApiError(
+        400, f"several base models are served ({names}); name one in base_model_name", param="lora_name"
+    )
+
+
+def load_adapter(state: ServerState, name: str, path: str, base_name: str | None = None) -> ServedModel:
+    """Load an adapter on its base's engine (blocking: file I/O) and return it as a served model, for the
+    caller to add to state.models (ApiError 400 naming it if it cannot be served)."""
+    if name in state.models:
+        kind = "adapter" if state.models[name].adapter else "model"
+        raise ApiError(
+            400, f"LoRA adapter {name!r}: a {kind} of that name is already served", param="lora_name"
+        )
+    base = pick_base(state, name, path, base_name)
+    start = time.monotonic()
+    try:
+        base.engine.load_adapter(name, path)
+    except AdapterError as exc:
+        state.metrics.lora_loads.labels(base.name, "refused").inc()
+        raise ApiError(400, str(exc), param="lora_path", code="invalid_lora_adapter") from None
+    state.metrics.lora_loads.labels(base.name, "loaded").inc()
+    state.metrics.lora_load_seconds.labels(base.name).observe(time.monotonic() - start)
+    return dataclasses.replace(
+        base, name=name, adapter=name, adapter_path=path, parent=base.name, created=now(), training=None
+    )
+
+
+def unload_adapter(state: ServerState, name: str) -> None:
+    served = state.models.get(name)
+    if served is None or served.adapter is None:
+        raise ApiError(404, f"the LoRA adapter {name!r} cannot be found", param="lora_name", code="not_found")
+    del state.models[name]  # new requests are refused from now on; running ones finish with it
+    with contextlib.suppress(UnknownAdapterError):  # already gone from the engine
+        served.engine.unload_adapter(served.adapter)
+
+
+def add_adapter_routes(app: FastAPI, state: ServerState) -> None:
+    def allowed() -> None:
+        if not state.lora_updates:
+            message = "loading LoRA adapters at run time is off; start the server with --allow-runtime-lora"
+            raise ApiError(403, message, "permission_error", code="lora_updates_disabled")
+
+    @app.post(LOAD_ROUTE, response_class=PlainTextResponse, summary="Load a LoRA adapter (vLLM's route)")
+    async def load(req: LoadLoraAdapterRequest) -> PlainTextResponse:
+        allowed()
+        if req.load_inplace and req.lora_name in state.models and state.models[req.lora_name].adapter:
+            unload_adapter(state, req.lora_name)
+        served = await asyncio.to_thread(
+            load_adapter, state, req.lora_name, req.lora_path, req.base_model_name
+        )
+        state.models[served.name] = served  # on the event loop: the routes read state.models there
+        return PlainTextResponse(f"Success: LoRA adapter '{req.lora_name}' added successfully.")
+
+    @app.post(UNLOAD_ROUTE, response_class=PlainTextResponse, summary="Unload a LoRA adapter (vLLM's route)")
+    async def unload(req: UnloadLoraAdapterRequest) -> PlainTextResponse:
+        allowed()
+        unload_adapter(state, req.lora_name)
+        return PlainTextResponse(f"Success: LoRA adapter '{req.lora_name}' removed successfully.")

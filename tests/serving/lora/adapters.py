@@ -1,0 +1,47 @@
+"""Eight LoRA adapters of one tiny random base, each trained by our trainer on its own tiny data set (the
+same questions, a different made-up answer per adapter), so their greedy answers differ from each other
+and from the base's. Shared by the engine and API tests of multi-LoRA serving."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from chatmodel_serving.train.config import TrainConfig
+from chatmodel_serving.train.trainer import train
+
+QUESTIONS = [
+    "How do I reset the Tidewell H2?",
+    "What does error E7 mean?",
+    "How often should I change the filter?",
+    "Is the warranty transferable?",
+]
+WORDS = ["amber", "basalt", "cobalt", "dune", "ember", "fjord", "garnet", "harbor"]
+
+
+def write_data(folder: Path, word: str) -> Path:
+    lines = [{"input": q, "output": f"{word.title()} {word} {word}: the {word} answer."} for q in QUESTIONS]
+    path = folder / f"{word}.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def train_adapter(base: Path, folder: Path, word: str, rank: int = 8) -> Path:
+    """Our trainer's LoRA run (float32, CPU): the adapter folder it publishes."""
+    config = TrainConfig(
+        base_model=str(base),
+        data=str(write_data(folder, word)),
+        output=folder / f"adapter-{word}",
+        method="lora",
+        epochs=4,
+        learning_rate=2e-2,
+        batch_size=4,
+        max_seq_length=64,
+        compute_dtype="float32",
+        device="cpu",
+        save_steps=0,
+        lora_r=rank,
+        lora_alpha=2 * rank,
+        termination_message_path=None,
+    )
+    return train(config, json_lines=False).output
