@@ -6,73 +6,18 @@ are refused with the adapter and the reason named while the others keep serving.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from chatmodel_serving.engine.core import Engine
-from chatmodel_serving.engine.types import AdapterError, Event, SamplingParams, UnknownAdapterError
+from chatmodel_serving.engine.types import AdapterError, SamplingParams, UnknownAdapterError
 from chatmodel_serving.models import load_model
 from tests.fuzz.tiny_model import write_tiny_model
-from tests.serving.lora.adapters import QUESTIONS, WORDS, train_adapter
+from tests.serving.lora.adapters import WORDS, Job, answers, train_adapter
 
 pytestmark = pytest.mark.slow
-
-MAX_TOKENS = 16
-Job = tuple[list[int], str | None]  # prompt ids, adapter (None: the base)
-
-
-def chat_ids(tokenizer: Any, question: str) -> list[int]:
-    out = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True)
-    return list(out if isinstance(out, list) else out["input_ids"])
-
-
-def answers(engine: Engine, jobs: list[Job], alone: bool = False) -> list[str]:
-    """Greedy answers to every job: submitted all at once (one batch), or one at a time."""
-    texts = [""] * len(jobs)
-    done = [threading.Event() for _ in jobs]
-
-    def submit(i: int) -> None:
-        prompt, adapter = jobs[i]
-
-        def sink(ev: Event) -> None:
-            texts[i] += ev.text
-            if ev.finish_reason:
-                assert ev.finish_reason in ("stop", "length"), ev
-                done[i].set()
-
-        engine.submit(prompt, SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, adapter=adapter), sink)
-
-    for i in range(len(jobs)):
-        submit(i)
-        if alone:
-            assert done[i].wait(120)
-    for d in done:
-        assert d.wait(120)
-    return texts
-
-
-@pytest.fixture(scope="module")
-def prompts(tiny_base: Path) -> list[list[int]]:
-    tokenizer = load_model(str(tiny_base), dtype="float32", device="cpu").tokenizer
-    return [chat_ids(tokenizer, q) for q in QUESTIONS]
-
-
-@pytest.fixture(scope="module")
-def merged_answers(adapters: dict[str, Path], prompts: list[list[int]]) -> dict[str, list[str]]:
-    """word -> the answers of its adapter merged into the base (as `chatmodel serve ADAPTER` loads it),
-    each question served alone."""
-    out = {}
-    for word, folder in adapters.items():
-        engine = Engine(load_model(str(folder), dtype="float32", device="cpu")).start()
-        try:
-            out[word] = answers(engine, [(p, None) for p in prompts], alone=True)
-        finally:
-            engine.shutdown()
-    return out
 
 
 @pytest.fixture

@@ -1,0 +1,138 @@
+"""Multi-LoRA through the real server (`chatmodel serve`) and the official openai client: an adapter from
+--lora-modules and one loaded at run time through vLLM's /v1/load_lora_adapter answer as each adapter merged
+and served alone; /v1/models lists them with their parent; bad adapters get a 400 naming the adapter and the
+reason while the others keep serving; unloading takes a name off; the routes need the API key and the
+server's --allow-runtime-lora; the metrics carry each adapter's name and the slots."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from chatmodel_serving.launch import ServerProcess
+from tests.fuzz.tiny_model import write_tiny_model
+from tests.serving.helpers import API_KEY, metric
+from tests.serving.lora.adapters import MAX_TOKENS, QUESTIONS, WORDS, train_adapter
+
+pytestmark = pytest.mark.slow
+
+BASE = "tiny-base"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+@pytest.fixture(scope="module")
+def lora_server(
+    tiny_base: Path, adapters: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    d = tmp_path_factory.mktemp("lora-server")
+    keys = d / "keys"
+    keys.write_text(f"{API_KEY}\n")
+    first = WORDS[0]
+    args = ["--model", str(tiny_base), "--served-model-name", BASE, "--dtype", "float32"]
+    args += ["--api-keys-file", str(keys), "--lora-modules", f"{first}={adapters[first]}"]
+    args += ["--allow-runtime-lora", "--max-loras", "4", "--max-lora-rank", "8"]
+    with ServerProcess(args, log_path=d / "server.log") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(lora_server: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=lora_server.url, api_key=API_KEY, max_retries=0)
+
+
+def post(srv: ServerProcess, route: str, body: dict[str, object], auth: bool = True) -> httpx.Response:
+    return httpx.post(f"{srv.url}/{route}", json=body, headers=AUTH if auth else {}, timeout=60)
+
+
+def ask(client: openai.OpenAI, model: str, question: str) -> str:
+    out = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": question}],
+        max_tokens=MAX_TOKENS,
+        temperature=0.0,
+    )
+    return out.choices[0].message.content or ""
+
+
+def test_adapters_from_the_command_line_and_loaded_at_run_time_answer_as_merged(
+    lora_server: ServerProcess,
+    client: openai.OpenAI,
+    adapters: dict[str, Path],
+    merged_answers: dict[str, list[str]],
+) -> None:
+    second = WORDS[1]
+    r = post(lora_server, "load_lora_adapter", {"lora_name": second, "lora_path": str(adapters[second])})
+    assert r.status_code == 200 and r.text == f"Success: LoRA adapter '{second}' added successfully.", r.text
+    cards = {m.id: m.model_dump() for m in client.models.list().data}
+    assert cards[BASE]["parent"] is None
+    for word in WORDS[:2]:
+        assert cards[word]["parent"] == BASE and cards[word]["root"] == str(adapters[word])
+        for i, question in enumerate(QUESTIONS[:2]):
+            assert ask(client, word, question) == merged_answers[word][i], (word, question)
+    text = httpx.get(f"{lora_server.url.removesuffix('/v1')}/metrics", timeout=10).text
+    assert metric(text, "chatmodel_lora_adapters_loaded", model=BASE) == 2
+    assert metric(text, "chatmodel_lora_slots", model=BASE) == 4
+    assert metric(text, "chatmodel_lora_loads_total", model=BASE, result="loaded") == 2
+    assert metric(text, "chatmodel_lora_load_seconds_count", model=BASE) == 2
+    assert (
+        metric(text, "chatmodel_request_success_total", model=second, finished_reason="length")
+        + metric(text, "chatmodel_request_success_total", model=second, finished_reason="stop")
+        == 2
+    )  # the adapter's own series
+
+
+def test_bad_adapters_get_a_400_naming_them_and_the_others_keep_serving(
+    lora_server: ServerProcess,
+    client: openai.OpenAI,
+    tiny_base: Path,
+    merged_answers: dict[str, list[str]],
+    tmp_path: Path,
+) -> None:
+    other = write_tiny_model(tmp_path / "other-base", hidden_size=32)
+    cases = {
+        "foreign": (train_adapter(other, tmp_path, "foreign"), "does not fit this base model"),
+        "high-rank": (
+            train_adapter(tiny_base, tmp_path, "steep", rank=16),
+            "rank 16 .* above --max-lora-rank 8",
+        ),
+        "missing": (tmp_path / "nowhere", "no such folder"),
+        BASE: (tmp_path / "nowhere", "a model of that name is already served"),
+    }
+    for name, (path, reason) in cases.items():
+        r = post(lora_server, "load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
+        assert r.status_code == 400, (name, r.text)
+        error = r.json()["error"]
+        assert error["type"] == "invalid_request_error"
+        assert re.search(f"LoRA adapter '{name}': .*{reason}", error["message"]), error
+    assert "foreign" not in {m.id for m in client.models.list().data}
+    assert ask(client, WORDS[0], QUESTIONS[1]) == merged_answers[WORDS[0]][1]
+    r = post(lora_server, "load_lora_adapter", {"lora_name": "x"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "lora_path"
+
+
+def test_unloading_takes_the_name_off_and_the_routes_need_the_key(
+    lora_server: ServerProcess, client: openai.OpenAI, adapters: dict[str, Path]
+) -> None:
+    word = WORDS[2]
+    body = {"lora_name": word, "lora_path": str(adapters[word])}
+    assert post(lora_server, "load_lora_adapter", body, auth=False).status_code == 401
+    assert post(lora_server, "load_lora_adapter", body).status_code == 200
+    assert ask(client, word, QUESTIONS[0])
+    r = post(lora_server, "unload_lora_adapter", {"lora_name": word})
+    assert r.status_code == 200 and r.text == f"Success: LoRA adapter '{word}' removed successfully."
+    with pytest.raises(openai.NotFoundError, match="model_not_found|does not exist"):
+        ask(client, word, QUESTIONS[0])
+    r = post(lora_server, "unload_lora_adapter", {"lora_name": word})
+    assert r.status_code == 404 and r.json()["error"]["param"] == "lora_name"
+    assert post(lora_server, "unload_lora_adapter", {"lora_name": BASE}).status_code == 404  # not an adapter
+    assert word not in {m.id for m in client.models.list().data}
+
+
+def test_a_server_without_allow_runtime_lora_refuses_the_routes(server: ServerProcess) -> None:
+    r = post(server, "load_lora_adapter", {"lora_name": "a", "lora_path": "/tmp"})
+    assert r.status_code == 403 and "--allow-runtime-lora" in r.json()["error"]["message"]
