@@ -7,7 +7,7 @@ server's --allow-runtime-lora; the metrics carry each adapter's name and the slo
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import httpx
@@ -45,7 +45,7 @@ def client(lora_server: ServerProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=lora_server.url, api_key=API_KEY, max_retries=0)
 
 
-def post(srv: ServerProcess, route: str, body: dict[str, object], auth: bool = True) -> httpx.Response:
+def post(srv: ServerProcess, route: str, body: Mapping[str, object], auth: bool = True) -> httpx.Response:
     return httpx.post(f"{srv.url}/{route}", json=body, headers=AUTH if auth else {}, timeout=60)
 
 
@@ -125,7 +125,7 @@ def test_unloading_takes_the_name_off_and_the_routes_need_the_key(
     assert ask(client, word, QUESTIONS[0])
     r = post(lora_server, "unload_lora_adapter", {"lora_name": word})
     assert r.status_code == 200 and r.text == f"Success: LoRA adapter '{word}' removed successfully."
-    with pytest.raises(openai.NotFoundError, match="model_not_found|does not exist"):
+    with pytest.raises(openai.NotFoundError, match=r"model_not_found|does not exist"):
         ask(client, word, QUESTIONS[0])
     r = post(lora_server, "unload_lora_adapter", {"lora_name": word})
     assert r.status_code == 404 and r.json()["error"]["param"] == "lora_name"
