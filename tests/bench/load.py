@@ -109,7 +109,7 @@ def one_stream(
 
 def run_streams(
     base_url: str,
-    model: str,
+    model: str | Sequence[str],
     streams: int,
     max_tokens: int = 64,
     rounds: int = 1,
@@ -120,14 +120,16 @@ def run_streams(
 ) -> Run:
     """`streams` requests at once (all arriving together), `rounds` times; tokens from `usage`. `extra`:
     more request fields (e.g. `response_format`), the same in every request. `prompts`: the i-th request
-    sends prompts[i % len] (default PROMPTS). `same_length`: every answer is meant to be max_tokens long
-    (EOS ignored), so the run records the tokens expected beside those counted."""
+    sends prompts[i % len] (default PROMPTS). `model`: one name, or several (the i-th request names
+    model[i % len]: streams spread over LoRA adapters). `same_length`: every answer is meant to be
+    max_tokens long (EOS ignored), so the run records the tokens expected beside those counted."""
     client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=1800)
     pool_of = prompts or PROMPTS
-    todo = [pool_of[i % len(pool_of)] for i in range(streams * rounds)]
+    models = [model] if isinstance(model, str) else list(model)
+    todo = [(models[i % len(models)], pool_of[i % len(pool_of)]) for i in range(streams * rounds)]
     start = time.monotonic()
     with ThreadPoolExecutor(streams) as pool:
-        results = list(pool.map(lambda p: one_stream(client, model, p, max_tokens, extra), todo))
+        results = list(pool.map(lambda mp: one_stream(client, mp[0], mp[1], max_tokens, extra), todo))
     seconds = time.monotonic() - start
     return Run(
         streams,

@@ -56,12 +56,16 @@ def reset() -> None:
         path.unlink(missing_ok=True)
 
 
-def record(section: str, figures: dict[str, Any]) -> None:
+def record(section: str, figures: dict[str, Any], merge: str = "") -> None:
     """Merge one benchmark's figures into bench-results.json under `section` (with when and from which
-    commit they were measured, as `measured`) and rewrite the table."""
+    commit they were measured, as `measured`) and rewrite the table. `merge` (a key prefix such as
+    "multi_lora_"): keep the section's other figures and stamp these as `<merge>measured`."""
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     data["machine"] = machine()
-    data[section] = {**figures, "measured": stamp()}
+    if merge:  # beside another benchmark's figures in the same section, with its own stamp
+        data[section] = {**data.get(section, {}), **figures, f"{merge}measured": stamp()}
+    else:
+        data[section] = {**figures, "measured": stamp()}
     RESULTS.write_text(json.dumps(data, indent=2) + "\n")
     lines = ["| key | value |", "|---|---|"]
     for sec, figs in data.items():

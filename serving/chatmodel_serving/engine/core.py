@@ -237,13 +237,13 @@ class Engine(EngineClient):
             pad = self.eos_token_for_padding
             if beam.adapter is not None:  # beam search runs alone: every token is the adapter's
                 self.adapters.make_resident(beam.adapter, set())
-                self.adapters.step.groups = [(beam.adapter_uid, slice(None))]
+                self.adapters.step.chunks = [(beam.adapter_uid, slice(None))]
             try:
                 beam_search(
                     self.model, self.tokenizer, self.device, beam, self.eos_ids, pad, self.context_length
                 )
             finally:
-                self.adapters.step.groups = []
+                self.adapters.step.clear()
             return
         decode, chunks = self._schedule()
         while self._rows and not self._reserve(len(self._rows), _columns(decode, chunks)):
@@ -378,8 +378,10 @@ class Engine(EngineClient):
             if s.cached + n == s.total:
                 sampled.append(s)
                 keep.append(at - 1)
-        chunk_uids = [s.req.adapter_uid for s, n in chunks for _ in range(n)]
-        self.adapters.step.groups = lora.token_groups([s.req.adapter_uid for s in decode], chunk_uids, dev)
+        lora_step = self.adapters.step
+        lora_step.decode_mask = self.adapters.decode_mask([s.req.adapter_uid for s in decode])
+        uids = [s.req.adapter_uid for s, n in chunks for _ in range(n)]
+        lora_step.chunks = lora.chunk_groups(uids, len(decode))
         try:
             out = self.model(
                 input_ids=torch.tensor([ids], device=dev),
@@ -389,7 +391,7 @@ class Engine(EngineClient):
                 logits_to_keep=torch.tensor(keep, dtype=torch.long, device=dev),
             )
         finally:
-            self.adapters.step.groups = []
+            self.adapters.step.clear()
         for s in decode:
             s.cached += 1
         for s, n in chunks:

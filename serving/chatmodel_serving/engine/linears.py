@@ -36,6 +36,11 @@ class PackedLinear(torch.nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, packed for oneDNN"
 
 
+def packed_if_possible(linear: torch.nn.Linear) -> torch.nn.Module:
+    """One layer packed where `pack` would pack it, else itself."""
+    return PackedLinear(linear) if can_pack(linear) else linear
+
+
 def pack(model: torch.nn.Module) -> int:
     """Replace every `nn.Linear` of a bfloat16 CPU model with a PackedLinear; how many were replaced."""
     if not can_pack(model):
