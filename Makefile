@@ -153,6 +153,7 @@ bench-quick: export BENCH_RESULTS := bench-results-quick.json
 bench-quick: install install-cluster
 	$(PY) -m tests.bench.bench_serving --quick
 	$(PY) -m tests.bench.bench_kv_budget --quick
+	$(PY) -m tests.bench.bench_lora --quick
 	# Both trainers in float32 only: on a CPU without native bfloat16, HF's bf16 mode takes half an hour (DDP: tests/serving/train).
 	$(PY) -m tests.bench.bench_train --rounds 1 --ours-modes fp32 --hf-modes fp32 --no-ddp
 	$(PY) -m tests.bench.bench_triton --quick

@@ -181,6 +181,22 @@ def other_rows(data: dict[str, Any]) -> list[str]:
                 target(f"serving.{key}", sv[key]),
             )
         )
+    n = _streams_of(sv, r"multi_lora_ratio_(\d+)")
+    if n:
+        key = f"multi_lora_ratio_{n}"
+        settings = sv.get("multi_lora_settings", {})
+        adapters, rank = settings.get("adapters", "?"), settings.get("rank", "?")
+        rows.append(
+            (
+                f"{n} streams over {adapters} LoRA adapters (rank {rank},"
+                f" every linear layer) on one base ÷ the same streams on one adapter merged and served alone;"
+                f" an adapter loads in {sv.get('multi_lora_load_p50_s', '?')} s (p50)",
+                f"{num(sv[f'multi_lora_{n}']['tokens_per_second'])} tok/s",
+                f"{num(sv[f'multi_lora_merged_{n}']['tokens_per_second'])} tok/s merged",
+                times(sv[key]),
+                target(f"serving.{key}", sv[key]),
+            )
+        )
     n = _streams_of(sv, r"ratio_vs_sequential_(\d+)")
     if n:
         key = f"ratio_vs_sequential_{n}"

@@ -33,6 +33,7 @@ BENCHMARKS = {
     "operator": ["bench_operator"],
     "operator-cluster": ["bench_operator", "--cluster", "local"],
     "grammar": ["bench_grammar"],
+    "lora": ["bench_lora"],
 }
 Check = Callable[[float, float], bool]
 # Serving workloads (tests/bench/workloads.py) and their stream counts, for the per-workload targets.
@@ -58,6 +59,8 @@ TARGETS: dict[str, tuple[str, float] | None] = {
         for r in SERVING_RUNS
     },
     "serving.structured_ratio_32": (">=", 0.85),
+    "serving.multi_lora_ratio_32": (">=", 0.8),
+    "serving.multi_lora_load_p50_s": None,
     "serving.batch1_fraction_of_bandwidth_bound": (">=", 0.5),
     "kv_budget.peak_rss_over_allowed": ("<=", 1.0),
     "train.ratio_vs_hf_trainer": (">=", 1.0),
