@@ -106,8 +106,8 @@ class ServeOptions:
         default=None,
         metadata=_opt(
             "--lora-modules",
-            "NAME=PATH: serve the PEFT LoRA adapter in folder PATH as model NAME on the base model, batched "
-            "with it and with other adapters (repeat; see --max-loras)",
+            'NAME=PATH (or vLLM\'s JSON {"name": NAME, "path": PATH}): serve the PEFT LoRA adapter in '
+            "folder PATH as model NAME on the base model, batched with it and other adapters (repeat)",
             metavar="NAME=PATH",
         ),
     )
@@ -115,8 +115,9 @@ class ServeOptions:
         default=None,
         metadata=_opt(
             "--lora-dir",
-            "a folder of adapter folders: each one holding adapter_config.json is served at start under its "
-            "folder's name, as with --lora-modules",
+            "a folder of adapter folders: each one holding adapter_config.json is served under its "
+            "folder's name, as with --lora-modules: those there at start, and a later one when a request "
+            "first names it",
             metavar="DIR",
         ),
     )
@@ -131,11 +132,13 @@ class ServeOptions:
     max_lora_rank: int = field(
         default=64, metadata=_opt("--max-lora-rank", "the highest LoRA rank an adapter may have")
     )
-    allow_runtime_lora: bool = field(
-        default=False,
+    runtime_lora: bool = field(
+        default=True,
         metadata=_opt(
-            "--allow-runtime-lora",
-            "accept POST /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's routes) from API callers",
+            "--no-runtime-lora",
+            "refuse POST /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's routes; open to API "
+            "callers by default) and loading --lora-dir adapters on demand",
+            negate=True,
         ),
     )
     requests_per_minute: int = field(

@@ -109,7 +109,7 @@ def main() -> int:
     print(f"  {single}", flush=True)
 
     print(f"{len(names)} adapters on one base, the streams spread over them", flush=True)
-    flags = [*server_args(args.dtype, base, "base"), "--max-loras", str(len(names)), "--allow-runtime-lora"]
+    flags = [*server_args(args.dtype, base, "base"), "--max-loras", str(len(names))]
     for name, path in adapters.items():
         flags += ["--lora-modules", f"{name}={path}"]
     with ServerProcess(flags, log_path=LOGS / "bench-lora-multi.log") as srv:

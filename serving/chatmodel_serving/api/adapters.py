@@ -1,8 +1,8 @@
 """LoRA adapters served beside their base model, loaded and unloaded while the server runs, with vLLM's
 routes and request shapes: POST /v1/load_lora_adapter {"lora_name", "lora_path"} and POST
 /v1/unload_lora_adapter {"lora_name"}, answered with vLLM's plain-text success line. Both sit under /v1, so
-RequestGate checks the API key as for every other route, and both are refused unless the server was started
-with --allow-runtime-lora (vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING). An adapter is then one more served
+RequestGate checks the API key as for every other route; a server started with --no-runtime-lora refuses
+both (vLLM asks for VLLM_ALLOW_RUNTIME_LORA_UPDATING instead). An adapter is then one more served
 model: its name in `model`, `parent` = the base in /v1/models, its own series in the metrics, answered by
 the base's engine in the same batches as the base (engine/lora.py)."""
 
@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import re
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from .protocol import ApiError, now
 from .state import ServedModel, ServerState
 
 LOAD_ROUTE, UNLOAD_ROUTE = "/v1/load_lora_adapter", "/v1/unload_lora_adapter"
+FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")  # a model name that can only be a child folder
 
 
 class LoadLoraAdapterRequest(BaseModel):
@@ -100,21 +102,43 @@ def unload_adapter(state: ServerState, name: str) -> None:
         served.engine.unload_adapter(served.adapter)
 
 
+async def ensure_served(state: ServerState, name: str) -> None:
+    """--lora-dir, on demand (vLLM's LoRA resolver): a model name not served yet whose folder in the directory
+    holds an adapter is loaded now, so a version written there after start serves without a restart; an
+    adapter that came from the directory and whose folder has gone since is unloaded (the request then
+    gets the usual 404)."""
+    if not state.lora_dir or not state.lora_updates:
+        return
+    root = Path(state.lora_dir).expanduser()
+    served = state.models.get(name)
+    if served is not None:
+        path = Path(served.adapter_path or "")
+        if served.adapter and path.parent == root and not (path / "adapter_config.json").is_file():
+            unload_adapter(state, name)
+        return
+    folder = root / name
+    if not FOLDER_NAME.fullmatch(name) or not (folder / "adapter_config.json").is_file():
+        return
+    async with state.lora_lock:  # one load per name, however many requests ask for it at once
+        if name not in state.models:
+            state.models[name] = await asyncio.to_thread(load_adapter, state, name, str(folder))
+
+
 def add_adapter_routes(app: FastAPI, state: ServerState) -> None:
     def allowed() -> None:
         if not state.lora_updates:
-            message = "loading LoRA adapters at run time is off; start the server with --allow-runtime-lora"
+            message = "loading LoRA adapters at run time is off on this server (--no-runtime-lora)"
             raise ApiError(403, message, "permission_error", code="lora_updates_disabled")
 
     @app.post(LOAD_ROUTE, response_class=PlainTextResponse, summary="Load a LoRA adapter (vLLM's route)")
     async def load(req: LoadLoraAdapterRequest) -> PlainTextResponse:
         allowed()
-        if req.load_inplace and req.lora_name in state.models and state.models[req.lora_name].adapter:
-            unload_adapter(state, req.lora_name)
-        served = await asyncio.to_thread(
-            load_adapter, state, req.lora_name, req.lora_path, req.base_model_name
-        )
-        state.models[served.name] = served  # on the event loop: the routes read state.models there
+        async with state.lora_lock:
+            if req.load_inplace and req.lora_name in state.models and state.models[req.lora_name].adapter:
+                unload_adapter(state, req.lora_name)
+            args = (state, req.lora_name, req.lora_path, req.base_model_name)
+            served = await asyncio.to_thread(load_adapter, *args)
+            state.models[served.name] = served  # on the event loop: the routes read state.models there
         return PlainTextResponse(f"Success: LoRA adapter '{req.lora_name}' added successfully.")
 
     @app.post(UNLOAD_ROUTE, response_class=PlainTextResponse, summary="Unload a LoRA adapter (vLLM's route)")

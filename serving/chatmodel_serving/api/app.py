@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .adapters import add_adapter_routes
+from .adapters import add_adapter_routes, ensure_served
 from .auth import CALLER_KEY
 from .middleware import RequestGate, RequestLog
 from .prompts import chat_prompt, completion_prompts, sampling_params, with_seed
@@ -121,6 +121,7 @@ def create_app(state: ServerState) -> RequestLog:
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(req: ChatCompletionRequest, key: str = Depends(authenticated)) -> Response:
+        await ensure_served(state, req.model)
         served, caller = guard(key, req.model)
         tools = plan_tools(req)
         prompt = chat_prompt(served, req, tools)
@@ -138,6 +139,7 @@ def create_app(state: ServerState) -> RequestLog:
 
     @app.post("/v1/completions", response_model=None)
     async def completions(req: CompletionRequest, key: str = Depends(authenticated)) -> Response:
+        await ensure_served(state, req.model)
         served, caller = guard(key, req.model)
         prompts = completion_prompts(served, req)
         jobs = []

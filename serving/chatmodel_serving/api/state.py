@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from ..engine.types import EngineClient, EngineStats
@@ -42,7 +43,9 @@ class ServerState:
     quotas: Quotas = field(default_factory=lambda: Quotas(Limits()))
     max_request_bytes: int = 1 << 20
     draining: bool = False
-    lora_updates: bool = False  # POST /v1/load_lora_adapter and unload allowed (--allow-runtime-lora)
+    lora_updates: bool = True  # POST /v1/load_lora_adapter and unload allowed (not --no-runtime-lora)
+    lora_dir: str | None = None  # adapters served from this folder, on demand too (api/adapters.py)
+    lora_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # adapter loads, one at a time
     metrics: ServingMetrics = field(init=False)
 
     def __post_init__(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import os
 import signal
@@ -142,7 +143,8 @@ def build_state(opts: ServeOptions, api_keys: ApiKeys) -> ServerState:
         ui=opts.ui,
         quotas=quotas,
         max_request_bytes=opts.max_request_bytes,
-        lora_updates=opts.allow_runtime_lora,
+        lora_updates=opts.runtime_lora,
+        lora_dir=opts.lora_dir,
     )
     serve_adapters(state, opts)
     return state
@@ -161,6 +163,12 @@ def adapter_sources(opts: ServeOptions) -> list[AdapterSource]:
     out = []
     for item in opts.lora_modules or []:
         name, sep, path = item.partition("=")
+        if item.lstrip().startswith("{"):  # vLLM's JSON form: {"name": ..., "path": ...}
+            try:
+                entry = json.loads(item)
+                name, path, sep = str(entry["name"]), str(entry["path"]), "="
+            except (ValueError, KeyError, TypeError):
+                raise CliError(f'--lora-modules {item}: JSON needs "name" and "path"') from None
         if not (sep and name and path):
             raise CliError(f"--lora-modules {item}: give NAME=PATH (a served name and an adapter folder)")
         if not Path(path).expanduser().is_dir():

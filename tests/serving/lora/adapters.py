@@ -34,7 +34,7 @@ def write_data(folder: Path, word: str) -> Path:
     return path
 
 
-def train_adapter(base: Path, folder: Path, word: str, rank: int = 8) -> Path:
+def train_adapter(base: Path, folder: Path, word: str, rank: int = 8, targets: str = "all-linear") -> Path:
     """Our trainer's LoRA run (float32, CPU): the adapter folder it publishes."""
     config = TrainConfig(
         base_model=str(base),
@@ -50,6 +50,7 @@ def train_adapter(base: Path, folder: Path, word: str, rank: int = 8) -> Path:
         save_steps=0,
         lora_r=rank,
         lora_alpha=2 * rank,
+        lora_target_modules=targets,
         termination_message_path=None,
     )
     return train(config, json_lines=False).output

@@ -107,3 +107,25 @@ def test_an_unloaded_adapter_is_refused_and_can_be_loaded_again(
     assert multi.stats().lora_loaded == 7
     multi.load_adapter(word, str(adapters[word]))
     assert answers(multi, [(prompts[2], word)]) == [merged_answers[word][2]]
+
+
+def test_adapters_of_other_ranks_and_layers_batch_with_the_rest(
+    multi: Engine,
+    tiny_base: Path,
+    merged_answers: dict[str, list[str]],
+    prompts: list[list[int]],
+    tmp_path: Path,
+) -> None:
+    odd = train_adapter(tiny_base, tmp_path, "quartz", rank=4, targets="q_proj,v_proj")
+    multi.load_adapter("quartz", str(odd))
+    alone = Engine(load_model(str(odd), dtype="float32", device="cpu")).start()
+    try:
+        want = answers(alone, [(p, None) for p in prompts], alone=True)
+    finally:
+        alone.shutdown()
+    jobs: list[Job] = [(p, w) for p in prompts for w in ("quartz", WORDS[0], None, WORDS[1])]
+    got = answers(multi, jobs)
+    for (prompt, word), text in zip(jobs, got, strict=True):
+        i = prompts.index(prompt)
+        if word is not None:
+            assert text == (want[i] if word == "quartz" else merged_answers[word][i]), (word, i)

@@ -2,11 +2,13 @@
 --lora-modules and one loaded at run time through vLLM's /v1/load_lora_adapter answer as each adapter merged
 and served alone; /v1/models lists them with their parent; bad adapters get a 400 naming the adapter and the
 reason while the others keep serving; unloading takes a name off; the routes need the API key and the
-server's --allow-runtime-lora; the metrics carry each adapter's name and the slots."""
+absence of --no-runtime-lora; the metrics carry each adapter's name and the slots."""
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -35,7 +37,7 @@ def lora_server(
     first = WORDS[0]
     args = ["--model", str(tiny_base), "--served-model-name", BASE, "--dtype", "float32"]
     args += ["--api-keys-file", str(keys), "--lora-modules", f"{first}={adapters[first]}"]
-    args += ["--allow-runtime-lora", "--max-loras", "4", "--max-lora-rank", "8"]
+    args += ["--max-loras", "4", "--max-lora-rank", "8"]
     with ServerProcess(args, log_path=d / "server.log") as srv:
         yield srv
 
@@ -133,6 +135,41 @@ def test_unloading_takes_the_name_off_and_the_routes_need_the_key(
     assert word not in {m.id for m in client.models.list().data}
 
 
-def test_a_server_without_allow_runtime_lora_refuses_the_routes(server: ServerProcess) -> None:
-    r = post(server, "load_lora_adapter", {"lora_name": "a", "lora_path": "/tmp"})
-    assert r.status_code == 403 and "--allow-runtime-lora" in r.json()["error"]["message"]
+def test_a_server_with_no_runtime_lora_refuses_the_routes(
+    tiny_base: Path, adapters: dict[str, Path], tmp_path: Path
+) -> None:
+    args = ["--model", str(tiny_base), "--dtype", "float32", "--no-runtime-lora"]
+    with ServerProcess(args, log_path=tmp_path / "server.log") as srv:
+        body = {"lora_name": "a", "lora_path": str(adapters[WORDS[0]])}
+        for route in ("load_lora_adapter", "unload_lora_adapter"):
+            r = post(srv, route, body if route.startswith("load") else {"lora_name": "a"}, auth=False)
+            assert r.status_code == 403 and "--no-runtime-lora" in r.json()["error"]["message"], r.text
+
+
+def test_a_lora_dir_serves_what_is_there_and_what_arrives_later_without_a_restart(
+    tiny_base: Path, adapters: dict[str, Path], merged_answers: dict[str, list[str]], tmp_path: Path
+) -> None:
+    shelf = tmp_path / "adapters"
+    shelf.mkdir()
+    first, later = WORDS[4], WORDS[5]
+    shutil.copytree(adapters[first], shelf / first)
+    (shelf / "not-an-adapter").mkdir()  # skipped: holds no adapter_config.json
+    spec = json.dumps({"name": "by-json", "path": str(adapters[WORDS[6]])})  # vLLM's JSON form of the flag
+    args = ["--model", str(tiny_base), "--served-model-name", BASE, "--dtype", "float32"]
+    args += ["--lora-dir", str(shelf), "--lora-modules", spec]
+    with ServerProcess(args, log_path=tmp_path / "server.log") as srv:
+        c = openai.OpenAI(base_url=srv.url, api_key="none", max_retries=0)
+        assert {m.id for m in c.models.list().data} == {BASE, first, "by-json"}
+        assert ask(c, first, QUESTIONS[0]) == merged_answers[first][0]
+        assert ask(c, "by-json", QUESTIONS[1]) == merged_answers[WORDS[6]][1]
+        # A new version lands in the folder (written aside, then renamed in, as the trainer publishes).
+        shutil.copytree(adapters[later], shelf / f".{later}.tmp")
+        (shelf / f".{later}.tmp").rename(shelf / later)
+        assert ask(c, later, QUESTIONS[2]) == merged_answers[later][2]  # loaded when first asked for
+        assert later in {m.id for m in c.models.list().data}
+        shutil.rmtree(shelf / first)  # pruned: the next request for it finds it gone
+        with pytest.raises(openai.NotFoundError):
+            ask(c, first, QUESTIONS[0])
+        assert first not in {m.id for m in c.models.list().data}
+        with pytest.raises(openai.NotFoundError):
+            ask(c, "not-an-adapter", QUESTIONS[0])
