@@ -144,6 +144,7 @@ def test_serving_keys_cover_the_targets() -> None:
     sides = {"ours": full, "vllm": full, "transformers_serve": full}
     written = {*ratios(sides), *legacy(sides, 32)}
     written |= {"ratio_vs_sequential_32", "structured_ratio_32", "batch1_fraction_of_bandwidth_bound"}
+    written |= {"multi_lora_ratio_32", "multi_lora_load_p50_s"}  # bench_lora.py, merged into the section
     wanted = {k.removeprefix("serving.") for k in TARGETS if k.startswith("serving.")}
     assert wanted <= written, wanted - written
     assert legacy(sides, 32)["ours_32"] is summary and "ratio_vs_transformers_serve_32" in written

@@ -66,6 +66,7 @@ def _all_set() -> SamplingParams:
         stop_token_ids=(5,),
         logprobs=2,
         guide=Guide("regex", "a+"),
+        adapter="a-lora-adapter",
     )
 
 
