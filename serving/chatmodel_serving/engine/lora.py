@@ -45,10 +45,6 @@ class Adapter:
     rank: int
     weights: dict[str, tuple[torch.Tensor, torch.Tensor]]  # module -> (A [r, in], scaled B [out, r]), CPU
 
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes + b.nbytes for a, b in self.weights.values())
-
 
 # Sibling layers that read the same input (Llama, Mistral, Qwen, Gemma, ... name them so): their decode
 # deltas are computed together, one down and one (block-diagonal) up matmul for the group. Only speed
@@ -229,9 +225,7 @@ class Adapters:
         self.step = StepAdapters()
         self.loaded: dict[str, Adapter] = {}
         self.resident: collections.OrderedDict[int, Adapter] = collections.OrderedDict()  # LRU first
-        self.loads = 0
         self._wrapped: dict[str, LoraLinear] = {}
-        self._names: dict[int, str] = {}  # id(layer) -> its module name
         self._owner = torch.zeros(0, dtype=torch.long, device=self.device)  # the adapter uid of each column
         self._uids = itertools.count(1)
         self._lock = threading.Lock()  # loaded: the API's threads and the engine thread
@@ -250,7 +244,6 @@ class Adapters:
             if name in self.loaded:
                 raise AdapterError(name, "is already loaded; unload it first")
             self.loaded[name] = adapter
-            self.loads += 1
         return adapter
 
     def unload(self, name: str) -> Adapter:
@@ -294,8 +287,8 @@ class Adapters:
         self.resident[adapter.uid] = adapter
         self._restack()
 
-    def drop_unloaded(self, pinned: set[int]) -> list[int]:
-        """Free the slots of adapters unloaded since (once no running row needs them); their uids."""
+    def drop_unloaded(self, pinned: set[int]) -> None:
+        """Free the slots of adapters unloaded since (once no running row needs them)."""
         with self._lock:
             live = {a.uid for a in self.loaded.values()}
         gone = [u for u in self.resident if u not in live and u not in pinned]
@@ -303,7 +296,6 @@ class Adapters:
             self._evict(uid)
         if gone:
             self._restack()
-        return gone
 
     def decode_mask(self, uids: list[int]) -> torch.Tensor | None:
         """The step's decode mask (StepAdapters) for decode rows using these adapters (0 = the base)."""
@@ -324,36 +316,37 @@ class Adapters:
         blocks = [(uid, a.rank) for uid, a in self.resident.items()]
         self._owner = torch.tensor([uid for uid, r in blocks for _ in range(r)], device=self.device)
         groups: dict[str, SharedInput] = {}
+        named: dict[str, list[str]] = {}
         for name, layer in self._wrapped.items():
             groups.setdefault(_group_key(name), SharedInput(self.step)).members.append(layer)
+            named.setdefault(_group_key(name), []).append(name)
+            layer.group = groups[_group_key(name)]
         self.step.groups = list(groups.values())
-        for group in self.step.groups:
+        if not blocks:  # nothing resident: every group without weights (LoraLinear then adds nothing)
+            return
+        for key, group in groups.items():
             downs, ups = [], []
             start = 0
-            for layer in group.members:
-                layer.group = group
-                a, b = self._side_by_side(layer, blocks)
+            for layer, name in zip(group.members, named[key], strict=True):
+                a, b = self._side_by_side(layer, self.shapes[name], blocks)
                 downs.append(a)
                 ups.append(b)
                 group.outputs[id(layer)] = slice(start, start + b.shape[0])
                 start += b.shape[0]
-            if not blocks:
-                continue
             down, up = torch.cat(downs), _block_diagonal(ups)
             group.down = linears.packed_if_possible(_linear(down))
             group.up = linears.packed_if_possible(_linear(up))
 
-    def _side_by_side(self, layer: LoraLinear, blocks: list[tuple[int, int]]) -> tuple[torch.Tensor, ...]:
+    def _side_by_side(
+        self, layer: LoraLinear, shape: tuple[int, int], blocks: list[tuple[int, int]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(A's stacked [columns, in], B's side by side [out, columns]) of the resident adapters."""
         a_parts, b_parts = [], []
-        shape = self.shapes[self._names[id(layer)]]
         for uid, rank in blocks:
             a, b = layer.resident.get(uid) or self._zeros(shape, rank)
             pad = rank - a.shape[0]  # an adapter of lower rank in this layer (rank_pattern)
             a_parts.append(torch.nn.functional.pad(a, (0, 0, 0, pad)))
             b_parts.append(torch.nn.functional.pad(b, (0, pad)))
-        if not blocks:
-            return torch.zeros(0, shape[0]), torch.zeros(shape[1], 0)
         return torch.cat(a_parts), torch.cat(b_parts, dim=1)
 
     def _zeros(self, shape: tuple[int, int], rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -367,7 +360,6 @@ class Adapters:
         layer = LoraLinear(getattr(parent, child), self.step)
         setattr(parent, child, layer)
         self._wrapped[module] = layer
-        self._names[id(layer)] = module
         return layer
 
 
