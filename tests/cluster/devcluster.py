@@ -173,6 +173,46 @@ class LocalCluster:
         with urllib.request.urlopen(req, context=ctx, timeout=2) as resp:
             return bool(resp.status == 200)
 
+    def _start_etcd_and_api_server(self, d: Path) -> None:
+        # A port checked free can still be taken before the child binds it (seen once in CI: etcd's):
+        # such a start is retried on fresh ports; any other failure is the real one.
+        for attempt in range(3):
+            etcd_port, peer_port, api_port = distinct_free_ports(3)
+            self.server = f"https://127.0.0.1:{api_port}"
+            self._spawn("etcd", [
+                self.tool("etcd"), "--name", "dev", "--data-dir", str(d / "etcd"),
+                "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
+                "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
+                "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
+                "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
+                "--initial-cluster", f"dev=http://127.0.0.1:{peer_port}",
+                "--unsafe-no-fsync", "--log-level", "warn",
+            ])  # fmt: skip
+            self._spawn("kube-apiserver", [
+                self.tool("kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+                "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={api_port}",
+                # 1.37 refuses a loopback advertise address with the default endpoint reconciler.
+                "--endpoint-reconciler-type=none",
+                f"--tls-cert-file={d / 'server.crt'}", f"--tls-private-key-file={d / 'server.key'}",
+                f"--client-ca-file={d / 'ca.crt'}", f"--token-auth-file={d / 'tokens.csv'}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}", "--authorization-mode=Node,RBAC",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={d / 'sa.pub'}",
+                f"--service-account-signing-key-file={d / 'sa.key'}",
+                "--allow-privileged=true", "--profiling=false",
+                # kwok's nodes have a Hostname address nothing resolves: logs go to their InternalIP.
+                "--kubelet-preferred-address-types=InternalIP",
+            ])  # fmt: skip
+            self.kubeconfig.write_text(yaml.safe_dump(kubeconfig(self.server, d / "ca.crt", ADMIN_TOKEN)))
+            try:
+                self._wait("the API server's /readyz", self._readyz, timeout=90)
+                return
+            except RuntimeError as e:
+                if "address already in use" not in str(e) or attempt == 2:
+                    raise
+                self.stop()
+                shutil.rmtree(d / "etcd", ignore_errors=True)
+
     def start(self) -> LocalCluster:
         missing = [b for b in build.BINARIES if not (self.bin / b).is_file()]
         if missing:
@@ -182,34 +222,7 @@ class LocalCluster:
         self.root.mkdir(parents=True, exist_ok=True)
         d = self.root
         make_certificates(d)
-        etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
-        self.server = f"https://127.0.0.1:{api_port}"
-        self._spawn("etcd", [
-            self.tool("etcd"), "--name", "dev", "--data-dir", str(d / "etcd"),
-            "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
-            "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
-            "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
-            "--initial-cluster", f"dev=http://127.0.0.1:{peer_port}",
-            "--unsafe-no-fsync", "--log-level", "warn",
-        ])  # fmt: skip
-        self._spawn("kube-apiserver", [
-            self.tool("kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={api_port}",
-            # 1.37 refuses a loopback advertise address with the default endpoint reconciler.
-            "--endpoint-reconciler-type=none",
-            f"--tls-cert-file={d / 'server.crt'}", f"--tls-private-key-file={d / 'server.key'}",
-            f"--client-ca-file={d / 'ca.crt'}", f"--token-auth-file={d / 'tokens.csv'}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}", "--authorization-mode=Node,RBAC",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={d / 'sa.pub'}",
-            f"--service-account-signing-key-file={d / 'sa.key'}",
-            "--allow-privileged=true", "--profiling=false",
-            # kwok's nodes have a Hostname address nothing resolves: logs go to their InternalIP.
-            "--kubelet-preferred-address-types=InternalIP",
-        ])  # fmt: skip
-        self.kubeconfig.write_text(yaml.safe_dump(kubeconfig(self.server, d / "ca.crt", ADMIN_TOKEN)))
-        self._wait("the API server's /readyz", self._readyz, timeout=90)
+        self._start_etcd_and_api_server(d)
         kc = f"--kubeconfig={self.kubeconfig}"
         self._spawn("kube-controller-manager", [
             self.tool("kube-controller-manager"), kc, f"--service-account-private-key-file={d / 'sa.key'}",
@@ -295,6 +308,13 @@ class LocalCluster:
             end_group(p.pid, lambda p=p: p.poll() is not None)
             p.wait(timeout=10)
         self.procs.clear()
+
+
+def distinct_free_ports(n: int) -> list[int]:
+    ports: set[int] = set()
+    while len(ports) < n:
+        ports.add(free_port())
+    return list(ports)
 
 
 def eventually(what: str, ok: Any, why: Any = lambda: "", timeout: float = 90.0) -> Any:
