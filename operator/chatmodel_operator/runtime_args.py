@@ -121,6 +121,16 @@ class ServeOptions:
             metavar="DIR",
         ),
     )
+    adapters_file: str | None = field(
+        default=None,
+        metadata=_opt(
+            "--adapters-file",
+            'a JSON table {"adapters": {NAME: PATH}, "aliases": {ALIAS: {NAME: WEIGHT}}} followed while '
+            "the server runs: its adapters loaded (before the server is ready) and those it drops unloaded; "
+            "a request for an alias goes to one of its adapters at random by weight",
+            metavar="FILE",
+        ),
+    )
     max_loras: int = field(
         default=8,
         metadata=_opt(

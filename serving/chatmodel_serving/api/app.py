@@ -3,14 +3,18 @@
 Routes: POST /v1/chat/completions, POST /v1/completions (both stream as SSE ending in `data: [DONE]`),
 GET /v1/models, GET /v1/versions (the playground's Versions view, api/versions.py), POST
 /v1/load_lora_adapter and /v1/unload_lora_adapter (api/adapters.py), GET /health (alive),
-GET /ready (loaded and not draining), GET /metrics.
+GET /ready (loaded and not draining; the served models, and with --adapters-file its aliases and refused
+adapters), GET /metrics.
 Every error is OpenAI-shaped JSON; nothing a client sends can cause a 5xx.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -19,6 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .adapter_table import apply_table, follow_table, read_table, table_report
 from .adapters import add_adapter_routes, ensure_served
 from .auth import CALLER_KEY
 from .middleware import RequestGate, RequestLog
@@ -44,7 +49,22 @@ __all__ = ["ServedModel", "ServerState", "create_app"]
 
 def create_app(state: ServerState) -> RequestLog:
     """The FastAPI app behind its ASGI middleware (RequestGate, then RequestLog)."""
-    app = FastAPI(title="chatmodel serving runtime", version="0.1.0")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        """--adapters-file: every adapter in it loaded before the server listens (a new pod is ready only
+        with all of them), then the file followed."""
+        if not state.adapters_file:
+            yield
+            return
+        await apply_table(state, read_table(state.adapters_file))
+        follower = asyncio.create_task(follow_table(state, state.adapters_file))
+        try:
+            yield
+        finally:
+            follower.cancel()
+
+    app = FastAPI(title="chatmodel serving runtime", version="0.1.0", lifespan=lifespan)
     app.state.server = state
     metrics = state.metrics
 
@@ -99,7 +119,10 @@ def create_app(state: ServerState) -> RequestLog:
     async def ready() -> JSONResponse:
         if state.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
-        return JSONResponse({"status": "ready", "models": list(state.models)})
+        body = {"status": "ready", "models": list(state.models)}
+        if state.adapters_file:
+            body.update(table_report(state))
+        return JSONResponse(body)
 
     @app.get("/metrics")
     async def prometheus() -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import dataclass, field
 
 from ..engine.types import EngineClient, EngineStats
@@ -46,6 +47,11 @@ class ServerState:
     lora_updates: bool = True  # POST /v1/load_lora_adapter and unload allowed (not --no-runtime-lora)
     lora_dir: str | None = None  # adapters served from this folder, on demand too (api/adapters.py)
     lora_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # adapter loads, one at a time
+    # --adapters-file (api/adapter_table.py): the file, the adapters it loaded, those refused, its aliases.
+    adapters_file: str | None = None
+    table_adapters: set[str] = field(default_factory=set)
+    adapter_errors: dict[str, str] = field(default_factory=dict)
+    aliases: dict[str, dict[str, int]] = field(default_factory=dict)
     metrics: ServingMetrics = field(init=False)
 
     def __post_init__(self) -> None:
@@ -62,6 +68,18 @@ class ServerState:
         return any(not m.engine.idle() for m in self.models.values())
 
     def pick_model(self, name: str) -> ServedModel:
+        """The served model a request for `name` goes to: itself, or (an alias) one of its loaded targets
+        at random by weight."""
+        if name in self.aliases:
+            live = [(t, w) for t, w in self.aliases[name].items() if w > 0 and t in self.models]
+            if not live:
+                raise ApiError(
+                    404,
+                    f"model {name!r}: none of its versions is loaded on this server yet",
+                    param="model",
+                    code="model_not_found",
+                )
+            name = random.choices([t for t, _ in live], weights=[w for _, w in live])[0]
         model = self.models.get(name)
         if model is None:
             raise ApiError(

@@ -145,6 +145,7 @@ def build_state(opts: ServeOptions, api_keys: ApiKeys) -> ServerState:
         max_request_bytes=opts.max_request_bytes,
         lora_updates=opts.runtime_lora,
         lora_dir=opts.lora_dir,
+        adapters_file=opts.adapters_file,
     )
     serve_adapters(state, opts)
     return state
@@ -181,6 +182,17 @@ def adapter_sources(opts: ServeOptions) -> list[AdapterSource]:
         found = sorted(d for d in root.iterdir() if (d / "adapter_config.json").is_file())
         out += [AdapterSource("--lora-dir", d.name, str(d)) for d in found]
     return out
+
+
+def check_adapters_file(path: str | None) -> None:
+    """A table that cannot be read now is refused (a later bad version of it is logged and skipped)."""
+    from ..api.adapter_table import read_table
+
+    if path:
+        try:
+            read_table(path)
+        except ValueError as exc:
+            raise CliError(f"--adapters-file {path}: {exc}") from None
 
 
 def serve_adapters(state: ServerState, opts: ServeOptions) -> None:
@@ -259,6 +271,7 @@ def serve(opts: ServeOptions, background: Callable[[ServerState], None] | None =
     check_listen_address(opts.host, opts.port)
     check_model_sources(opts.models)
     adapter_sources(opts)
+    check_adapters_file(opts.adapters_file)
 
     import uvicorn
 

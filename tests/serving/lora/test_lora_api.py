@@ -9,8 +9,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Iterator, Mapping
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -173,3 +177,70 @@ def test_a_lora_dir_serves_what_is_there_and_what_arrives_later_without_a_restar
         assert first not in {m.id for m in c.models.list().data}
         with pytest.raises(openai.NotFoundError):
             ask(c, "not-an-adapter", QUESTIONS[0])
+
+
+def write_table(path: Path, adapters: Mapping[str, Path], aliases: Mapping[str, Mapping[str, int]]) -> None:
+    """As the kubelet updates a ConfigMap volume: the new file renamed over the old one."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"adapters": {n: str(p) for n, p in adapters.items()}, "aliases": aliases}))
+    tmp.replace(path)
+
+
+def test_an_adapters_file_loads_unloads_and_moves_an_alias_while_the_server_runs(
+    tiny_base: Path, adapters: dict[str, Path], merged_answers: dict[str, list[str]], tmp_path: Path
+) -> None:
+    v1, v2, bad = WORDS[1], WORDS[2], tmp_path / "missing"
+    table = tmp_path / "adapters.json"
+    write_table(table, {v1: adapters[v1], "broken": bad}, {"bot": {v1: 100}})
+    args = ["--model", str(tiny_base), "--served-model-name", BASE, "--dtype", "float32"]
+    args += ["--adapters-file", str(table)]
+    with ServerProcess(args, log_path=tmp_path / "server.log") as srv:
+
+        def ready() -> dict[str, Any]:
+            body: dict[str, Any] = httpx.get(f"{srv.url.removesuffix('/v1')}/ready", timeout=10).json()
+            return body
+
+        # Loaded before the server answered at all: no request needed, the refused one reported.
+        state = ready()
+        assert set(state["models"]) == {BASE, v1}, state
+        assert "broken" in state["adapter_errors"] and str(bad) in str(state["adapter_errors"])
+        c = openai.OpenAI(base_url=srv.url, api_key="none", max_retries=0)
+        out = c.chat.completions.create(
+            model="bot", messages=[{"role": "user", "content": QUESTIONS[0]}], max_tokens=MAX_TOKENS,
+            temperature=0.0,
+        )  # fmt: skip
+        assert out.model == v1 and out.choices[0].message.content == merged_answers[v1][0]
+        # A canary: v2 loaded beside v1, a share of the alias; then promoted, then v1 retired.
+        write_table(table, {v1: adapters[v1], v2: adapters[v2]}, {"bot": {v1: 50, v2: 50}})
+        wait_for(lambda: v2 in ready()["models"], "v2 loaded")
+        seen = {c.chat.completions.create(model="bot", messages=[{"role": "user", "content": "hi"}],
+                                          max_tokens=1).model for _ in range(40)}  # fmt: skip
+        assert seen == {v1, v2}
+        write_table(table, {v2: adapters[v2]}, {"bot": {v2: 100}})
+        wait_for(lambda: v1 not in ready()["models"], "v1 unloaded")
+        assert ask(c, "bot", QUESTIONS[3]) == merged_answers[v2][3]
+        with pytest.raises(openai.NotFoundError):
+            ask(c, v1, QUESTIONS[0])
+        # A broken table is logged and the last one stays.
+        table.write_text("{not json")
+        time.sleep(2)
+        assert ask(c, v2, QUESTIONS[3]) == merged_answers[v2][3]
+    assert "the last table stays" in (tmp_path / "server.log").read_text()
+
+
+def test_a_table_that_cannot_be_read_at_start_is_one_line_naming_it(tmp_path: Path) -> None:
+    table = tmp_path / "adapters.json"
+    table.write_text('{"adapters": {"a": 3}}')
+    out = subprocess.run(
+        [sys.executable, "-m", "chatmodel_serving.cli", "serve", "--model", str(tmp_path), "--adapters-file",
+         str(table)], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"--adapters-file {table}" in out.stderr and '"adapters"' in out.stderr
+
+
+def wait_for(ok: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ok():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
+        time.sleep(0.2)
