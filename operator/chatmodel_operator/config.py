@@ -43,6 +43,9 @@ class Config:
     download_stall_seconds: float = 300.0
     # How often a ChatModel whose model is downloading re-reads the download's progress.
     download_poll_seconds: float = 5.0
+    # serving.lora.shared: how often a version whose adapter is not on every ready pod yet is re-checked
+    # (the kubelet takes up to a minute to project a changed ConfigMap).
+    adapter_poll_seconds: float = 5.0
 
     def runtime_image_for(self, gpus: int) -> str:
         """The PyTorch runtime image for a pod with `gpus` GPUs."""

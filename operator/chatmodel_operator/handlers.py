@@ -21,7 +21,7 @@ from chatmodel_operator.downloads import in_progress
 from chatmodel_operator.informers import Children
 from chatmodel_operator.k8s import Client
 from chatmodel_operator.reconciler import Reconciler
-from chatmodel_operator.spec import canary_running
+from chatmodel_operator.spec import adapters_pending, canary_running
 from chatmodel_operator.workqueue import Key, Reconcile, WorkQueue
 
 RETRY_SECONDS = 5
@@ -33,7 +33,8 @@ log = logging.getLogger("chatmodel.handlers")
 def reconcile_from(reconciler: Reconciler, children: Children, config: Config) -> Reconcile:
     """The work queue's reconcile of one key, with what the ChatModel and child stores hold when it runs;
     a ChatModel in its canary comes back after rollout_check_seconds (its live gate is judged by time,
-    not by an event), one whose model downloads after download_poll_seconds (its progress is read)."""
+    not by an event), one whose model downloads after download_poll_seconds (its progress is read), one
+    whose adapter is not on every pod yet after adapter_poll_seconds (the pods are asked)."""
 
     async def reconcile(key: Key) -> float | None:
         await children.listed()  # a reconcile before a kind is listed would miss its children
@@ -49,6 +50,8 @@ def reconcile_from(reconciler: Reconciler, children: Children, config: Config) -
         latest = status or reconciler.last_status(key) or body.get("status")
         if in_progress(latest):
             return config.download_poll_seconds
+        if adapters_pending(latest):
+            return config.adapter_poll_seconds
         if canary_running(latest):
             return config.rollout_check_seconds
         return None

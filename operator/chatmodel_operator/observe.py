@@ -238,3 +238,41 @@ def parse_result(text: str | None) -> TrainResult:
 
     msg = data.get("error") or data.get("message")
     return TrainResult(num("eval_loss"), num("eval_loss_before"), str(msg) if msg else None)
+
+
+@dataclass(frozen=True)
+class AdapterPods:
+    """serving.lora.shared: what the ready pods of the base Deployment said on /ready (the served models,
+    adapters among them, and the adapters they refused)."""
+
+    ready: int  # ready pods that answered
+    loaded: dict[str, int]  # served model name -> pods serving it
+    errors: dict[str, str]  # adapter name -> why a pod refused it
+
+    @classmethod
+    def of(cls, answers: list[dict[str, Any]]) -> AdapterPods:
+        loaded: dict[str, int] = {}
+        errors: dict[str, str] = {}
+        for body in answers:
+            for name in body.get("models") or []:
+                loaded[str(name)] = loaded.get(str(name), 0) + 1
+            errors.update({str(k): str(v) for k, v in (body.get("adapter_errors") or {}).items()})
+        return cls(len(answers), loaded, errors)
+
+    def on_every_pod(self, name: str) -> bool:
+        return self.ready > 0 and self.loaded.get(name, 0) == self.ready
+
+    def share(self, name: str) -> str:
+        return f"{self.loaded.get(name, 0)}/{self.ready}"
+
+
+def ready_pod_ips(pods: list[dict[str, Any]]) -> list[str]:
+    """The pod IPs of the Ready, running pods among `pods` (not being deleted)."""
+    out = []
+    for p in pods:
+        status = p.get("status") or {}
+        if p.get("metadata", {}).get("deletionTimestamp") or not status.get("podIP"):
+            continue
+        if _condition(status, "Ready"):
+            out.append(str(status["podIP"]))
+    return out

@@ -9,13 +9,27 @@ from typing import Any
 
 from chatmodel_operator import rollout
 from chatmodel_operator.builders import gateway_objects, meta, service, serving_objects, training_objects
+from chatmodel_operator.builders.adapters import (
+    SHARED,
+    adapter_name,
+    adapter_table,
+    shares_adapters,
+    table_configmap,
+)
 from chatmodel_operator.builders.meta import Obj
 from chatmodel_operator.builders.model_cache import cache_pvc, cached_source, download_job
 from chatmodel_operator.builders.network import network_policy
 from chatmodel_operator.builders.serving import serves_https, uses_hpa
 from chatmodel_operator.builders.storage import prune_job
 from chatmodel_operator.config import Config
-from chatmodel_operator.observe import DeploymentObs, JobObs, PodTrouble, TrainResult, parse_result
+from chatmodel_operator.observe import (
+    AdapterPods,
+    DeploymentObs,
+    JobObs,
+    PodTrouble,
+    TrainResult,
+    parse_result,
+)
 from chatmodel_operator.refs import Ref, serving_refs
 from chatmodel_operator.rollout import Decision, LiveFigures
 from chatmodel_operator.spec import (
@@ -355,6 +369,9 @@ def _serve(
 ) -> None:  # fmt: skip
     """The target's Deployment and its companions (HPA or ScaledObject, PDB, InferencePool), once the
     rollout deploys it; companions the spec no longer wants are deleted."""
+    if shares_adapters(cm):
+        _serve_shared(out, cm, t, d, config)
+        return
     if d.target_replicas is None:
         return
     canary = d.target_replicas != max(t.want, 1)
@@ -384,14 +401,47 @@ def _serve(
         ]
 
 
+def live_versions(t: Target, d: Decision) -> list[str]:
+    """The versions whose adapter a shared Deployment loads: serving, in canary, or being deployed."""
+    deploying = t.name if d.target_replicas is not None else None
+    return [v for v in dict.fromkeys([d.active, d.canary, deploying]) if v is not None]
+
+
+def _serve_shared(out: Plan, cm: ChatModel, t: Target, d: Decision, config: Config) -> None:
+    """serving.lora.shared: the adapter table (ConfigMap) first, then the base Deployment (and its HPA, PDB):
+    the same objects for every version, so a rollout only changes the table."""
+    # The name goes to the serving version (and the canary its share); with nothing serving yet, to the
+    # version being deployed, so that it answers as soon as a pod has it.
+    first = live_versions(t, d)[:1]
+    shares = {d.active: 100 - d.percent, d.canary: d.percent} if d.active and d.canary else {}
+    if not shares and first:
+        shares = {first[0]: 100}
+    out.apply.append(table_configmap(cm, adapter_table(cm, live_versions(t, d), shares)))
+    source = _source_of(cm, None, t.download)
+    out.apply += serving_objects(source, SHARED, config, fine_tuned=False)
+
+
+def _adapter_views(
+    cm: ChatModel, base: DeploymentObs | None, pods: AdapterPods | None, versions: Iterable[str]
+) -> dict[str, DeploymentObs]:
+    """serving.lora.shared: each version as the rollout sees a Deployment of its own, ready once every
+    ready pod of the base Deployment has its adapter (a pod without it would refuse the alias' share)."""
+    if base is None or pods is None:
+        return {}
+    out = {}
+    for v in versions:
+        ready = pods.ready if pods.on_every_pod(adapter_name(cm, v)) else 0
+        out[v] = DeploymentObs(v, base.name, pods.ready, ready, base.desired_replicas)
+    return out
+
+
 def _route(
     out: Plan, cm: ChatModel, t: Target, d: Decision, config: Config, generation: int | None,
     prev: ChatModelStatus,
 ) -> None:  # fmt: skip
     """The Service (and Gateway routes) in front of the serving version(s), and the NetworkPolicy."""
-    out.apply.append(
-        service(cm, None if d.canary and not cm.spec.serving.gateway else (d.active or t.name), config)
-    )
+    version = None if d.canary and not cm.spec.serving.gateway else (d.active or t.name)
+    out.apply.append(service(cm, SHARED if shares_adapters(cm) else version, config))
     if cm.spec.serving.gateway is not None:
         out.apply += gateway_objects(cm, d.active or t.name, d.canary, d.percent, config)
     policy = network_policy(cm, config)
@@ -436,15 +486,19 @@ def _history(
 def _status(
     out: Plan, cm: ChatModel, prev: ChatModelStatus, t: Target, d: Decision, versions: list[VersionStatus],
     deployments: dict[str, DeploymentObs], troubles: Iterable[PodTrouble], config: Config, now: str,
-    generation: int | None,
+    generation: int | None, pods: AdapterPods | None,
 ) -> None:  # fmt: skip
     """The phase, conditions and status to write, and the rollout Event, if any."""
     phase, message = _phase(cm, t.name, d.state, t.job, t.dep, d, prev, t.download)
     message = t.why or message
+    shared = shares_adapters(cm)
+    if shared:
+        versions, loading = _with_adapters(cm, versions, live_versions(t, d), pods or AdapterPods(0, {}, {}))
+        message = loading.get(t.name, message) if phase in ("Deploying", "Ready") else message
     stuck = _stuck_pod(troubles, t.name, d.state, phase)
     if stuck is not None:  # say why the version does not progress, not only that it does not
         message = stuck.describe()
-    serving = deployments.get(d.active) if d.active else None
+    serving = deployments.get(SHARED) if shared else deployments.get(d.active) if d.active else None
 
     def cond(kind: str, ok: bool | None, reason: str, msg: str = message) -> dict[str, Any]:
         return _condition(kind, ok, reason, msg, prev, now, generation)
@@ -475,7 +529,7 @@ def _status(
     conditions.append(cond("RolledOut", *rolled_out))
     scheme = "https" if serves_https(cm) else "http"
     endpoint = f"{scheme}://{meta.service_name(cm)}.{meta.namespace(cm)}.svc:{config.service_port}/v1"
-    selector = meta.selector(cm, "serving", d.active or t.name)
+    selector = meta.selector(cm, "serving", SHARED if shared else d.active or t.name)
     out.status = {
         "phase": phase,
         "message": message,
@@ -494,6 +548,24 @@ def _status(
     out.phase, out.message = phase, message
 
 
+def _with_adapters(
+    cm: ChatModel, versions: list[VersionStatus], live: list[str], pods: AdapterPods
+) -> tuple[list[VersionStatus], dict[str, str]]:
+    """Each loaded version's adapterLoaded (ready pods with it / ready pods), and for those not on every pod
+    yet what holds them (a pod's refusal, or the pods still loading)."""
+    out, waiting = [], {}
+    for v in versions:
+        name = adapter_name(cm, v.name)
+        update: dict[str, Any] = {"adapter_loaded": pods.share(name) if v.name in live else None}
+        if v.name in live and name in pods.errors:
+            update["message"] = f"its adapter {name} was refused: {pods.errors[name]}"
+            waiting[v.name] = update["message"]
+        elif v.name in live and not pods.on_every_pod(name):
+            waiting[v.name] = f"loading the adapter of version {v.name}: on {pods.share(name)} ready pods"
+        out.append(v.model_copy(update=update))
+    return out, waiting
+
+
 def plan(
     cm: ChatModel,
     jobs: dict[str, JobObs],
@@ -504,24 +576,29 @@ def plan(
     live: LiveFigures | None = None,
     troubles: Iterable[PodTrouble] = (),
     download: DownloadStatus | None = None,
+    pods: AdapterPods | None = None,
 ) -> Plan:
     """What to create, apply, delete and scale down for one ChatModel, and the status to write.
-    `download`: the remote base model's download (downloads.py), None for other sources."""
+    `download`: the remote base model's download (downloads.py), None for other sources; `pods`: what the
+    base Deployment's ready pods serve (serving.lora.shared), None otherwise."""
     target = cm.spec.rollout.pin_version or target_version(cm, download)
-    prev = _with_unrecorded(cm, cm.status or ChatModelStatus(), jobs, deployments, target)
+    own = {v: o for v, o in deployments.items() if v != SHARED}  # one Deployment per version
+    prev = _with_unrecorded(cm, cm.status or ChatModelStatus(), jobs, own, target)
     records = {v.name: v for v in prev.versions}
+    # What the rollout reads: each version's Deployment, or with shared adapters its adapter's presence.
+    views = own
+    if shares_adapters(cm):
+        views = _adapter_views(cm, deployments.get(SHARED), pods, [*records, target])
     # The version serving now (a rollout's fallback), when it is not the target.
-    stable = (
-        prev.active_version if prev.active_version in deployments and prev.active_version != target else None
-    )
+    stable = prev.active_version if prev.active_version in views and prev.active_version != target else None
     stable_loss = records[stable].eval_loss if stable in records else None
-    t = _target(cm, prev, jobs, deployments, config, stable_loss, download)
+    t = _target(cm, prev, jobs, views, config, stable_loss, download)
     d = rollout.decide(cm, t.name, t.state, t.record, stable, t.dep, max(t.want, 1), now, live)
     out = Plan()
     _download(out, cm, t, config)
     _train(out, cm, t, config)
     _serve(out, cm, t, d, config, generation, prev)
     _route(out, cm, t, d, config, generation, prev)
-    versions = _history(out, cm, prev, t, d, jobs, deployments, config, now)
-    _status(out, cm, prev, t, d, versions, deployments, troubles, config, now, generation)
+    versions = _history(out, cm, prev, t, d, jobs, own, config, now)
+    _status(out, cm, prev, t, d, versions, deployments, troubles, config, now, generation, pods)
     return out

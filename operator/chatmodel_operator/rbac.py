@@ -57,6 +57,8 @@ ACCESS: tuple[Access, ...] = (
     ),
     Access("apps", "deployments", (*WATCH, *APPLY), "serving Deployments", "Deployment"),
     Access("", "services", APPLY, "the ChatModel's Service", "Service"),
+    # serving.lora.shared: the adapter table the base Deployment's pods follow.
+    Access("", "configmaps", APPLY, "shared LoRA adapter tables", "ConfigMap"),
     Access("", "persistentvolumeclaims", CREATE_ONLY, "the artifact volume", "PersistentVolumeClaim"),
     Access("autoscaling", "horizontalpodautoscalers", APPLY, "autoscaling", "HorizontalPodAutoscaler"),
     Access("policy", "poddisruptionbudgets", APPLY, "disruption budgets", "PodDisruptionBudget"),

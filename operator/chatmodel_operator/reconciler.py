@@ -9,20 +9,35 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import aiohttp
 from pydantic import ValidationError
 
 from chatmodel_operator import downloads, metrics, observe, prometheus, rollout
 from chatmodel_operator.builders import meta
+from chatmodel_operator.builders.adapters import SHARED, shares_adapters, table_name
 from chatmodel_operator.builders.model_cache import cache_prune_job
+from chatmodel_operator.builders.serving import serves_https
 from chatmodel_operator.config import Config
 from chatmodel_operator.k8s import Applier, Client
 from chatmodel_operator.observe import DeploymentObs, JobObs, PodTrouble
 from chatmodel_operator.plan import plan
 from chatmodel_operator.refs import Ref, serving_refs
-from chatmodel_operator.spec import ChatModel, ChatModelStatus, canary_running
+from chatmodel_operator.spec import ChatModel, ChatModelStatus, adapters_pending, canary_running
 
 Key = tuple[str, str]
 log = logging.getLogger("chatmodel.reconciler")
+
+
+async def pod_ready(url: str) -> dict[str, Any] | None:
+    """A serving pod's /ready body, or None. Its certificate is not checked: the pod is addressed by IP and
+    only says what it serves."""
+    timeout = aiohttp.ClientTimeout(total=3)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url, ssl=False) as resp:
+            body = await resp.json() if resp.status == 200 else None
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+    return body if isinstance(body, dict) else None
 
 
 def now() -> str:
@@ -143,6 +158,7 @@ class Reconciler:
         if (
             not canary_running(previous)
             and not downloads.in_progress(previous)
+            and not adapters_pending(previous)
             and memory.spec_seen == spec_seen
             and memory.acted_on == {*jobs.values(), *deps.values(), *troubles}
         ):
@@ -158,7 +174,8 @@ class Reconciler:
         at = now()
         live = await self._live_figures(cm, at)
         download = await downloads.observe_download(self.client, cm, generation)
-        p = plan(cm, jobs, deps, self.config, at, generation, live, troubles, download)
+        pods = await self._adapter_pods(cm) if shares_adapters(cm) else None
+        p = plan(cm, jobs, deps, self.config, at, generation, live, troubles, download, pods)
         created = []
         for obj in p.create_only:
             if await self.applier.apply(obj, create_only=True) == "created":
@@ -178,7 +195,7 @@ class Reconciler:
             trainers = [o for o in created if o["kind"] in observe.TRAINERS]
             jobs = {**jobs, **{j.version: j for j in map(observe.job, trainers)}}
             deps = {**deps, **{d.version: d for d in map(observe.deployment, _of(created, "Deployment"))}}
-            p = plan(cm, jobs, deps, self.config, at, generation, live, troubles, download)
+            p = plan(cm, jobs, deps, self.config, at, generation, live, troubles, download, pods)
         written = await self._write_status(key, memory, body, previous, p.status)
         # Only once the status landed: a refused write (raised) must not make the retry look like a repeat.
         memory.acted_on = {*jobs.values(), *deps.values(), *troubles}
@@ -205,6 +222,16 @@ class Reconciler:
         except Exception as e:  # an unreachable Prometheus must not stop the reconcile
             log.warning("live gate of %s/%s: Prometheus query failed: %s", ns, cm.metadata.name, e)
             return None
+
+    async def _adapter_pods(self, cm: ChatModel) -> observe.AdapterPods:
+        """What each ready pod of the shared Deployment serves, from its /ready (no API key needed; a pod
+        that does not answer counts as not ready)."""
+        ns = meta.namespace(cm)
+        pods = await self.client.list("v1", "Pod", ns, meta.selector(cm, "serving", SHARED))
+        scheme = "https" if serves_https(cm) else "http"
+        urls = [f"{scheme}://{ip}:{self.config.service_port}/ready" for ip in observe.ready_pod_ips(pods)]
+        answers = await asyncio.gather(*(pod_ready(u) for u in urls))
+        return observe.AdapterPods.of([a for a in answers if a is not None])
 
     async def _record_results(self, ns: str, jobs: dict[str, JobObs]) -> dict[str, JobObs]:
         """Copy a finished Job's termination message onto the Job, once: its pods may not last."""
@@ -292,6 +319,7 @@ class Reconciler:
             Ref("v1", "Service", meta.service_name(cm)),
             Ref("gateway.networking.k8s.io/v1", "HTTPRoute", meta.service_name(cm)),
             Ref("v1", "PersistentVolumeClaim", meta.pvc_name(cm)),
+            Ref("v1", "ConfigMap", table_name(cm)),
         ]
         self.applier.forget(namespace, name)
         for ref in refs:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass
 
+from chatmodel_operator.builders.adapters import shares_adapters
 from chatmodel_operator.observe import DeploymentObs
 from chatmodel_operator.spec import ChatModel, ChatModelStatus, LiveGate, VersionState, VersionStatus
 
@@ -117,8 +118,10 @@ def _canary(
     replicas = canary_replicas(want, ro.canary_percent)
     if ready < replicas:
         return Decision(stable, None, 0, replicas, "Trained", "Deploying", f"starting canary {target}")
-    # With a gateway, HTTPRoute weights give the exact share; behind one Service it is the pod ratio.
-    percent = ro.canary_percent if cm.spec.serving.gateway else round(100 * replicas / (replicas + want))
+    # With a gateway, HTTPRoute weights give the exact share, and so does a shared LoRA Deployment's alias;
+    # behind one Service it is the pod ratio.
+    exact = cm.spec.serving.gateway is not None or shares_adapters(cm)
+    percent = ro.canary_percent if exact else round(100 * replicas / (replicas + want))
     started = (record.canary_started_at if record else None) or now
     due = _seconds(started, now) >= ro.analysis_seconds
     msg = f"canary {target} gets {percent}% of traffic since {started}"

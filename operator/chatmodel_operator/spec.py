@@ -75,6 +75,16 @@ def canary_running(status: Mapping[str, Any] | None) -> bool:
     return any(v.get("state") == "Canary" for v in (status or {}).get("versions") or [])
 
 
+def adapters_pending(status: Mapping[str, Any] | None) -> bool:
+    """Whether a (raw) status lists an adapter not on every ready pod yet (serving.lora.shared): the pods
+    load it when the kubelet projects the new table, which no event announces."""
+    for v in (status or {}).get("versions") or []:
+        have, _, of = str(v.get("adapterLoaded") or "").partition("/")
+        if of and have != of:
+            return True
+    return False
+
+
 @dataclass(frozen=True)
 class Rule:
     """A cross-field rule, written twice on purpose: as CEL for the API server (the CRD's
@@ -431,6 +441,21 @@ class Gateway(_Model):
     endpoint_picker_port: int = Field(9002, ge=1, le=65535, description="The endpoint picker's gRPC port.")
 
 
+class LoraServing(_Model):
+    """How LoRA versions (fineTune.method lora) serve."""
+
+    shared: bool = Field(
+        False,
+        description=(
+            "true: every version is an adapter loaded into the running pods of one base Deployment (runtime "
+            "pytorch), chosen by model name, its traffic share moved without a pod restart; false: each "
+            "version its own Deployment."
+        ),
+    )
+    max_loras: int = Field(8, ge=1, le=256, description="Adapters on the device at once (shared); more wait.")
+    max_rank: int = Field(64, ge=1, le=512, description="Highest adapter rank the pods accept (shared).")
+
+
 _OPERATOR_ENV_CEL = ", ".join(f"'{n}'" for n in OPERATOR_ENV)
 
 
@@ -495,6 +520,7 @@ class Serving(Placement):
     gateway: Gateway | None = Field(
         None, description="Route through a Gateway with an InferencePool; canary weights go in the HTTPRoute."
     )
+    lora: LoraServing = Field(default_factory=LoraServing, description="How LoRA versions serve.")
 
 
 class SecretKeyRef(_Model):
@@ -673,6 +699,30 @@ class ChatModelSpec(_Model):
             lambda s: s.fine_tune is None or s.fine_tune.method != "lora" or s.serving.runtime != "triton",
         ),
         Rule(
+            "!has(self.serving) || !has(self.serving.lora) || !has(self.serving.lora.shared) "
+            "|| !self.serving.lora.shared || (has(self.fineTune) && (!has(self.fineTune.method) "
+            "|| self.fineTune.method == 'lora') && (!has(self.serving.runtime) "
+            "|| self.serving.runtime == 'pytorch') && !has(self.serving.gateway))",
+            "spec.serving.lora.shared serves LoRA fine-tunes (spec.fineTune.method lora) on runtime pytorch, "
+            "without spec.serving.gateway (its InferencePools are per version)",
+            lambda s: (
+                not s.serving.lora.shared
+                or (
+                    s.fine_tune is not None
+                    and s.fine_tune.method == "lora"
+                    and s.serving.runtime == "pytorch"
+                    and s.serving.gateway is None
+                )
+            ),
+        ),
+        Rule(
+            "!has(self.serving) || !has(self.serving.lora) || !has(self.serving.lora.shared) "
+            "|| !self.serving.lora.shared || !has(self.rollout) || !has(self.rollout.liveGate)",
+            "spec.rollout.liveGate reads each version's own pods, and spec.serving.lora.shared pods serve "
+            "every version: not both yet",
+            lambda s: not s.serving.lora.shared or s.rollout.live_gate is None,
+        ),
+        Rule(
             "!has(self.access) || !has(self.access.quota) || !has(self.serving) "
             "|| !has(self.serving.runtime) || self.serving.runtime != 'vllm'",
             "spec.access.quota is enforced by our API front: runtime vllm has none (use a gateway's limits)",
@@ -731,6 +781,9 @@ class VersionStatus(_Model):
         None, description="p95 request latency of its pods (live gate)."
     )
     requests: float | None = Field(None, description="Requests its pods answered in the live-gate window.")
+    adapter_loaded: str | None = Field(
+        None, description="serving.lora.shared: ready serving pods with its adapter loaded, of all (3/3)."
+    )
 
 
 class DownloadStatus(_Model):

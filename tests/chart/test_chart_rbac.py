@@ -47,6 +47,8 @@ EDGE = {
 }
 
 
+SHARED = {"fineTune": {**FINE_TUNE["fineTune"], "method": "lora"}, "serving": {"lora": {"shared": True}}}
+
 # Kubeflow Trainer runs the fine-tune: a TrainJob instead of a Job.
 KUBEFLOW = {"fineTune": {**FINE_TUNE["fineTune"], "engine": "kubeflow"}}
 
@@ -90,8 +92,9 @@ def finished_jobs(outcome: str) -> float:
 
 
 async def restored(c: Cluster, url: str, change: dict[str, Any]) -> bool:
-    live = (await c.get(url) or {}).get("spec", {})
-    return all(live.get(k) != v for k, v in change["spec"].items())
+    (part,) = change  # spec, or a ConfigMap's data
+    live = (await c.get(url) or {}).get(part, {})
+    return all(live.get(k) != v for k, v in change[part].items())
 
 
 async def result_recorded(c: Cluster, url: str) -> bool:
@@ -161,6 +164,7 @@ async def pruned(c: Cluster, job: str) -> bool:
 async def lifecycle(c: Cluster, hub: Hub) -> None:
     v1 = version("m", FINE_TUNE)
     ve = version("edge", EDGE)
+    shared_table = path("v1", "configmaps", NS, "shared-adapters")
     edge_urls = [
         path("keda.sh/v1alpha1", "scaledobjects", NS, f"edge-{ve}"),
         path("inference.networking.k8s.io/v1", "inferencepools", NS, f"edge-{ve}"),
@@ -197,6 +201,9 @@ async def lifecycle(c: Cluster, hub: Hub) -> None:
         await eventually(lambda: c.get(path("batch/v1", "jobs", NS, f"bad-{vb}-train")))
         await finish_job(c, f"bad-{vb}-train", ok=False, message="dataset line 3: not valid JSON")
         await eventually(lambda: phase_is(c, "bad", "Failed"))
+        # Shared LoRA adapters: the adapter table is a ConfigMap.
+        await c.create(CM, manifest("shared", SHARED))
+        await eventually(lambda: c.get(shared_table))
     # While the operator is down, someone edits its children; the restarted operator finds them (get) and
     # puts them back (patch). Then a model change moves the Service to a new version.
     drift: dict[str, dict[str, Any]] = {
@@ -207,6 +214,7 @@ async def lifecycle(c: Cluster, hub: Hub) -> None:
         edge_urls[1]: {"spec": {"targetPorts": [{"number": 1}]}},
         edge_urls[2]: {"spec": {"parentRefs": [{"name": "other-gateway"}]}},
         edge_urls[3]: {"spec": {"policyTypes": ["Ingress", "Egress"]}},
+        shared_table: {"data": {"adapters.json": "{}"}},
     }
     for url, change in drift.items():
         await c.patch(url, change)
@@ -235,6 +243,7 @@ async def lifecycle(c: Cluster, hub: Hub) -> None:
         await c.delete(f"{CM}/m")
         await c.delete(f"{CM}/edge")
         await c.delete(f"{CM}/kf")  # its TrainJob goes with it
+        await c.delete(f"{CM}/shared")  # its ConfigMap too
         await c.delete(f"{CM}/remote")  # its download goes from the cache (cachePolicy Delete)
         await eventually(partial(pruned, c, remote_job))
         for url in edge_urls[:3]:

@@ -30,6 +30,7 @@ RESOURCES: dict[str, tuple[str, bool, set[str]]] = {
     "batch/v1/jobs": ("Job", True, {"status"}),
     "apps/v1/deployments": ("Deployment", True, {"status"}),
     "v1/services": ("Service", True, set()),
+    "v1/configmaps": ("ConfigMap", True, set()),
     "v1/persistentvolumeclaims": ("PersistentVolumeClaim", True, set()),
     "v1/pods": ("Pod", True, {"status"}),
     "v1/events": ("Event", True, set()),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chatmodel_operator.builders import meta
+from chatmodel_operator.builders import adapters, meta
 from chatmodel_operator.builders.meta import Obj
 from chatmodel_operator.builders.sources import Mounts, remote_env
 from chatmodel_operator.config import Config
@@ -86,14 +86,30 @@ def _probe(path: str, period: int, failures: int, https: bool = False) -> Obj:
     }
 
 
+def _mount_artifacts(cm: ChatModel, mounts: Mounts, volumes: list[Obj]) -> None:
+    claim = {"claimName": meta.pvc_name(cm), "readOnly": True}
+    volumes.append({"name": "artifacts", "persistentVolumeClaim": claim})
+    mounts.mounts.append({"name": "artifacts", "mountPath": meta.ARTIFACTS_MOUNT, "readOnly": True})
+
+
 def _model_source(cm: ChatModel, version: str, mounts: Mounts, volumes: list[Obj], fine_tuned: bool) -> str:
     """The fine-tuned artifact on the PVC (read-only), or the base model itself."""
     if not fine_tuned:
         return mounts.resolve(cm.spec.base_model.source)
-    claim = {"claimName": meta.pvc_name(cm), "readOnly": True}
-    volumes.append({"name": "artifacts", "persistentVolumeClaim": claim})
-    mounts.mounts.append({"name": "artifacts", "mountPath": meta.ARTIFACTS_MOUNT, "readOnly": True})
+    _mount_artifacts(cm, mounts, volumes)
     return meta.artifact_path(version)
+
+
+def _serve_adapters(cm: ChatModel, options: ServeOptions, mounts: Mounts, volumes: list[Obj]) -> None:
+    """serving.lora.shared: the base under NAME-base, the versions' adapters from the table (the PVC's)."""
+    _mount_artifacts(cm, mounts, volumes)
+    volume, mount = adapters.table_volume(cm)
+    volumes.append(volume)
+    mounts.mounts.append(mount)
+    lora = cm.spec.serving.lora
+    options.served_model_names = [adapters.base_name(cm)]
+    options.adapters_file = adapters.TABLE_FILE
+    options.max_loras, options.max_lora_rank = lora.max_loras, lora.max_rank
 
 
 def _spread(cm: ChatModel, version: str) -> list[Obj]:
@@ -133,8 +149,9 @@ def build(cm: ChatModel, version: str, config: Config, fine_tuned: bool | None =
     runtime = RUNTIMES[sv.runtime]
     mounts = Mounts()
     volumes: list[Obj] = []
+    shared = version == adapters.SHARED
     tuned = cm.spec.fine_tune is not None if fine_tuned is None else fine_tuned
-    model = _model_source(cm, version, mounts, volumes, tuned)
+    model = _model_source(cm, version, mounts, volumes, tuned and not shared)
     access = cm.spec.access
     https = serves_https(cm)
     if access is not None:
@@ -148,6 +165,8 @@ def build(cm: ChatModel, version: str, config: Config, fine_tuned: bool | None =
             mounts.mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
     scratch_vols, scratch_mounts = meta.scratch_volumes(sv.shm_size)
     options = serve_options(cm, model, config, access is not None)
+    if shared:
+        _serve_adapters(cm, options, mounts, volumes)
     container: Obj = {
         "name": "server",
         "image": runtime.image(config, sv),
