@@ -126,6 +126,23 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("bad-memory", {"spec": {"serving": {"resources": {"memory": "lots"}}}}, "memory"),
     ("secret-without-name", {"spec": {"access": {"apiKeySecretRef": {"key": "k"}}}}, "name"),
     ("triton-lora", {"spec": {"fineTune": FT, "serving": {"runtime": "triton"}}}, "runtime"),
+    ("shared-without-lora", {"spec": {"serving": {"lora": {"shared": True}}}}, "spec.serving.lora.shared"),
+    (
+        "shared-full",
+        {"spec": {"fineTune": {**FT, "method": "full"}, "serving": {"lora": {"shared": True}}}},
+        "spec.serving.lora.shared",
+    ),
+    (
+        "shared-vllm",
+        {"spec": {"fineTune": FT, "serving": {"runtime": "vllm", "lora": {"shared": True}}}},
+        "spec.serving.lora.shared",
+    ),
+    (
+        "shared-live-gate",
+        {"spec": {"fineTune": FT, "serving": {"lora": {"shared": True}}, "rollout": {"liveGate": {}}}},
+        "spec.serving.lora.shared",
+    ),
+    ("shared-rank-0", {"spec": {"serving": {"lora": {"maxRank": 0}}}}, "maxRank"),
     ("long-name", {"metadata": {"name": "n" * 41}}, "metadata.name"),
     ("canary-100", {"spec": {"rollout": {"canaryPercent": 100}}}, "canaryPercent"),
     # Found by the real API server (tests/cluster/test_schemas_real.py): each was accepted by the CRD and

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
 from chatmodel_operator.config import Config
 from chatmodel_operator.observe import (
+    AdapterPods,
     DeploymentObs,
     JobObs,
     PodTrouble,
@@ -280,3 +282,35 @@ def test_a_stuck_pod_of_the_target_version_is_the_status_message() -> None:
     calm = plan(cm(spec), {}, {v: dep}, NO_PROM, NOW, 4, None, [other])
     assert "PodsHealthy" not in {c["type"] for c in calm.status["conditions"]}
     assert calm.status["message"] == "0 of 1 replicas ready"
+
+
+def test_shared_lora_versions_are_adapter_table_entries_of_one_base_deployment() -> None:
+    """serving.lora.shared: the same one Deployment for every version; the version's adapter goes into the
+    table, and it serves once every ready pod has it (adapterLoaded k/n)."""
+    spec = {"fineTune": {**FT, "method": "lora"}, "serving": {"lora": {"shared": True}}}
+    c = cm(spec)
+    v = model_version(c.spec)
+    base = DeploymentObs("shared", "x-shared", 2, 2)
+    jobs = {v: done(v, "{}")}
+
+    def table(p: Plan) -> dict[str, Any]:
+        (configmap,) = [o for o in p.apply if o["kind"] == "ConfigMap"]
+        loaded: dict[str, Any] = json.loads(configmap["data"]["adapters.json"])
+        return loaded
+
+    def step(pods: AdapterPods, status: dict[str, Any] | None = None) -> Plan:
+        return plan(cm(spec, status), jobs, {"shared": base}, NO_PROM, NOW, 4, pods=pods)
+
+    loading = step(AdapterPods(2, {"x-base": 2, f"x-{v}": 1}, {}))
+    assert [o["metadata"]["name"] for o in loading.apply if o["kind"] == "Deployment"] == ["x-shared"]
+    assert table(loading) == {"adapters": {f"x-{v}": f"/artifacts/{v}"}, "aliases": {"x": {f"x-{v}": 100}}}
+    assert loading.status["activeVersion"] is None and loading.status["versions"][0]["adapterLoaded"] == "1/2"
+    assert "on 1/2 ready pods" in loading.message
+    refused = step(AdapterPods(2, {"x-base": 2}, {f"x-{v}": "rank 128 is above --max-lora-rank 64"}))
+    assert "rank 128" in refused.status["versions"][0]["message"]
+    served = step(AdapterPods(2, {"x-base": 2, f"x-{v}": 2}, {}))
+    assert served.phase == "Ready" and served.status["activeVersion"] == v
+    assert served.status["versions"][0]["adapterLoaded"] == "2/2"
+    service = next(o for o in served.apply if o["kind"] == "Service")
+    assert service["spec"]["selector"]["chatmodel.dev/version"] == "shared"
+    assert served.status["selector"].endswith("chatmodel.dev/version=shared")
