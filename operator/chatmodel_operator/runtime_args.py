@@ -18,7 +18,7 @@ import dataclasses
 import os
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Self
 
 DEFAULT_MODEL = "builtin://smollm2-135m"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -28,8 +28,71 @@ def _opt(flag: str, help: str, **extra: Any) -> dict[str, Any]:
     return {"flag": flag, "help": help, **extra}
 
 
+class CommandLine:
+    """A command's options as a dataclass (the subclass): one flag per field, parsed with `add_arguments` and
+    `from_args`, rendered with `to_argv`."""
+
+    PINNED: ClassVar[tuple[str, ...]] = ()  # fields rendered even at their defaults
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]  # set by @dataclass on the subclass
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """One flag per field; defaults from the environment where a field names a variable."""
+        for f in dataclasses.fields(cls):
+            kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")  # "int", ...
+            meta = dict(f.metadata)
+            flag, help_text = meta.pop("flag"), meta.pop("help")
+            env = meta.pop("env", None)
+            if meta.pop("negate", False):
+                parser.add_argument(flag, dest=f.name, action="store_false", help=help_text)
+                continue
+            if kind == "bool":
+                parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)
+                continue
+            if kind.startswith("list["):  # repeated; None = the field's default (see from_args)
+                parser.add_argument(flag, dest=f.name, action="append", help=help_text, **meta)
+                continue
+            convert = {"int": int, "float": float}.get(kind, str)
+            default = f.default
+            if env and os.environ.get(env) is not None:
+                default = convert(os.environ[env])
+            parser.add_argument(flag, dest=f.name, type=convert, default=default, help=help_text, **meta)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Self:
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if v is not None})  # None: the field's default
+
+    def to_argv(self, exclude: Collection[str] = ()) -> list[str]:
+        """The command's arguments (without the subcommand) that parse back to these options: every field
+        that differs from its default, and the PINNED ones always; `exclude` names fields to leave out (a
+        launcher that sets --host/--port itself)."""
+        defaults = type(self)()
+        args: list[str] = []
+        for f in dataclasses.fields(self):
+            if f.name in exclude:
+                continue
+            value, flag = getattr(self, f.name), f.metadata["flag"]
+            special = self.rendered(f.name)
+            if special is not None:
+                args += special
+            elif value == getattr(defaults, f.name) and f.name not in self.PINNED:
+                continue
+            elif isinstance(value, bool):
+                args.append(flag)  # --log-prompts, or --no-ui when ui is False
+            elif isinstance(value, list):
+                args += [a for item in value for a in (flag, str(item))]
+            elif value is not None:
+                args += [flag, str(value)]
+        return args
+
+    def rendered(self, name: str) -> list[str] | None:
+        """The arguments of a field rendered its own way, or None for the usual flag and value."""
+        return None
+
+
 @dataclass
-class ServeOptions:
+class ServeOptions(CommandLine):
     """Everything `chatmodel serve` takes, with its defaults."""
 
     models: list[str] = field(
@@ -187,57 +250,12 @@ class ServeOptions:
     # defaults serves it the same.
     PINNED = ("port", "dtype", "default_max_tokens", "default_temperature", "drain_timeout")
 
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """One flag per field; defaults from the environment where a field names a variable."""
-        for f in dataclasses.fields(cls):
-            kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")  # "int", ...
-            meta = dict(f.metadata)
-            flag, help_text = meta.pop("flag"), meta.pop("help")
-            env = meta.pop("env", None)
-            if meta.pop("negate", False):
-                parser.add_argument(flag, dest=f.name, action="store_false", help=help_text)
-                continue
-            if kind == "bool":
-                parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)
-                continue
-            if kind.startswith("list["):  # repeated; None = the field's default (see from_args)
-                parser.add_argument(flag, dest=f.name, action="append", help=help_text, **meta)
-                continue
-            convert = {"int": int, "float": float}.get(kind, str)
-            default = f.default
-            if env and os.environ.get(env) is not None:
-                default = convert(os.environ[env])
-            parser.add_argument(flag, dest=f.name, type=convert, default=default, help=help_text, **meta)
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> ServeOptions:
-        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if v is not None})  # None: the field's default
-
-    def to_argv(self, exclude: Collection[str] = ()) -> list[str]:
-        """`chatmodel serve` arguments (without the subcommand) that parse back to these options: every
-        field that differs from its default, and the PINNED ones always; `exclude` names fields to leave out
-        (a launcher that sets --host/--port itself)."""
-        defaults = ServeOptions()
-        args: list[str] = []
-        for f in dataclasses.fields(self):
-            if f.name in exclude:
-                continue
-            value, flag = getattr(self, f.name), f.metadata["flag"]
-            if f.name == "served_model_names":
-                continue  # rendered with models
-            if f.name == "models":
-                args += self._model_args()
-            elif value == getattr(defaults, f.name) and f.name not in self.PINNED:
-                continue
-            elif isinstance(value, bool):
-                args.append(flag)  # --log-prompts, or --no-ui when ui is False
-            elif isinstance(value, list):
-                args += [a for item in value for a in (flag, str(item))]
-            elif value is not None:
-                args += [flag, str(value)]
-        return args
+    def rendered(self, name: str) -> list[str] | None:
+        if name == "served_model_names":
+            return []  # rendered with models
+        if name == "models":
+            return self._model_args()
+        return None
 
     def _model_args(self) -> list[str]:
         args: list[str] = []
@@ -246,3 +264,32 @@ class ServeOptions:
             if self.served_model_names:
                 args += ["--served-model-name", self.served_model_names[i]]
         return args
+
+
+VLLM_PORT = 8001  # vLLM's own port in a shared-adapter pod; the sidecar answers on the Service's port
+
+
+@dataclass
+class VllmSidecarOptions(CommandLine):
+    """Everything `chatmodel vllm-sidecar` takes: the container beside vLLM in a serving.lora.shared pod that
+    keeps vLLM's LoRA adapters equal to the adapter table and answers for the table's aliases."""
+
+    adapters_file: str = field(
+        default="",
+        metadata=_opt("--adapters-file", "the adapter table (as `chatmodel serve --adapters-file` reads it)"),
+    )
+    vllm_url: str = field(
+        default=f"http://127.0.0.1:{VLLM_PORT}",
+        metadata=_opt("--vllm-url", "the vLLM server in this pod (its API key: env VLLM_API_KEY)"),
+    )
+    host: str = field(default="127.0.0.1", metadata=_opt("--host", "address to listen on"))
+    port: int = field(default=8000, metadata=_opt("--port", "port to listen on"))
+    drain_timeout: float = field(
+        default=30.0, metadata=_opt("--drain-timeout", "seconds open responses may take to finish on SIGTERM")
+    )
+    tls_cert_file: str | None = field(
+        default=None, metadata=_opt("--tls-cert-file", "serve HTTPS with this certificate")
+    )
+    tls_key_file: str | None = field(default=None, metadata=_opt("--tls-key-file", "the certificate's key"))
+
+    PINNED = ("adapters_file", "port")

@@ -448,8 +448,9 @@ class LoraServing(_Model):
         False,
         description=(
             "true: every version is an adapter loaded into the running pods of one base Deployment (runtime "
-            "pytorch), chosen by model name, its traffic share moved without a pod restart; false: each "
-            "version its own Deployment."
+            "pytorch, or vllm with a sidecar that loads them through vLLM's runtime LoRA endpoints), chosen "
+            "by model name, its traffic share moved without a pod restart; false: each version its own "
+            "Deployment."
         ),
     )
     max_loras: int = Field(8, ge=1, le=256, description="Adapters on the device at once (shared); more wait.")
@@ -702,15 +703,15 @@ class ChatModelSpec(_Model):
             "!has(self.serving) || !has(self.serving.lora) || !has(self.serving.lora.shared) "
             "|| !self.serving.lora.shared || (has(self.fineTune) && (!has(self.fineTune.method) "
             "|| self.fineTune.method == 'lora') && (!has(self.serving.runtime) "
-            "|| self.serving.runtime == 'pytorch') && !has(self.serving.gateway))",
-            "spec.serving.lora.shared serves LoRA fine-tunes (spec.fineTune.method lora) on runtime pytorch, "
-            "without spec.serving.gateway (its InferencePools are per version)",
+            "|| self.serving.runtime != 'triton') && !has(self.serving.gateway))",
+            "spec.serving.lora.shared serves LoRA fine-tunes (spec.fineTune.method lora) on runtime pytorch "
+            "or vllm, without spec.serving.gateway (its InferencePools are per version)",
             lambda s: (
                 not s.serving.lora.shared
                 or (
                     s.fine_tune is not None
                     and s.fine_tune.method == "lora"
-                    and s.serving.runtime == "pytorch"
+                    and s.serving.runtime != "triton"
                     and s.serving.gateway is None
                 )
             ),

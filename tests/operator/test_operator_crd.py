@@ -133,8 +133,8 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "spec.serving.lora.shared",
     ),
     (
-        "shared-vllm",
-        {"spec": {"fineTune": FT, "serving": {"runtime": "vllm", "lora": {"shared": True}}}},
+        "shared-triton",
+        {"spec": {"fineTune": FT, "serving": {"runtime": "triton", "lora": {"shared": True}}}},
         "spec.serving.lora.shared",
     ),
     (

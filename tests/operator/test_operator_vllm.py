@@ -3,6 +3,7 @@ refused by the CRD and by the pydantic model with a message naming the field."""
 
 from __future__ import annotations
 
+import argparse
 import copy
 from pathlib import Path
 from typing import Any, cast
@@ -12,8 +13,10 @@ import pytest
 from pydantic import ValidationError
 
 from chatmodel_operator.builders import all_objects, deployment
+from chatmodel_operator.builders.adapters import SHARED, TABLE_FILE
 from chatmodel_operator.builders.vllm import CPU_IMAGE, GPU_IMAGE
 from chatmodel_operator.config import Config
+from chatmodel_operator.runtime_args import VLLM_PORT, VllmSidecarOptions
 from chatmodel_operator.signals import signals
 from chatmodel_operator.spec import ChatModel, load_manifest, model_version, parse_manifest
 from tests.operator.operator_crdcheck import validate
@@ -99,7 +102,40 @@ def test_lora_mode_serves_every_kept_version_from_the_base() -> None:
     assert shm["emptyDir"]["medium"] == "Memory"
 
 
-@pytest.mark.parametrize("spec", [GPU_SPEC, "sample"], ids=["gpu", "sample"])
+SHARED_SPEC = {
+    "fineTune": {"dataset": {"source": "pvc://data/x.jsonl"}, "method": "lora"},
+    "serving": {"runtime": "vllm", "lora": {"shared": True, "maxLoras": 5, "maxRank": 32}},
+    "access": {"apiKeySecretRef": {"name": "keys"}, "tls": {"secretName": "certs"}},
+}
+
+
+def test_shared_lora_pod_is_vllm_with_the_adapter_sidecar_in_front() -> None:
+    cm = model(SHARED_SPEC)
+    config = Config()
+    pod = deployment(cm, SHARED, config)["spec"]["template"]["spec"]
+    vllm, sidecar = pod["containers"]
+    args = vllm["args"]
+    assert args[args.index("--port") + 1] == str(VLLM_PORT) and "--ssl-certfile" not in args
+    assert args[args.index("--max-loras") + 1] == "5" and args[args.index("--max-lora-rank") + 1] == "32"
+    assert "--lora-modules" not in args and args[args.index("--served-model-name") + 1] == "bot-base"
+    env = {e["name"]: e for e in vllm["env"]}
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"]["value"] == "True"
+    assert vllm["readinessProbe"]["httpGet"] == {"path": "/health", "port": "vllm"}
+    # The sidecar holds the Service's port, TLS, the table and the readiness that counts.
+    assert sidecar["ports"] == [{"name": "http", "containerPort": config.service_port, "protocol": "TCP"}]
+    assert sidecar["args"][0] == "vllm-sidecar"
+    parser = argparse.ArgumentParser()
+    VllmSidecarOptions.add_arguments(parser)
+    opts = VllmSidecarOptions.from_args(parser.parse_args(sidecar["args"][1:]))
+    assert opts.adapters_file == TABLE_FILE and opts.vllm_url == f"http://127.0.0.1:{VLLM_PORT}"
+    assert opts.tls_cert_file and opts.tls_key_file
+    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http", "scheme": "HTTPS"}
+    mounts = {m["name"] for m in sidecar["volumeMounts"]}
+    assert mounts == {"adapters", "tls"} and not mounts & {m["name"] for m in vllm["volumeMounts"]}
+    assert {e["name"] for e in sidecar["env"]} >= {"VLLM_API_KEY"}
+
+
+@pytest.mark.parametrize("spec", [GPU_SPEC, "sample", SHARED_SPEC], ids=["gpu", "sample", "shared"])
 def test_objects_are_valid_and_restricted(spec: Any) -> None:
     cm = load_manifest(SAMPLE) if spec == "sample" else model(spec)
     objs = all_objects(cm, Config())

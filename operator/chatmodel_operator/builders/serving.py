@@ -14,6 +14,7 @@ from chatmodel_operator.spec import ChatModel, Serving
 API_KEYS_DIR = "/etc/chatmodel/api-keys"
 API_KEYS_FILE = f"{API_KEYS_DIR}/keys"
 TLS_DIR = "/etc/chatmodel/tls"
+TLS_VOLUME = "tls"
 TLS_CERT, TLS_KEY = f"{TLS_DIR}/tls.crt", f"{TLS_DIR}/tls.key"
 
 
@@ -77,7 +78,7 @@ def serves_https(cm: ChatModel) -> bool:
     return cm.spec.access is not None and cm.spec.access.tls is not None
 
 
-def _probe(path: str, period: int, failures: int, https: bool = False) -> Obj:
+def probe(path: str, period: int, failures: int, https: bool = False) -> Obj:
     return {
         "httpGet": {"path": path, "port": "http", **({"scheme": "HTTPS"} if https else {})},
         "periodSeconds": period,
@@ -161,8 +162,8 @@ def build(cm: ChatModel, version: str, config: Config, fine_tuned: bool | None =
         mounts.mounts.append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
         if access.tls is not None:
             tls = {"secretName": access.tls.secret_name, "defaultMode": 0o440}
-            volumes.append({"name": "tls", "secret": tls})
-            mounts.mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
+            volumes.append({"name": TLS_VOLUME, "secret": tls})
+            mounts.mounts.append({"name": TLS_VOLUME, "mountPath": TLS_DIR, "readOnly": True})
     scratch_vols, scratch_mounts = meta.scratch_volumes(sv.shm_size)
     options = serve_options(cm, model, config, access is not None)
     if shared:
@@ -182,9 +183,9 @@ def build(cm: ChatModel, version: str, config: Config, fine_tuned: bool | None =
         "resources": meta.resources(sv.resources.gpu, sv.resources.cpu, sv.resources.memory),
         "securityContext": meta.container_security_context(),
         # Loading a model takes a while: the startup probe holds liveness off for up to 10 minutes.
-        "startupProbe": _probe(runtime.liveness_path, 5, 120, https),
-        "livenessProbe": _probe(runtime.liveness_path, 10, 3, https),
-        "readinessProbe": _probe(runtime.readiness_path, 5, 2, https),
+        "startupProbe": probe(runtime.liveness_path, 5, 120, https),
+        "livenessProbe": probe(runtime.liveness_path, 10, 3, https),
+        "readinessProbe": probe(runtime.readiness_path, 5, 2, https),
         # Let endpoints drop the pod before SIGTERM; the server then drains in-flight requests.
         "lifecycle": {"preStop": {"sleep": {"seconds": config.prestop_seconds}}},
         "volumeMounts": scratch_mounts + mounts.mounts,

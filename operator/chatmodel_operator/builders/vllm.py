@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from chatmodel_operator.builders import meta, serving
+from chatmodel_operator.builders import adapters, meta, serving
 from chatmodel_operator.builders.meta import Obj
 from chatmodel_operator.builders.sources import Mounts
 from chatmodel_operator.config import Config
+from chatmodel_operator.runtime_args import VLLM_PORT, VllmSidecarOptions
 from chatmodel_operator.spec import ChatModel, Vllm
 
 GPU_IMAGE = "vllm/vllm-openai:v0.11.0"
@@ -60,7 +61,7 @@ def server_args(
     """vLLM's arguments for this ChatModel: the Deployment's, and `chatmodel run`'s with local paths."""
     sv = cm.spec.serving
     vl = sv.vllm or Vllm()
-    name = base_name(cm) if loras else cm.metadata.name
+    name = base_name(cm) if loras is not None else cm.metadata.name
     args = [
         "--model", model,
         "--served-model-name", name,
@@ -76,9 +77,13 @@ def server_args(
         args += ["--max-model-len", str(vl.max_model_len)]
     if vl.gpu_memory_utilization is not None:
         args += ["--gpu-memory-utilization", str(vl.gpu_memory_utilization)]
-    if loras:
-        args += ["--enable-lora", "--max-lora-rank", str(MAX_LORA_RANK), "--max-loras", str(len(loras))]
-        args += ["--lora-modules", *(f"{n}={p}" for n, p in loras.items())]
+    if loras is not None:
+        # serving.lora.shared: no adapter at start (the sidecar loads the table's), the spec's slots and rank.
+        lora = sv.lora if adapters.shares_adapters(cm) else None
+        slots, rank = (lora.max_loras, lora.max_rank) if lora else (len(loras), MAX_LORA_RANK)
+        args += ["--enable-lora", "--max-lora-rank", str(rank), "--max-loras", str(slots)]
+        if loras:
+            args += ["--lora-modules", *(f"{n}={p}" for n, p in loras.items())]
     if tls is not None:
         args += ["--ssl-certfile", tls[0], "--ssl-keyfile", tls[1]]
     return [*args, *vl.extra_args]
@@ -90,6 +95,8 @@ def server_env(cm: ChatModel) -> list[Obj]:
     env = []
     if sv.resources.gpu == 0:
         env.append({"name": "VLLM_CPU_KVCACHE_SPACE", "value": str((sv.vllm or Vllm()).cpu_kv_cache_space)})
+    if adapters.shares_adapters(cm):
+        env.append({"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"})  # the sidecar's loads
     return env
 
 
@@ -126,7 +133,10 @@ def deployment(cm: ChatModel, version: str, config: Config, fine_tuned: bool | N
     pod = obj["spec"]["template"]["spec"]
     container = pod["containers"][0]
     loras = None
-    if uses_lora(cm) and fine_tuned is not False:
+    shared = version == adapters.SHARED
+    if shared:
+        loras = {}  # the sidecar loads the table's adapters; the base model is `model` already
+    elif uses_lora(cm) and fine_tuned is not False:
         # The PVC is mounted already (the artifact of `version`); vLLM loads the base and the adapters.
         loras = lora_modules(cm, version, meta.artifact_path)
         model = _base_model_path(cm, container, pod["volumes"])
@@ -138,19 +148,18 @@ def deployment(cm: ChatModel, version: str, config: Config, fine_tuned: bool | N
         {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
         *server_env(cm),
     ]
-    tls = (serving.TLS_CERT, serving.TLS_KEY) if serving.serves_https(cm) else None
+    # A shared pod's sidecar takes the Service's port and TLS; vLLM listens beside it in plain HTTP.
+    tls = (serving.TLS_CERT, serving.TLS_KEY) if serving.serves_https(cm) and not shared else None
     if cm.spec.access is not None:
         # vLLM reads its key from the environment (one key per Secret key: docs/vllm.md).
-        ref = cm.spec.access.api_key_secret_ref
-        env.append(
-            {"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
-        )
+        env.append(api_key_env(cm))
         container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != "api-keys"]
         pod["volumes"] = [v for v in pod["volumes"] if v["name"] != "api-keys"]
+    port = VLLM_PORT if shared else config.service_port
     container.update(
         image=image(cm),
         command=COMMAND,
-        args=server_args(cm, _vllm_model(model), config.service_port, loras=loras, tls=tls),
+        args=server_args(cm, _vllm_model(model), port, loras=loras, tls=tls),
         env=env,
     )
     # vLLM has no /ready: /health answers 200 once the engine is up. Warm-up takes minutes on CPU, so the
@@ -158,7 +167,58 @@ def deployment(cm: ChatModel, version: str, config: Config, fine_tuned: bool | N
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         container[probe]["httpGet"]["path"] = "/health"
     container["startupProbe"]["failureThreshold"] = 240
+    if shared:
+        _add_sidecar(cm, config, container, pod)
     return obj
+
+
+def api_key_env(cm: ChatModel) -> Obj:
+    ref = cm.spec.access.api_key_secret_ref if cm.spec.access else None
+    assert ref is not None
+    return {"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+
+
+def _add_sidecar(cm: ChatModel, config: Config, server: Obj, pod: Obj) -> None:
+    """serving.lora.shared: vLLM moves to VLLM_PORT (its probes with it, in plain HTTP); `chatmodel
+    vllm-sidecar` takes the Service's port, the adapter table's mount, TLS and the readiness that counts."""
+    server["ports"] = [{"name": "vllm", "containerPort": VLLM_PORT, "protocol": "TCP"}]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        server[probe]["httpGet"] = {"path": "/health", "port": "vllm"}
+    moved = ("adapters", serving.TLS_VOLUME)
+    sidecar_mounts = [m for m in server["volumeMounts"] if m["name"] in moved]
+    server["volumeMounts"] = [m for m in server["volumeMounts"] if m["name"] not in moved]
+    https = serving.serves_https(cm)
+    opts = VllmSidecarOptions(
+        adapters_file=adapters.TABLE_FILE,
+        vllm_url=f"http://127.0.0.1:{VLLM_PORT}",
+        host="0.0.0.0",
+        port=config.service_port,
+        drain_timeout=float(config.drain_seconds),
+        tls_cert_file=serving.TLS_CERT if https else None,
+        tls_key_file=serving.TLS_KEY if https else None,
+    )
+    probes = {
+        name: serving.probe(path, period, failures, https)
+        for name, path, period, failures in (
+            ("startupProbe", "/ready", 5, 240),  # ready once vLLM is up and holds the table's adapters
+            ("livenessProbe", "/health", 10, 3),
+            ("readinessProbe", "/ready", 5, 2),
+        )
+    }
+    pod["containers"].append({
+        "name": "adapters",
+        "image": config.runtime_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["chatmodel"],
+        "args": ["vllm-sidecar", *opts.to_argv()],
+        "ports": [{"name": "http", "containerPort": config.service_port, "protocol": "TCP"}],
+        "env": [*meta.base_env(), *([api_key_env(cm)] if cm.spec.access is not None else [])],
+        "resources": meta.resources(0, "100m", "256Mi"),
+        "securityContext": meta.container_security_context(),
+        "lifecycle": server["lifecycle"],
+        "volumeMounts": sidecar_mounts,
+        **probes,
+    })  # fmt: skip
 
 
 def _base_model_path(cm: ChatModel, container: Obj, volumes: list[Obj]) -> str:

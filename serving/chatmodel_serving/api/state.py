@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import random
 from dataclasses import dataclass, field
 
 from ..engine.types import EngineClient, EngineStats
 from ..models import LoadedModel
+from .aliases import no_target, pick_target
 from .metrics import ServingMetrics
 from .protocol import ApiError, now
 from .quota import Limits, Quotas
@@ -71,15 +71,10 @@ class ServerState:
         """The served model a request for `name` goes to: itself, or (an alias) one of its loaded targets
         at random by weight."""
         if name in self.aliases:
-            live = [(t, w) for t, w in self.aliases[name].items() if w > 0 and t in self.models]
-            if not live:
-                raise ApiError(
-                    404,
-                    f"model {name!r}: none of its versions is loaded on this server yet",
-                    param="model",
-                    code="model_not_found",
-                )
-            name = random.choices([t for t, _ in live], weights=[w for _, w in live])[0]
+            target = pick_target(self.aliases[name], self.models)
+            if target is None:
+                raise no_target(name)
+            name = target
         model = self.models.get(name)
         if model is None:
             raise ApiError(

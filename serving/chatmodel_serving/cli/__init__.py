@@ -41,6 +41,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("chatmodel_serving.cli.run", "run a ChatModel manifest locally: fine-tune, then serve"),
     "triton-repo": ("chatmodel_serving.triton.repo", "write a Triton model repository that runs our engine"),
     "triton-server": ("chatmodel_serving.triton.server", "run the bundled tritonserver on a repository"),
+    "vllm-sidecar": (
+        "chatmodel_serving.cli.vllm_sidecar",
+        "beside vLLM: follow an adapter table with its LoRA adapters and answer for the table's aliases",
+    ),
     "download": ("chatmodel_serving.cli.download", "fetch a model or dataset (hf://, s3://) into the cache"),
     "render": (
         "chatmodel_operator.render",

@@ -211,9 +211,9 @@ def serve_adapters(state: ServerState, opts: ServeOptions) -> None:
             log.warning("LoRA adapter skipped", extra={"folder": src.path, "reason": exc.message})
 
 
-def tls_files(opts: ServeOptions) -> tuple[str, str] | None:
+def tls_files(cert: str | None, key: str | None) -> tuple[str, str] | None:
     """(certificate, key) for HTTPS; both or neither, readable now rather than after the model loads."""
-    given = {"--tls-cert-file": opts.tls_cert_file, "--tls-key-file": opts.tls_key_file}
+    given = {"--tls-cert-file": cert, "--tls-key-file": key}
     if not any(given.values()):
         return None
     for flag, value in given.items():
@@ -221,7 +221,7 @@ def tls_files(opts: ServeOptions) -> tuple[str, str] | None:
             raise CliError(f"{flag}: TLS needs both --tls-cert-file and --tls-key-file")
         if not os.access(value, os.R_OK):
             raise CliError(f"{flag}: cannot read {value}")
-    return opts.tls_cert_file or "", opts.tls_key_file or ""
+    return cert or "", key or ""
 
 
 def check_listen_address(host: str, port: int) -> None:
@@ -267,7 +267,7 @@ def serve(opts: ServeOptions, background: Callable[[ServerState], None] | None =
     `background(state)` runs in a thread of its own beside the server (`chatmodel run`'s fine-tune,
     which then adds its version to the served models)."""
     keys = read_api_keys(opts.api_keys_file)  # fail fast, before torch is imported and a model loads
-    tls = tls_files(opts)
+    tls = tls_files(opts.tls_cert_file, opts.tls_key_file)
     check_listen_address(opts.host, opts.port)
     check_model_sources(opts.models)
     adapter_sources(opts)

@@ -32,18 +32,18 @@ pytestmark = pytest.mark.slow
 
 SPEC: dict[str, Any] = {
     "fineTune": {"dataset": {"source": "pvc://data/v1.jsonl"}, "method": "lora"},
-    "serving": {"replicas": {"min": 2}, "lora": {"shared": True, "maxRank": 8}},
+    "serving": {"lora": {"shared": True, "maxRank": 8}},
     "rollout": {"strategy": "Canary", "canaryPercent": 50, "analysisSeconds": 8},
 }
-SPEC_V2 = {**SPEC, "fineTune": {**SPEC["fineTune"], "dataset": {"source": "pvc://data/v2.jsonl"}}}
 DEPLOYMENT = f"m-{SHARED}"
 
 
 class Pod(ServerProcess):
     """One serving pod: `chatmodel serve` with the Deployment's arguments on its own loopback IP."""
 
-    def __init__(self, ip: str, args: list[str], port: int, folder: Path):
-        super().__init__([*args, "--host", ip], port=port, log_path=folder / f"{ip}.log")
+    def __init__(self, ip: str, args: list[str], port: int, folder: Path, subcommand: str = "serve"):
+        log = folder / f"{ip}-{subcommand}.log"
+        super().__init__([*args, "--host", ip], port=port, log_path=log, subcommand=subcommand)
         self.ip = ip
 
     @property
@@ -58,11 +58,17 @@ class Pod(ServerProcess):
         models: list[str] = httpx.get(self.ready_url, timeout=10).json()["models"]
         return models
 
+    def kill(self) -> None:
+        """No drain: the node went away."""
+        if self.proc is not None:
+            self.proc.kill()
+        self.stop()
+
 
 class Kubelet:
     """What the kubelet and the ReplicaSet controller do for the shared Deployment: each pod's copy of the
     ConfigMap (paths under /artifacts mounted from `artifacts`), pod objects with their IPs, and the
-    Deployment's ready count."""
+    Deployment's ready count. `launch` starts one pod's processes from the pod template (ours here)."""
 
     def __init__(self, c: Cluster, base_model: Path, artifacts: Path, folder: Path, port: int):
         self.c, self.base_model, self.artifacts, self.folder, self.port = (
@@ -72,7 +78,14 @@ class Kubelet:
             folder,
             port,
         )
-        self.pods: dict[str, Pod] = {}
+        self.pods: dict[str, Any] = {}
+
+    def launch(self, ip: str, template: dict[str, Any]) -> Pod:
+        args = template["spec"]["containers"][0]["args"][1:]  # after the `serve` subcommand
+        args[args.index("--model") + 1] = str(self.base_model)
+        args[args.index("--adapters-file") + 1] = str(self.table_file(ip))
+        args[args.index("--port") + 1] = str(self.port)
+        return Pod(ip, [*args, "--dtype", "float32"], self.port, self.folder).start()
 
     async def table(self) -> str:
         cm = await self.c.get(path("v1", "configmaps", NS, "m-adapters"))
@@ -90,16 +103,11 @@ class Kubelet:
             tmp.write_text(text)
             tmp.replace(self.table_file(ip))
 
-    async def start_pod(self, ip: str) -> Pod:
+    async def start_pod(self, ip: str) -> Any:
         dep = await self.c.get(path("apps/v1", "deployments", NS, DEPLOYMENT))
         template = dep["spec"]["template"]
-        args = template["spec"]["containers"][0]["args"][1:]  # after the `serve` subcommand
-        args[args.index("--model") + 1] = str(self.base_model)
-        args[args.index("--adapters-file") + 1] = str(self.table_file(ip))
-        args[args.index("--port") + 1] = str(self.port)
         self.table_file(ip).write_text(await self.table())
-        pod = Pod(ip, [*args, "--dtype", "float32"], self.port, self.folder)
-        await asyncio.to_thread(pod.start)
+        pod = await asyncio.to_thread(self.launch, ip, template)
         self.pods[ip] = pod
         body = {
             "apiVersion": "v1",
@@ -113,10 +121,7 @@ class Kubelet:
         return pod
 
     async def kill_pod(self, ip: str) -> None:
-        pod = self.pods.pop(ip)
-        if pod.proc is not None:
-            pod.proc.kill()  # no drain: the node went away
-        await asyncio.to_thread(pod.stop)
+        await asyncio.to_thread(self.pods.pop(ip).kill)
         await self.c.delete(path("v1", "pods", NS, f"{DEPLOYMENT}-{ip.split('.')[-1]}"))
         await self.ready_count()
 
@@ -165,23 +170,33 @@ def version_status(st: dict[str, Any], name: str) -> dict[str, Any]:
 async def test_a_second_lora_version_loads_into_the_running_pods_and_takes_over_by_name(
     kmock: Any, tiny_base: Path, adapters: dict[str, Path], artifacts: Path, tmp_path: Path
 ) -> None:
-    declare(kmock)
-    c = Cluster(kmock)
     port = free_port()
-    config = Config(service_port=port, rollout_check_seconds=1.0, adapter_poll_seconds=0.5)
-    v1, v2 = version("m", SPEC), version("m", SPEC_V2)
-    k = Kubelet(c, tiny_base, artifacts, tmp_path, port)
+    k = Kubelet(Cluster(kmock), tiny_base, artifacts, tmp_path, port)
+    await shared_lora_scenario(kmock, k, SPEC, [adapters[w] for w in WORDS[:2]], replicas=2)
+
+
+async def shared_lora_scenario(
+    kmock: Any, k: Kubelet, spec: dict[str, Any], trained: list[Path], replicas: int
+) -> None:
+    """The ChatModel `spec` (shared LoRA, canary 50%) with `replicas` pods started by `k`: v1's adapter
+    (trained[0]) on every pod, v2's (trained[1]) loaded beside it for the canary, then promoted."""
+    declare(kmock)
+    c, artifacts, every = k.c, k.artifacts, f"{replicas}/{replicas}"
+    config = Config(service_port=k.port, rollout_check_seconds=1.0, adapter_poll_seconds=0.5)
+    spec = {**spec, "serving": {**spec["serving"], "replicas": {"min": replicas}}}
+    spec_v2 = {**spec, "fineTune": {**spec["fineTune"], "dataset": {"source": "pvc://data/v2.jsonl"}}}
+    v1, v2 = version("m", spec), version("m", spec_v2)
     async with operator(kmock, config), kubelet_running(k):
-        await c.create(CM, manifest("m", SPEC))
+        await c.create(CM, manifest("m", spec))
         # The base Deployment and its (empty) table come at once; its pods warm up while v1 trains.
         await eventually(lambda: c.get(path("apps/v1", "deployments", NS, DEPLOYMENT)))
-        first = [await k.start_pod(ip) for ip in ("127.0.0.2", "127.0.0.3")]
-        publish(artifacts, adapters[WORDS[0]], v1)
+        first = [await k.start_pod(f"127.0.0.{2 + i}") for i in range(replicas)]
+        publish(artifacts, trained[0], v1)
         await finish_job(c, f"m-{v1}-train", ok=True, message="{}")
 
         async def serving(v: str) -> dict[str, Any] | None:
             st = await status(c, "m")
-            ok = st.get("activeVersion") == v and version_status(st, v).get("adapterLoaded") == "2/2"
+            ok = st.get("activeVersion") == v and version_status(st, v).get("adapterLoaded") == every
             return st if ok and st.get("phase") == "Ready" else None
 
         await eventually(lambda: serving(v1), timeout=60)
@@ -198,15 +213,15 @@ async def test_a_second_lora_version_loads_into_the_running_pods_and_takes_over_
             lambda: asyncio.to_thread(lambda: all(answered_by(cl) == f"m-{v1}" for cl in clients))
         )
         # Version 2: trained, then loaded into the same pods; a canary shares the name "m".
-        await c.patch(f"{CM}/m", {"spec": SPEC_V2})
+        await c.patch(f"{CM}/m", {"spec": spec_v2})
         await eventually(lambda: c.get(path("batch/v1", "jobs", NS, f"m-{v2}-train")))
-        publish(artifacts, adapters[WORDS[1]], v2)
+        publish(artifacts, trained[1], v2)
         await finish_job(c, f"m-{v2}-train", ok=True, message="{}")
 
         async def canary() -> dict[str, Any] | None:
             st = await status(c, "m")
             v = version_status(st, v2)
-            return st if v.get("state") == "Canary" and v.get("adapterLoaded") == "2/2" else None
+            return st if v.get("state") == "Canary" and v.get("adapterLoaded") == every else None
 
         st = await eventually(canary, timeout=60)
         assert version_status(st, v2)["trafficPercent"] == 50
@@ -232,7 +247,7 @@ async def test_a_second_lora_version_loads_into_the_running_pods_and_takes_over_
         assert [p.alive() for p in first] == pids and None not in pids
         # A pod killed and replaced: the new one comes up with the kept adapter before it is ready.
         await k.kill_pod("127.0.0.2")
-        fresh = await k.start_pod("127.0.0.4")
+        fresh = await k.start_pod(f"127.0.0.{2 + replicas}")
         assert f"m-{v2}" in fresh.served()
         await eventually(lambda: serving(v2), timeout=30)
         table = json.loads(await k.table())
