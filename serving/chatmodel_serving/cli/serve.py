@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from chatmodel_operator.runtime_args import ServeOptions
 
@@ -27,6 +27,8 @@ from . import CliError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    import uvicorn
 
     from ..api.records import TrainingRecord
     from ..api.state import ServedModel, ServerState
@@ -262,6 +264,26 @@ def check_model_sources(models: list[str]) -> None:
             raise CliError(f"--model {source}: no such folder")
 
 
+def uvicorn_config(
+    app: Any, host: str, port: int, drain_timeout: float, tls: tuple[str, str] | None
+) -> uvicorn.Config:
+    """How our servers listen (`serve`, `vllm-sidecar`): our JSON logs, no access log, open responses get
+    the drain budget on SIGTERM."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(drain_timeout),
+        timeout_keep_alive=30,
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
+    )
+
+
 def serve(opts: ServeOptions, background: Callable[[ServerState], None] | None = None) -> int:
     """Serve until SIGTERM/SIGINT; then stop taking requests, finish those in flight and return 0.
     `background(state)` runs in a thread of its own beside the server (`chatmodel run`'s fine-tune,
@@ -302,18 +324,7 @@ def serve(opts: ServeOptions, background: Callable[[ServerState], None] | None =
                 time.sleep(0.05)
             self.should_exit = True  # uvicorn then waits for open responses to finish writing
 
-    config = uvicorn.Config(
-        app,
-        host=opts.host,
-        port=opts.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=int(opts.drain_timeout),
-        timeout_keep_alive=30,
-        ssl_certfile=tls[0] if tls else None,
-        ssl_keyfile=tls[1] if tls else None,
-    )
-    server = DrainingServer(config)
+    server = DrainingServer(uvicorn_config(app, opts.host, opts.port, opts.drain_timeout, tls))
     if background is not None:
         threading.Thread(target=background, args=(state,), name="chatmodel-background", daemon=True).start()
     log.info("serving", extra={"url": f"{scheme}://{opts.host}:{opts.port}/v1", "models": list(state.models)})

@@ -10,7 +10,7 @@ from chatmodel_operator.runtime_args import VllmSidecarOptions
 
 from ..logs import setup_logging
 from . import CliError
-from .serve import check_adapters_file, check_listen_address, tls_files
+from .serve import check_adapters_file, check_listen_address, tls_files, uvicorn_config
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,15 +31,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ..api.vllm_sidecar import create_app
 
-    uvicorn.run(
-        create_app(opts.adapters_file, opts.vllm_url),
-        host=opts.host,
-        port=opts.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=int(opts.drain_timeout),
-        timeout_keep_alive=30,
-        ssl_certfile=tls[0] if tls else None,
-        ssl_keyfile=tls[1] if tls else None,
-    )
+    app = create_app(opts.adapters_file, opts.vllm_url)
+    uvicorn.Server(uvicorn_config(app, opts.host, opts.port, opts.drain_timeout, tls)).run()
     return 0
