@@ -8,14 +8,29 @@ float32 keeps PyTorch's own matmul (MKL), which gains nothing from this.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
+@functools.cache
+def onednn_packs_bf16() -> bool:
+    """Whether this CPU has oneDNN's bfloat16 linear path: it needs AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT,
+    and refuses to reorder a weight without them (an AVX2-only CPU), so ask it once."""
+    if not torch._C._has_mkldnn:
+        return False
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(16, 16, dtype=torch.bfloat16), None)
+    except RuntimeError:
+        return False
+    return True
+
+
 def can_pack(model: torch.nn.Module) -> bool:
-    """Whether `pack` applies: a bfloat16 model on a CPU whose torch has oneDNN."""
+    """Whether `pack` applies: a bfloat16 model on a CPU where oneDNN has the bfloat16 path."""
     param = next(model.parameters())
     on_cpu = param.device.type == "cpu" and param.dtype == torch.bfloat16
-    return on_cpu and bool(torch._C._has_mkldnn)
+    return on_cpu and onednn_packs_bf16()
 
 
 class PackedLinear(torch.nn.Module):
