@@ -19,7 +19,7 @@ from chatmodel_operator.builders.meta import Obj
 from chatmodel_operator.builders.sources import Mounts
 from chatmodel_operator.config import Config
 from chatmodel_operator.runtime_args import VLLM_PORT, VllmSidecarOptions
-from chatmodel_operator.spec import ChatModel, Vllm
+from chatmodel_operator.spec import Access, ChatModel, Vllm
 
 GPU_IMAGE = "vllm/vllm-openai:v0.11.0"
 CPU_IMAGE = "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.11.0"
@@ -152,7 +152,7 @@ def deployment(cm: ChatModel, version: str, config: Config, fine_tuned: bool | N
     tls = (serving.TLS_CERT, serving.TLS_KEY) if serving.serves_https(cm) and not shared else None
     if cm.spec.access is not None:
         # vLLM reads its key from the environment (one key per Secret key: docs/vllm.md).
-        env.append(api_key_env(cm))
+        env.append(api_key_env(cm.spec.access))
         container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != "api-keys"]
         pod["volumes"] = [v for v in pod["volumes"] if v["name"] != "api-keys"]
     port = VLLM_PORT if shared else config.service_port
@@ -172,9 +172,8 @@ def deployment(cm: ChatModel, version: str, config: Config, fine_tuned: bool | N
     return obj
 
 
-def api_key_env(cm: ChatModel) -> Obj:
-    ref = cm.spec.access.api_key_secret_ref if cm.spec.access else None
-    assert ref is not None
+def api_key_env(access: Access) -> Obj:
+    ref = access.api_key_secret_ref
     return {"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
 
 
@@ -212,7 +211,7 @@ def _add_sidecar(cm: ChatModel, config: Config, server: Obj, pod: Obj) -> None:
         "command": ["chatmodel"],
         "args": ["vllm-sidecar", *opts.to_argv()],
         "ports": [{"name": "http", "containerPort": config.service_port, "protocol": "TCP"}],
-        "env": [*meta.base_env(), *([api_key_env(cm)] if cm.spec.access is not None else [])],
+        "env": [*meta.base_env(), *([api_key_env(cm.spec.access)] if cm.spec.access is not None else [])],
         "resources": meta.resources(0, "100m", "256Mi"),
         "securityContext": meta.container_security_context(),
         "lifecycle": server["lifecycle"],

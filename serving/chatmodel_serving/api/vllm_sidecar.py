@@ -33,9 +33,11 @@ from .aliases import no_target, pick_target
 from .protocol import ApiError
 
 log = logging.getLogger("chatmodel.vllm_sidecar")
-# Headers that describe one hop, not the message (RFC 9110 §7.6.1), and the length httpx/uvicorn recompute.
-HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "content-length"}
-HOP_HEADERS |= {"host", "proxy-authorization", "proxy-connection"}
+# Headers that describe one hop, not the message (RFC 9110 §7.6.1), and those httpx/uvicorn set themselves.
+HOP_HEADERS = {
+    "connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization",
+    "proxy-connection", "content-length", "host",
+}  # fmt: skip
 
 
 @dataclass
