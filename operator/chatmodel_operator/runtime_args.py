@@ -293,3 +293,81 @@ class VllmSidecarOptions(CommandLine):
     tls_key_file: str | None = field(default=None, metadata=_opt("--tls-key-file", "the certificate's key"))
 
     PINNED = ("adapters_file", "port")
+
+
+@dataclass
+class GatewayOptions(CommandLine):
+    """Everything `chatmodel gateway` takes: the OpenAI-compatible proxy in front of one namespace's
+    ChatModels (routing by version weight and prompt prefix, global quotas, scale from zero)."""
+
+    namespace: str = field(
+        default="default",
+        metadata=_opt("--namespace", "the namespace whose ChatModels it serves", env="POD_NAMESPACE"),
+    )
+    kube_api: str | None = field(
+        default=None, metadata=_opt("--kube-api", "API server URL (default: the pod's service account)")
+    )
+    kube_token_file: str | None = field(
+        default=None, metadata=_opt("--kube-token-file", "bearer token file for --kube-api")
+    )
+    kube_ca_file: str | None = field(default=None, metadata=_opt("--kube-ca-file", "CA of --kube-api"))
+    host: str = field(default="127.0.0.1", metadata=_opt("--host", "address to listen on"))
+    port: int = field(default=8000, metadata=_opt("--port", "port to listen on"))
+    api_keys_file: str | None = field(
+        default=None,
+        metadata=_opt(
+            "--api-keys-file", "the serving pods' key file (KEY [rpm=N] [tpm=N] per line); checked here first"
+        ),
+    )
+    requests_per_minute: int = field(
+        default=0,
+        metadata=_opt("--requests-per-minute", "default per-key request limit, all replicas (0: none)"),
+    )
+    tokens_per_minute: int = field(
+        default=0, metadata=_opt("--tokens-per-minute", "default per-key token limit, all replicas (0: none)")
+    )
+    quota_store: str = field(
+        default="memory://",
+        metadata=_opt(
+            "--quota-store",
+            "where the quota windows live: redis://[:PASSWORD@]HOST:PORT shares them between replicas",
+            env="CHATMODEL_QUOTA_STORE",
+        ),
+    )
+    quota_store_down: str = field(
+        default="open",
+        metadata=_opt(
+            "--quota-store-down",
+            "with the store unreachable: open = each replica counts alone, closed = 429 + Retry-After",
+            choices=("open", "closed"),
+        ),
+    )
+    prefix_chars: int = field(
+        default=256,
+        metadata=_opt(
+            "--prefix-chars", "characters of the prompt's start hashed for affinity (0: least load)"
+        ),
+    )
+    cold_start_timeout: float = field(
+        default=300.0,
+        metadata=_opt("--cold-start-timeout", "seconds a request waits for a version scaled to zero"),
+    )
+    max_held: int = field(
+        default=256, metadata=_opt("--max-held", "requests held for cold starts at once; more get a 503")
+    )
+    upstream_scheme: str = field(
+        default="http",
+        metadata=_opt("--upstream-scheme", "how the serving pods answer", choices=("http", "https")),
+    )
+    upstream_ca_file: str | None = field(
+        default=None, metadata=_opt("--upstream-ca-file", "CA of the serving pods' certificates")
+    )
+    drain_timeout: float = field(
+        default=30.0, metadata=_opt("--drain-timeout", "seconds open responses may take to finish on SIGTERM")
+    )
+    tls_cert_file: str | None = field(
+        default=None, metadata=_opt("--tls-cert-file", "serve HTTPS with this certificate")
+    )
+    tls_key_file: str | None = field(default=None, metadata=_opt("--tls-key-file", "the certificate's key"))
+
+    PINNED = ("namespace", "port")

@@ -93,7 +93,7 @@ def create_app(state: ServerState) -> RequestLog:
         """The key RequestGate checked (before the body was read: strangers learn nothing about it)."""
         return str(request.scope[CALLER_KEY])
 
-    def guard(key: str, model: str) -> tuple[ServedModel, Caller]:
+    async def guard(key: str, model: str) -> tuple[ServedModel, Caller]:
         """Refuse while draining, pick the model and count the request against the key's quota."""
         if state.draining:
             raise ApiError(
@@ -105,7 +105,7 @@ def create_app(state: ServerState) -> RequestLog:
             )
         served = state.pick_model(model)
         try:
-            headers = state.quotas.admit(key, served.name)
+            headers = await state.quotas.admit(key, served.name)
         except ApiError as e:
             metrics.rate_limited.labels(served.name, e.type).inc()
             raise
@@ -145,7 +145,7 @@ def create_app(state: ServerState) -> RequestLog:
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(req: ChatCompletionRequest, key: str = Depends(authenticated)) -> Response:
         await ensure_served(state, req.model)
-        served, caller = guard(key, req.model)
+        served, caller = await guard(key, req.model)
         tools = plan_tools(req)
         prompt = chat_prompt(served, req, tools)
         params = sampling_params(served, req, req.requested_max_tokens(), len(prompt), "messages")
@@ -163,7 +163,7 @@ def create_app(state: ServerState) -> RequestLog:
     @app.post("/v1/completions", response_model=None)
     async def completions(req: CompletionRequest, key: str = Depends(authenticated)) -> Response:
         await ensure_served(state, req.model)
-        served, caller = guard(key, req.model)
+        served, caller = await guard(key, req.model)
         prompts = completion_prompts(served, req)
         jobs = []
         for prompt in prompts:

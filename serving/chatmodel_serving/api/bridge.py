@@ -85,7 +85,7 @@ async def generate(
                 m.e2e.labels(name).observe(time.monotonic() - start)
                 m.generation_tokens.labels(name).inc(ev.completion_tokens)
                 m.requests.labels(name, ev.finish_reason).inc()
-                state.quotas.spend(caller, len(jobs[index][0]) + ev.completion_tokens)
+                await state.quotas.spend(caller, len(jobs[index][0]) + ev.completion_tokens)
             yield index, ev
     finally:
         for rid in ids.values():  # the client went away: free the batch slots

@@ -45,6 +45,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "chatmodel_serving.cli.vllm_sidecar",
         "beside vLLM: follow an adapter table with its LoRA adapters and answer for the table's aliases",
     ),
+    "gateway": (
+        "chatmodel_serving.cli.gateway",
+        "the OpenAI proxy for a namespace's ChatModels: prefix-affinity routing, quotas, scale from 0",
+    ),
     "download": ("chatmodel_serving.cli.download", "fetch a model or dataset (hf://, s3://) into the cache"),
     "render": (
         "chatmodel_operator.render",
