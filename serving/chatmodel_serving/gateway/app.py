@@ -160,12 +160,12 @@ class Gateway:
         headers["x-request-id"] = rid
         began = time.monotonic()
         upstream, pod = await self._send(request, target, prefix, headers, body)
-        self.directory.inflight[pod] += 1
         try:
             self.metrics.upstream_seconds.labels(model).observe(time.monotonic() - began)
             out = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS}
             out.update(quota_headers)
             out["x-request-id"] = rid
+            out["x-chatmodel-version"] = target.version  # which version answered (a canary's share shows)
             tail = b""
             if upstream.content_type == "text/event-stream":
                 resp = web.StreamResponse(status=upstream.status, headers=out)
@@ -198,10 +198,12 @@ class Gateway:
         while True:
             pod = await self.pod_for(target, prefix, frozenset(refused))
             url = f"{self.scheme}://{pod}{request.rel_url}"
+            self.directory.inflight[pod] += 1  # before the answer: the next choice sees it at once
             try:
                 resp = await self.session.request(request.method, url, headers=headers, data=body)
                 return resp, pod
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                self.directory.inflight[pod] -= 1
                 refused.add(pod)
                 self.metrics.retries.inc()
                 log.warning("pod refused the request", extra={"pod": pod, "error": str(exc)})

@@ -5,8 +5,9 @@
   makes for the gateway (labelled with the ChatModel and the version);
 - loads: each pod's requests running + waiting, scraped from its /metrics every second (pulled, not
   pushed: the pods already publish them for Prometheus and KEDA, and a dead pod simply stops answering).
-Routing: a version by weight, then a pod of it by CHWBL on the prompt prefix, load = the larger of this
-gateway's own requests in flight there and the pod's own count (which includes the other replicas')."""
+Routing: a version by weight, then a pod of it by prompt prefix (ring.py: CHWBL with sticky sessions),
+load = this gateway's own requests in flight there (counted from the moment it picks the pod) + the other
+replicas' share of the pod's own count (what it reported beyond ours at the last scrape)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from .kube import Obj
-from .ring import Ring, least_loaded
+from .ring import Ring, Sessions, choose, least_loaded
 
 log = logging.getLogger("chatmodel.gateway.directory")
 NAME_LABEL = "chatmodel.dev/name"
@@ -74,10 +75,11 @@ def ready_addresses(endpoint_slice: Obj) -> list[str]:
 class Directory:
     models: dict[str, list[Target]] = field(default_factory=dict)
     slices: dict[str, tuple[tuple[str, str], list[str]]] = field(default_factory=dict)  # name -> (key, pods)
-    loads: dict[str, float] = field(default_factory=dict)  # pod -> scraped running + waiting
+    others: dict[str, float] = field(default_factory=dict)  # pod -> its requests not from this gateway
     inflight: Counter[str] = field(default_factory=Counter)  # pod -> this gateway's open requests
     synced: set[str] = field(default_factory=set)  # "chatmodels", "endpointslices" once listed
     _rings: dict[frozenset[str], Ring] = field(default_factory=dict)
+    sessions: Sessions = field(default_factory=Sessions)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     # -- kept by the watches
@@ -133,7 +135,7 @@ class Directory:
         return {p for _, pods in self.slices.values() for p in pods}
 
     def load(self, pod: str) -> float:
-        return max(float(self.inflight[pod]), self.loads.get(pod, 0.0))
+        return self.inflight[pod] + self.others.get(pod, 0.0)
 
     def choose_version(self, model: str, draw: Callable[[], float] = random.random) -> Target | None:
         targets = self.models.get(model) or []
@@ -156,7 +158,7 @@ class Directory:
             if len(self._rings) > 64:
                 self._rings.clear()
             ring = self._rings[members] = Ring(members)
-        return ring.pick(f"{target.model}\0{prefix}", loads)
+        return choose(ring, self.sessions, f"{target.model}\0{prefix}", loads)
 
     # -- loads
     async def scrape(self, client: httpx.AsyncClient, scheme: str) -> None:
@@ -164,7 +166,9 @@ class Directory:
         while True:
             pods = sorted(self.every_pod())
             found = await asyncio.gather(*(_load_of(client, f"{scheme}://{p}/metrics") for p in pods))
-            self.loads = {p: v for p, v in zip(pods, found, strict=True) if v is not None}
+            self.others = {
+                p: max(0.0, v - self.inflight[p]) for p, v in zip(pods, found, strict=True) if v is not None
+            }
             await asyncio.sleep(SCRAPE_SECONDS)
 
 

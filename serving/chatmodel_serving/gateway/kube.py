@@ -69,7 +69,12 @@ async def list_and_watch(
             r.raise_for_status()
             doc = r.json()
             on_list(doc.get("items") or [])
-            watch = {**params, "watch": "1", "timeoutSeconds": str(WATCH_SECONDS), "allowWatchBookmarks": "1"}
+            watch = {
+                **params,
+                "watch": "true",
+                "timeoutSeconds": str(WATCH_SECONDS),
+                "allowWatchBookmarks": "true",
+            }
             version = (doc.get("metadata") or {}).get("resourceVersion")
             if version:
                 watch["resourceVersion"] = version
