@@ -134,7 +134,7 @@ def start_servers(args: list[str], count: int, folder: Path) -> list[ServerProce
     def start(s: ServerProcess) -> None:
         try:
             s.start()
-        except BaseException as exc:  # noqa: BLE001 - reported below, after every start ended
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=start, args=(s,)) for s in servers]

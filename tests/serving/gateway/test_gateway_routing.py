@@ -6,7 +6,6 @@ OpenAI's shape."""
 from __future__ import annotations
 
 import collections
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -37,7 +36,8 @@ def test_a_chat_stays_on_its_pod_and_no_pod_takes_much_more_than_its_share(
     client = _client(gateway)
 
     def converse(user: int) -> None:
-        history: list[Any] = [{"role": "user", "content": f"I am user {user}. " + "Tell me about tides. " * 8}]
+        opening = f"I am user {user}. " + "Tell me about tides. " * 8
+        history: list[Any] = [{"role": "user", "content": opening}]
         for turn in range(TURNS):
             answer = client.chat.completions.create(
                 model="chat", messages=history, max_tokens=8, temperature=0,
