@@ -58,11 +58,12 @@ $(STORES_STAMP):
 	$(STORES_VENV)/bin/python -m pip --disable-pip-version-check -q install olah==0.5.4 'moto[server]==5.2.5'
 	touch $(STORES_STAMP)
 
-# Debian tools that tests drive for real: promtool + prometheus (rules, PromQL), chromium (browser tests).
+# Debian tools that tests drive for real: promtool + prometheus (rules, PromQL), chromium (browser tests),
+# redis-server (the gateway's shared quotas).
 # Needs root and apt; `.ci/run` calls it. Tests that need a missing tool say `make install-system`.
-SYSTEM_PACKAGES := prometheus chromium
+SYSTEM_PACKAGES := prometheus chromium redis-server
 install-system:
-	@command -v promtool >/dev/null && command -v chromium >/dev/null || \
+	@command -v promtool >/dev/null && command -v chromium >/dev/null && command -v redis-server >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES))
 
 # Published schemas that only npm ships (Gateway API models generated from its CRDs), for the tests.
