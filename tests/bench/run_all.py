@@ -34,6 +34,7 @@ BENCHMARKS = {
     "operator-cluster": ["bench_operator", "--cluster", "local"],
     "grammar": ["bench_grammar"],
     "lora": ["bench_lora"],
+    "gateway": ["bench_gateway"],
 }
 Check = Callable[[float, float], bool]
 # Serving workloads (tests/bench/workloads.py) and their stream counts, for the per-workload targets.
@@ -76,6 +77,8 @@ TARGETS: dict[str, tuple[str, float] | None] = {
     "operator.local.seconds_1000": None,
     "operator.local.baseline_seconds_1000": None,
     "operator.reconcile_p95_ms": None,
+    "gateway.ttft_ratio_vs_round_robin": ("<=", 0.5),
+    "gateway.added_latency_p50_ms": ("<=", 2.0),
 }
 COMPARE: dict[str, Check] = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
 
