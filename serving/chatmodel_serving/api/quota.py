@@ -42,9 +42,13 @@ class Limits:
         return not (self.rpm or self.tpm)
 
 
+REDIS_SCHEMES = ("redis://", "rediss://", "redis+sentinel://", "redis+cluster://")
+STORE_SCHEMES = ("memory://", *REDIS_SCHEMES)
+
+
 def open_storage(uri: str) -> Storage:
     """`memory://` or a Redis URI, as the async storage `limits` keeps its windows in (redis-py client)."""
-    redis = uri.startswith(("redis://", "rediss://", "redis+sentinel://", "redis+cluster://"))
+    redis = uri.startswith(REDIS_SCHEMES)
     options: dict[str, str | bool] = {"implementation": "redispy", "wrap_exceptions": True} if redis else {}
     store = storage_from_string(f"async+{uri}", **options)
     if not isinstance(store, Storage):

@@ -24,13 +24,14 @@ def run(args: argparse.Namespace) -> int:
     keys = read_api_keys(opts.api_keys_file)
     tls = tls_files(opts.tls_cert_file, opts.tls_key_file)
     check_listen_address(opts.host, opts.port)
-    if not opts.quota_store.startswith(("memory://", "redis://", "rediss://", "redis+sentinel://")):
-        raise CliError(f"--quota-store {opts.quota_store}: not memory:// or a redis:// URI")
 
     import httpx
     from aiohttp import web
 
-    from ..api.quota import Limits, Quotas
+    from ..api.quota import STORE_SCHEMES, Limits, Quotas
+
+    if not opts.quota_store.startswith(STORE_SCHEMES):
+        raise CliError(f"--quota-store {opts.quota_store}: not memory:// or a redis:// URI")
     from ..gateway import kube
     from ..gateway.app import Gateway, create_app
     from ..gateway.directory import Directory

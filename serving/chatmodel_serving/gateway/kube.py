@@ -96,15 +96,14 @@ async def list_and_watch(
             await asyncio.sleep(1)
 
 
-async def scale_up_from_zero(api: httpx.AsyncClient, namespace: str, deployment: str) -> bool:
+async def scale_up_from_zero(api: httpx.AsyncClient, namespace: str, deployment: str) -> None:
     """Ask for one replica through the Deployment's scale subresource, only while it has none (an
-    autoscaler that already scaled it keeps its own count). True when one was asked for or is there."""
+    autoscaler that already scaled it keeps its own count); an API refusal raises."""
     path = f"{collection('apps/v1', 'deployments', namespace)}/{deployment}/scale"
     r = await api.get(path)
     r.raise_for_status()
     if int((r.json().get("spec") or {}).get("replicas") or 0) > 0:
-        return True
+        return
     headers = {"Content-Type": "application/merge-patch+json"}
     r = await api.patch(path, content=json.dumps({"spec": {"replicas": 1}}), headers=headers)
     r.raise_for_status()
-    return True
